@@ -1,0 +1,32 @@
+"""Shared pytest fixtures: where the optional real-data samples live."""
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TIKTOKEN_CACHE = SHARED_DATA / "tokenizers" / "tiktoken_cache"
+
+# tiktoken downloads GPT-2's files on first use; point it at the offline copy when there is one.
+if TIKTOKEN_CACHE.is_dir():
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
+
+
+@pytest.fixture
+def shared_data() -> pathlib.Path:
+    """The real text samples beside the project; tests that need them skip on a bare clone."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def gpt2_available() -> bool:
+    """True when tiktoken's GPT-2 files can be loaded without the network."""
+    try:
+        import tiktoken
+        tiktoken.get_encoding("gpt2")
+        return True
+    except Exception:
+        pytest.skip("GPT-2 tokenizer files unavailable offline")
