@@ -1,0 +1,982 @@
+"""
+The leaderboard: read every record under records/, check it, and write the README tables.
+
+    python leaderboard.py                      # validate records/, rewrite the README tables
+    python leaderboard.py --check              # exit 1 if a record is invalid or the tables are stale (CI)
+    python leaderboard.py --skip_invalid       # write the tables from the valid records, list the others
+    python leaderboard.py --plot=records/frontier.svg   # also draw BPB vs model FLOPs (hand-written SVG)
+    python leaderboard.py --serve 8000         # tables and plot on http://localhost:8000
+    python leaderboard.py --records=DIR --readme=FILE   # other places (the tests use temporary ones)
+
+Where records live (records/README.md tells participants the same):
+
+    records/<track>/<folder>/results.json            one run, schema "speedrun-record/1" (train.py writes it)
+    records/<track>/<folder>/train.log               the log of that run, beside its results.json
+    records/<track>/<folder>/<sub>/results.json      several runs (seeds) of one record: one subfolder each
+    records/<track>/<folder>/speedrun_results.json   Marin's format, {"runs": [{"run_info": {...}}, ...]}
+
+A record folder is one row of a table; when it holds several runs the row shows their mean BPB, the
+spread and the one-sided t-test p-value of the mean against the runs' target (modded-nanogpt's rule).
+
+What is checked, beyond types (a mismatch beyond 1% is an error; counts must match exactly):
+- model FLOPs = 3 x flops.forward_flops_per_token(model, seq_len) x tokens (Marin's convention),
+- counted/unique/embedding params and the weight class, recounted by building model.GPT on the meta device,
+- hardware FLOPs = train_seconds x device_count x peak, the peak being flops.py's datasheet figure for a
+  known device unless the record says it measured it; MFU = model FLOPs / hardware FLOPs,
+- the sha256 of every source file in results.json's `code` block against the source that train.log
+  holds and the sha256 it declares. train.log starts with the files that ran, as train.py writes them:
+
+      ==================== train.py sha256=<64 hex digits> ====================
+      <the file as it ran, plus a newline if it did not end with one>
+      ==================== model.py sha256=<64 hex digits> ====================
+      ...
+      ==================== environment ====================
+
+Exit codes: 0 fine, 1 invalid record(s) or stale tables, 2 bad command line or README without markers.
+"""
+import argparse
+import hashlib
+import html
+import http.server
+import json
+import math
+import os
+import pathlib
+import re
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parent
+SCHEMA = "speedrun-record/1"
+TRACKS = ("tinystories", "tinystories-wiki", "fineweb-edu", "open")
+TINYSTORIES_TRACKS = ("tinystories", "tinystories-wiki")
+# The primary BPB of a run is every eval entry whose id, lower-cased with punctuation dropped, starts with this.
+PRIMARY_EVAL_PREFIX = {"tinystories": "tinystories", "tinystories-wiki": "tinystories", "fineweb-edu": "c4", "open": "c4"}
+PRIMARY_EVAL_NAME = {"tinystories": "TinyStories valid BPB", "c4": "C4-EN valid BPB"}
+WEIGHT_CLASSES = ("small", "medium", "large", "open")
+TOLERANCE = 0.01  # recomputed figures may differ from the record's by at most 1%
+START_MARKER = "<!-- leaderboard:start -->"
+END_MARKER = "<!-- leaderboard:end -->"
+RESULTS_NAME = "results.json"
+MARIN_NAME = "speedrun_results.json"
+
+# Marin's records: the eval is Paloma's C4-EN, which carries no byte fingerprint, so they get their own.
+MARIN_EVAL_ID = "c4_en"
+MARIN_FINGERPRINT = "marin-paloma-c4_en"
+MARIN_BPB_KEY = "eval/paloma/c4_en/bpb"
+MARIN_DEFAULT_VOCAB = 128_256  # "tokenizer": null in a Marin config means Marin's default, Llama 3's tokenizer
+
+
+class LeaderboardError(ValueError):
+    """Bad input to the program itself (missing README markers, unreadable paths): exit 2."""
+
+
+class RecordInvalid(ValueError):
+    """One problem in one record; the message names the file and the field."""
+
+    def __init__(self, path, field, problem):
+        self.file = pathlib.Path(path)
+        super().__init__(f"{display_path(path)}: {field}: {problem}")
+
+
+def display_path(path):
+    """Paths in messages: relative to the working directory when that is shorter."""
+    path = pathlib.Path(path)
+    try:
+        return str(path.resolve().relative_to(pathlib.Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Statistics: Student's t distribution without SciPy
+
+def log_beta(a, b):
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def beta_continued_fraction(a, b, x, max_iter=500, eps=1e-15):
+    """Continued fraction for the incomplete beta function, modified Lentz's method (Numerical Recipes 6.4)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, max_iter + 1):
+        m2 = 2 * m
+        # the even step of the recurrence
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        # the odd step
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def regularized_incomplete_beta(a, b, x):
+    """I_x(a, b) = B(x; a, b) / B(a, b), for 0 <= x <= 1."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(a * math.log(x) + b * math.log1p(-x) - log_beta(a, b))
+    # the continued fraction converges fast only for x < (a+1)/(a+b+2); use the symmetry otherwise
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * beta_continued_fraction(a, b, x) / a
+    return 1.0 - front * beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def student_t_cdf(t, df):
+    """P(T <= t) for Student's t with df degrees of freedom."""
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    tail = 0.5 * regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))  # P(T > |t|)
+    return 1.0 - tail if t > 0 else tail
+
+
+def mean_and_sd(values):
+    """Mean and sample standard deviation (n - 1 in the denominator; 0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def one_sided_p_below(values, target):
+    """p-value of the one-sided t-test with H1: the mean of `values` is below `target` (needs 2+ values)."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean, sd = mean_and_sd(values)
+    if sd == 0.0:
+        return 0.0 if mean < target else 1.0
+    t = (target - mean) / (sd / math.sqrt(n))
+    return 1.0 - student_t_cdf(t, n - 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The Pareto frontier
+
+def pareto_front(points):
+    """points: list of (model_flops, bpb). True for each point no other point dominates, i.e. no other point
+    has lower-or-equal FLOPs and lower-or-equal BPB with one of them strictly lower. O(n log n) sweep."""
+    order = sorted(range(len(points)), key=lambda i: points[i])
+    on_front = [False] * len(points)
+    best_bpb_so_far = math.inf  # the lowest BPB among strictly cheaper points
+    i = 0
+    while i < len(order):
+        j = i
+        while j < len(order) and points[order[j]][0] == points[order[i]][0]:
+            j += 1
+        group_min = points[order[i]][1]  # sorted, so the first point of a FLOPs group has its lowest BPB
+        if group_min < best_bpb_so_far:
+            for k in order[i:j]:
+                on_front[k] = points[k][1] == group_min  # equal twins dominate neither other
+            best_bpb_so_far = group_min
+        i = j
+    return on_front
+
+
+# ----------------------------------------------------------------------------------------------------
+# Field access and type checks
+
+def get_field(obj, dotted):
+    """obj["a"]["b"] for "a.b"; KeyError when a part is missing."""
+    for part in dotted.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            raise KeyError(dotted)
+        obj = obj[part]
+    return obj
+
+
+def is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v):
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+TYPE_CHECKS = {"str": (lambda v: isinstance(v, str), "a string"),
+               "int": (is_int, "an integer"),
+               "number": (is_number, "a finite number"),
+               "bool": (lambda v: isinstance(v, bool), "true or false"),
+               "dict": (lambda v: isinstance(v, dict), "an object"),
+               "list": (lambda v: isinstance(v, list), "a list")}
+
+# Field -> type for a "speedrun-record/1" results.json (DESIGN.md). "?" = may be null or absent.
+RECORD_FIELDS = {
+    "schema": "str", "name": "str", "track": "str", "date": "str", "description": "str",
+    "author": "dict", "author.name": "str", "author.affiliation": "str?", "author.url": "str?",
+    "code": "dict", "code.sha256": "dict", "code.git_commit": "str?",
+    "data": "dict", "data.dataset": "str?", "data.vocab_size": "int",
+    "model": "dict",
+    "params": "dict", "params.counted": "int", "params.unique": "int", "params.embedding": "int",
+    "params.weight_class": "str",
+    "training": "dict", "training.steps": "int", "training.tokens": "int", "training.batch_tokens": "int",
+    "training.seq_len": "int", "training.seed": "int", "training.world_size": "int", "training.stopped_by": "str",
+    "compute": "dict", "compute.flops_convention": "str", "compute.flops_per_token": "number",
+    "compute.model_flops": "number", "compute.hardware_flops": "number", "compute.mfu": "number",
+    "compute.device": "str", "compute.device_count": "int", "compute.peak_flops_per_device": "number",
+    "compute.train_seconds": "number",
+    "eval": "dict", "target": "dict?", "judge": "dict?", "software": "dict",
+}
+EVAL_FIELDS = {"bpb": "number", "loss": "number", "tokens": "int", "bytes": "int", "fingerprint": "str"}
+TARGET_FIELDS = {"metric": "str", "value": "number", "reached": "bool", "seconds": "number?"}
+JUDGE_FIELDS = {"n": "int", "overall": "number"}
+MARIN_FIELDS = {
+    MARIN_BPB_KEY: "number", "model_flops": "number", "model_size": "int", "total_tokens": "int",
+    "training_time": "number", "training_hardware_flops": "number", "model_config": "dict",
+    "run_completion_timestamp": "str", "author": "dict?", "description": "str?", "resources": "dict?",
+}
+
+
+def check_types(obj, fields, path, prefix=""):
+    """Every problem as a RecordInvalid (empty list when the object has the expected shape)."""
+    problems = []
+    for field, kind in fields.items():
+        optional = kind.endswith("?")
+        kind = kind.rstrip("?")
+        try:
+            # Marin's keys hold slashes and no dots, so only our own fields are walked by dots
+            value = obj[field] if "/" in field else get_field(obj, field)
+        except (KeyError, TypeError):
+            if not optional:
+                problems.append(RecordInvalid(path, prefix + field, "missing"))
+            continue
+        if value is None and optional:
+            continue
+        accept, expected = TYPE_CHECKS[kind]
+        if not accept(value):
+            problems.append(RecordInvalid(path, prefix + field, f"expected {expected}, got {json.dumps(value)[:60]}"))
+    return problems
+
+
+def relative_gap(claimed, recomputed):
+    return abs(claimed - recomputed) / max(abs(recomputed), 1e-300)
+
+
+def check_close(path, field, claimed, recomputed, how):
+    """A RecordInvalid when `claimed` is more than 1% away from `recomputed`, else None."""
+    gap = relative_gap(claimed, recomputed)
+    if gap > TOLERANCE:
+        return RecordInvalid(path, field, f"{claimed:.6g} but {how} gives {recomputed:.6g} (off by {100 * gap:.1f}%)")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Recomputation through flops.py and model.py (imported lazily: torch is slow to import and an empty
+# leaderboard needs neither)
+
+_RECOUNTS = {}
+
+
+def recount_params(model_config):
+    """model.count_params of model.GPT(GPTConfig(**model_config)), built on the meta device (no memory)."""
+    key = json.dumps(model_config, sort_keys=True)
+    if key not in _RECOUNTS:
+        import torch
+        import model as model_lib
+        config = model_lib.GPTConfig(**model_config)  # TypeError on a field this repo's GPTConfig lacks
+        with torch.device("meta"):
+            _RECOUNTS[key] = model_lib.count_params(model_lib.GPT(config))
+    return _RECOUNTS[key]
+
+
+def datasheet_peak(device):
+    """flops.py's peak for a device name, or None when flops.py does not know the device."""
+    import flops
+    peak, source = flops.device_peak_flops(device)
+    if source == "datasheet" and peak:
+        return float(peak)
+    return flops.PEAK_BF16_FLOPS.get(device)
+
+
+# ----------------------------------------------------------------------------------------------------
+# train.log: the source blocks
+
+# A file's block starts with its header line; it ends where the next "==== ... ====" line starts (the next
+# file, or the "environment" section). train.py adds a newline to a source that lacks one, so a block's text
+# is the file, or the file plus that newline: both are hashed.
+SOURCE_HEADER = re.compile(rb"^={20} (?P<name>\S+) sha256=(?P<sha>[0-9a-f]{64}) ={20}\n", re.M)
+SECTION_LINE = re.compile(rb"^={20} \S+( sha256=[0-9a-f]{64})? ={20}$", re.M)
+
+
+def source_block(name, source: bytes) -> bytes:
+    """One source block of train.log as train.py writes it (used by the tests to make logs)."""
+    sha = hashlib.sha256(source).hexdigest()
+    return f"{'=' * 20} {name} sha256={sha} {'=' * 20}\n".encode() + source + (b"" if source.endswith(b"\n") else b"\n")
+
+
+def read_logged_sources(log_path):
+    """{file name: (declared sha256, [candidate source bytes])} from train.log's source blocks."""
+    data = pathlib.Path(log_path).read_bytes()
+    sources = {}
+    for m in SOURCE_HEADER.finditer(data):
+        following = SECTION_LINE.search(data, m.end())
+        block = data[m.end():following.start() if following else len(data)]
+        candidates = [block] + ([block[:-1]] if block.endswith(b"\n") else [])
+        sources[m["name"].decode()] = (m["sha"].decode(), candidates)
+    return sources
+
+
+def check_code_against_log(results_path, code):
+    """results.json's code.sha256 {file: hex} against the sources in train.log and their declared hashes."""
+    problems, hashes, field = [], code["sha256"], "code.sha256"
+    if "train.py" not in hashes:
+        return [RecordInvalid(results_path, f"{field}.train.py", "missing: the sha256 of the train.py that ran")]
+    log_path = pathlib.Path(results_path).with_name("train.log")
+    if not log_path.is_file():
+        return [RecordInvalid(log_path, "train.log", "missing: every run's log goes beside its results.json")]
+    logged = read_logged_sources(log_path)
+    for name, claimed in sorted(hashes.items()):
+        if not (isinstance(claimed, str) and re.fullmatch(r"[0-9a-f]{64}", claimed)):
+            problems.append(RecordInvalid(results_path, f"{field}.{name}", "expected 64 lower-case hex digits"))
+        elif name not in logged:
+            problems.append(RecordInvalid(log_path, f"source {name}", "no source block for this file, which results.json lists"))
+        else:
+            declared, candidates = logged[name]
+            hashes_of_text = [hashlib.sha256(text).hexdigest() for text in candidates]
+            actual = declared if declared in hashes_of_text else hashes_of_text[0]
+            if actual != declared:
+                problems.append(RecordInvalid(log_path, f"source {name}",
+                                              f"header says sha256 {declared[:12]}... but the logged source hashes to {actual[:12]}..."))
+            elif actual != claimed:
+                problems.append(RecordInvalid(results_path, f"{field}.{name}",
+                                              f"{claimed[:12]}... but the source in train.log hashes to {actual[:12]}..."))
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading one record file into runs. A run is a plain dict with the fields the tables need.
+
+def primary_evals(track, evals):
+    """[(eval id, bpb, fingerprint)] for the eval entries that count as the track's primary BPB."""
+    prefix = PRIMARY_EVAL_PREFIX[track]
+    return sorted((k, v["bpb"], v["fingerprint"]) for k, v in evals.items()
+                  if re.sub(r"[^a-z0-9]", "", k.lower()).startswith(prefix))
+
+
+def load_speedrun_record(path, track):
+    """Validate a results.json of schema speedrun-record/1; return ([run], [problems])."""
+    try:
+        rec = json.loads(pathlib.Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return [], [RecordInvalid(path, "(file)", f"not readable JSON: {e}")]
+    if not isinstance(rec, dict):
+        return [], [RecordInvalid(path, "(file)", "expected a JSON object")]
+    if rec.get("schema") != SCHEMA:
+        return [], [RecordInvalid(path, "schema", f"expected \"{SCHEMA}\", got {json.dumps(rec.get('schema'))}")]
+    problems = check_types(rec, RECORD_FIELDS, path)
+    for eval_id, entry in (rec["eval"] if isinstance(rec.get("eval"), dict) else {}).items():
+        problems += check_types(entry, EVAL_FIELDS, path, f"eval.{eval_id}.") if isinstance(entry, dict) else \
+            [RecordInvalid(path, f"eval.{eval_id}", "expected an object")]
+    if isinstance(rec.get("target"), dict):
+        problems += check_types(rec["target"], TARGET_FIELDS, path, "target.")
+    if isinstance(rec.get("judge"), dict):
+        problems += check_types(rec["judge"], JUDGE_FIELDS, path, "judge.")
+    if problems:
+        return [], problems  # the recomputations below need the types right
+
+    if rec["track"] != track:
+        problems.append(RecordInvalid(path, "track", f"\"{rec['track']}\" but the record sits in records/{track}/"))
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", rec["date"]):
+        problems.append(RecordInvalid(path, "date", f"expected YYYY-MM-DD, got \"{rec['date']}\""))
+    if rec["compute"]["flops_convention"] != "marin":
+        problems.append(RecordInvalid(path, "compute.flops_convention", "expected \"marin\" (DESIGN.md's one convention)"))
+    evals = primary_evals(track, rec["eval"])
+    if not evals:
+        problems.append(RecordInvalid(path, "eval", f"no primary eval: track {track} needs an eval id starting with "
+                                                    f"\"{PRIMARY_EVAL_PREFIX[track]}\" (has: {', '.join(rec['eval']) or 'none'})"))
+    problems += recompute_speedrun_record(path, rec)
+    problems += check_code_against_log(path, rec["code"])
+    if problems:
+        return [], problems
+
+    compute, training, target, judge = rec["compute"], rec["training"], rec["target"], rec["judge"]
+    run = {
+        "file": pathlib.Path(path), "track": track, "format": SCHEMA, "name": rec["name"],
+        "author": rec["author"]["name"], "date": rec["date"], "params": rec["params"]["counted"],
+        "weight_class": rec["params"]["weight_class"], "tokens": training["tokens"],
+        "model_flops": float(compute["model_flops"]), "hardware_flops": float(compute["hardware_flops"]),
+        "seconds": float(compute["train_seconds"]), "hardware": f"{compute['device_count']}× {compute['device']}",
+        "mfu": float(compute["mfu"]), "evals": evals,
+        "target": target, "judge_overall": float(judge["overall"]) if judge else None,
+    }
+    return [run], []
+
+
+def recompute_speedrun_record(path, rec):
+    """Everything in the record that can be computed again from its own config, compared to what it says."""
+    import flops
+    import model as model_lib
+    problems = []
+    model_config, training, compute, params = rec["model"], rec["training"], rec["compute"], rec["params"]
+
+    problems.append(check_close(path, "training.tokens", training["tokens"], training["steps"] * training["batch_tokens"],
+                                "training.steps × training.batch_tokens"))
+    try:
+        forward = flops.forward_flops_per_token(model_config, training["seq_len"])
+    except (TypeError, KeyError, ValueError) as e:
+        return [RecordInvalid(path, "model", f"flops.py cannot read this config ({e})")]
+    problems.append(check_close(path, "compute.flops_per_token", compute["flops_per_token"], forward,
+                                f"flops.forward_flops_per_token(model, seq_len={training['seq_len']})"))
+    problems.append(check_close(path, "compute.model_flops", compute["model_flops"], 3 * forward * training["tokens"],
+                                "3 × forward FLOPs/token × training.tokens"))
+
+    try:
+        counts = recount_params(model_config)
+    except (TypeError, ValueError) as e:
+        return [p for p in problems if p] + [RecordInvalid(path, "model", f"not a GPTConfig of this repo's model.py ({e})")]
+    for key in ("counted", "unique", "embedding"):
+        if params[key] != counts[key]:
+            problems.append(RecordInvalid(path, f"params.{key}", f"{params[key]:,} but model.count_params "
+                                                                 f"on the model config gives {counts[key]:,}"))
+    expected_class = model_lib.weight_class(counts["counted"])
+    if params["weight_class"] != expected_class:
+        problems.append(RecordInvalid(path, "params.weight_class", f"\"{params['weight_class']}\" but "
+                                      f"{counts['counted']:,} counted params are class \"{expected_class}\""))
+
+    peak = compute["peak_flops_per_device"]
+    measured = compute.get("peak_flops_source") == "measured"
+    known = datasheet_peak(compute["device"])
+    if known is None and not measured:
+        problems.append(RecordInvalid(path, "compute.peak_flops_per_device", f"flops.py has no datasheet peak for "
+                                      f"\"{compute['device']}\": measure it and set compute.peak_flops_source to \"measured\""))
+    elif known is not None and not measured:
+        problems.append(check_close(path, "compute.peak_flops_per_device", peak, known,
+                                    f"flops.py's datasheet peak for {compute['device']}"))
+    problems.append(check_close(path, "compute.hardware_flops", compute["hardware_flops"],
+                                compute["train_seconds"] * compute["device_count"] * peak,
+                                "train_seconds × device_count × peak_flops_per_device"))
+    if compute["hardware_flops"] > 0:
+        problems.append(check_close(path, "compute.mfu", compute["mfu"], compute["model_flops"] / compute["hardware_flops"],
+                                    "model_flops / hardware_flops"))
+    return [p for p in problems if p]
+
+
+def marin_hardware(resources):
+    """(device name, device count, peak per device or None, peak is measured) from Marin's resources block."""
+    resources = resources or {}
+    override = resources.get("device_flops_override")
+    if isinstance(resources.get("tpu_type"), str) and re.fullmatch(r"v\w+-\d+", resources["tpu_type"]):
+        kind, count = resources["tpu_type"].split("-")
+        slices = resources.get("slice_count") or 1
+        slices = max(slices) if isinstance(slices, list) else slices
+        device, n = f"TPU {kind}", int(count) * int(slices)  # Marin counts the number after the dash as devices
+    elif is_int(resources.get("gpu_count")) and isinstance(resources.get("accelerator_type"), str):
+        device, n = resources["accelerator_type"], resources["gpu_count"]
+    else:
+        return None, None, None, False
+    if is_number(override):
+        return device, n, float(override), True
+    return device, n, datasheet_peak(device), False
+
+
+def marin_config_as_gpt(model_config):
+    """Marin's (Levanter's) Llama config as this repo's GPTConfig fields, or None when it does not map
+    (another architecture, a head_dim that is not hidden/heads), in which case its FLOPs are not recomputed."""
+    needed = ("hidden_dim", "intermediate_dim", "num_layers", "num_heads", "num_kv_heads", "seq_len")
+    if not all(is_int(model_config.get(k)) for k in needed):
+        return None
+    if any("expert" in k or "moe" in k for k in model_config):
+        return None
+    d, heads = model_config["hidden_dim"], model_config["num_heads"]
+    if model_config.get("head_dim") not in (None, d // heads) or model_config.get("activation_function", "silu") != "silu":
+        return None
+    if model_config.get("tokenizer") is not None:
+        return None  # only the default tokenizer's vocabulary size is known here
+    return {"vocab_size": MARIN_DEFAULT_VOCAB, "n_layer": model_config["num_layers"], "n_head": heads,
+            "n_kv_head": model_config["num_kv_heads"], "n_embd": d, "mlp": "swiglu",
+            "mlp_ratio": model_config["intermediate_dim"] / d,
+            "tie_embeddings": bool(model_config.get("tie_word_embeddings", False))}
+
+
+def load_marin_record(path, track, folder_name):
+    """Validate a Marin speedrun_results.json; return (runs, problems)."""
+    import flops
+    import model as model_lib
+    try:
+        data = json.loads(pathlib.Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return [], [RecordInvalid(path, "(file)", f"not readable JSON: {e}")]
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or not data["runs"]:
+        return [], [RecordInvalid(path, "runs", "expected {\"runs\": [{\"run_info\": {...}}, ...]} with at least one run")]
+    runs, problems = [], []
+    for i, entry in enumerate(data["runs"]):
+        prefix = f"runs[{i}].run_info."
+        info = entry.get("run_info") if isinstance(entry, dict) else None
+        if not isinstance(info, dict):
+            problems.append(RecordInvalid(path, f"runs[{i}].run_info", "missing (older Marin files with "
+                                          "run_related_info/run_stats must be converted)"))
+            continue
+        found = check_types(info, MARIN_FIELDS, path, prefix)
+        if found:
+            problems += found
+            continue
+        mapped = marin_config_as_gpt(info["model_config"])
+        if mapped is not None:
+            forward = flops.forward_flops_per_token(mapped, info["model_config"]["seq_len"])
+            found.append(check_close(path, prefix + "model_flops", info["model_flops"], 3 * forward * info["total_tokens"],
+                                     "3 × forward FLOPs/token (Llama config) × total_tokens"))
+        device, count, peak, _ = marin_hardware(info.get("resources"))
+        if peak is not None:
+            found.append(check_close(path, prefix + "training_hardware_flops", info["training_hardware_flops"],
+                                     info["training_time"] * count * peak, "training_time × devices × peak"))
+        found = [p for p in found if p]
+        if found:
+            problems += found
+            continue
+        author = info.get("author") or {}
+        hardware_flops = float(info["training_hardware_flops"])
+        runs.append({
+            "file": pathlib.Path(path), "track": track, "format": "marin",
+            "name": folder_name if len(data["runs"]) == 1 else f"{folder_name}#{i}",
+            "author": author.get("name") if isinstance(author.get("name"), str) else "—",
+            "date": info["run_completion_timestamp"][:10], "params": info["model_size"],
+            "weight_class": model_lib.weight_class(info["model_size"]), "tokens": info["total_tokens"],
+            "model_flops": float(info["model_flops"]), "hardware_flops": hardware_flops,
+            "seconds": float(info["training_time"]), "hardware": f"{count}× {device}" if device else "—",
+            "mfu": info["model_flops"] / hardware_flops if hardware_flops > 0 else None,
+            "evals": [(MARIN_EVAL_ID, float(info[MARIN_BPB_KEY]), MARIN_FINGERPRINT)],
+            "target": None, "judge_overall": None,
+        })
+    return runs, problems
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading all of records/
+
+def find_record_files(records_dir):
+    """Every results.json / speedrun_results.json under records_dir, sorted, so the output never depends on
+    the order the file system lists them."""
+    records_dir = pathlib.Path(records_dir)
+    found = [p for p in records_dir.rglob("*") if p.name in (RESULTS_NAME, MARIN_NAME) and p.is_file()]
+    return sorted(found, key=lambda p: p.relative_to(records_dir).as_posix())
+
+
+def load_records(records_dir):
+    """(runs, problems) over the whole records folder. Each run gets "folder": its record folder."""
+    records_dir = pathlib.Path(records_dir)
+    if not records_dir.is_dir():
+        raise LeaderboardError(f"error: records folder {records_dir} does not exist; pass --records=DIR")
+    runs, problems = [], []
+    for path in find_record_files(records_dir):
+        parts = path.relative_to(records_dir).parts
+        if len(parts) < 3:
+            problems.append(RecordInvalid(path, "(location)", "a record goes in records/<track>/<folder>/"))
+            continue
+        track, folder = parts[0], records_dir / parts[0] / parts[1]
+        if track not in TRACKS:
+            problems.append(RecordInvalid(path, "(location)", f"unknown track folder \"{track}\"; tracks: {', '.join(TRACKS)}"))
+            continue
+        if path.name == MARIN_NAME:
+            found, bad = load_marin_record(path, track, parts[1])
+        else:
+            found, bad = load_speedrun_record(path, track)
+        if not (folder / "README.md").is_file() and not any(p.file == folder / "README.md" for p in problems):
+            problems.append(RecordInvalid(folder / "README.md", "README.md", "missing: say what changed, the command "
+                                          "that reproduces the run and its results (records/README.md)"))
+        for run in found:
+            run["folder"] = folder
+        runs += found
+        problems += bad
+    return runs, problems
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tables: one per (track, eval id, fingerprint); one row per record folder
+
+def make_row(folder, runs, link):
+    """A record folder's runs (all on the same eval data) as one table row."""
+    bpbs = [r["bpb"] for r in runs]
+    bpb, spread = mean_and_sd(bpbs)
+    targets = {r["target"]["value"] for r in runs if r["target"]}
+    target = targets.pop() if len(targets) == 1 and all(r["target"] for r in runs) else None
+    reached = [r for r in runs if r["target"] and r["target"]["reached"] and r["target"].get("seconds") is not None]
+    judged = [r["judge_overall"] for r in runs if r["judge_overall"] is not None]
+    mfus = [r["mfu"] for r in runs if r["mfu"] is not None]
+    first = min(runs, key=lambda r: r["file"].as_posix())
+    return {
+        "folder": folder.name, "link": link, "author": first["author"], "date": max(r["date"] for r in runs),
+        "params": max(r["params"] for r in runs), "weight_class": first["weight_class"],
+        "tokens": sum(r["tokens"] for r in runs) / len(runs),
+        "model_flops": sum(r["model_flops"] for r in runs) / len(runs),
+        "seconds": sum(r["seconds"] for r in runs) / len(runs),
+        "hardware": " / ".join(sorted({r["hardware"] for r in runs})),
+        "mfu": sum(mfus) / len(mfus) if mfus else None,
+        "bpb": bpb, "spread": spread, "n": len(runs), "target": target,
+        "p_value": one_sided_p_below(bpbs, target) if target is not None else None,
+        "judge": sum(judged) / len(judged) if judged else None,
+        # time to target counts only when every run reached the same target
+        "target_seconds": (mean_and_sd([r["target"]["seconds"] for r in reached])
+                           if target is not None and len(reached) == len(runs) else None),
+        "target_metric": first["target"]["metric"] if first["target"] else None,
+    }
+
+
+def build_tables(runs, link_base):
+    """[{track, eval_id, fingerprint, rows}] sorted by track then eval id; rows ranked, Pareto marked."""
+    groups = {}
+    for run in runs:
+        for eval_id, bpb, fingerprint in run["evals"]:
+            key = (run["track"], eval_id, fingerprint)
+            groups.setdefault(key, {}).setdefault(run["folder"], []).append(dict(run, bpb=bpb))
+    tables = []
+    for (track, eval_id, fingerprint), by_folder in groups.items():
+        rows = [make_row(folder, folder_runs, pathlib.Path(os.path.relpath(folder, link_base)).as_posix())
+                for folder, folder_runs in by_folder.items()]
+        rows.sort(key=lambda r: (r["bpb"], r["model_flops"], r["date"], r["folder"]))
+        for rank, (row, star) in enumerate(zip(rows, pareto_front([(r["model_flops"], r["bpb"]) for r in rows])), 1):
+            row["rank"], row["pareto"] = rank, star
+        tables.append({"track": track, "eval_id": eval_id, "fingerprint": fingerprint, "rows": rows})
+    tables.sort(key=lambda t: (TRACKS.index(t["track"]), t["eval_id"], t["fingerprint"]))
+    return tables
+
+
+# ----------------------------------------------------------------------------------------------------
+# Formatting
+
+def fmt_count(n):
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f}{suffix}"
+    return f"{n:.0f}"
+
+
+def fmt_sci(x):
+    if x <= 0:
+        return "0"
+    exponent = math.floor(math.log10(x))
+    mantissa = x / 10 ** exponent
+    if round(mantissa, 2) >= 10:
+        mantissa, exponent = mantissa / 10, exponent + 1
+    return f"{mantissa:.2f}e{exponent}"
+
+
+def fmt_seconds(s):
+    if s < 60:
+        return f"{s:.1f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+
+
+def fmt_bpb(row):
+    if row["n"] == 1:
+        return f"{row['bpb']:.4f}"
+    return f"{row['bpb']:.4f} ± {row['spread']:.4f} (n={row['n']})"
+
+
+def fmt_p(p):
+    if p is None:
+        return "—"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def table_title(table):
+    kind = PRIMARY_EVAL_NAME[PRIMARY_EVAL_PREFIX[table["track"]]]
+    fingerprint = table["fingerprint"]
+    if re.fullmatch(r"[0-9a-f]{17,}", fingerprint):
+        fingerprint = fingerprint[:16]  # a hash: its head is enough to tell eval sets apart
+    return f"{table['track']} · {kind} (`{table['eval_id']}`, eval data `{fingerprint}`)"
+
+
+MAIN_COLUMNS = ["#", "run", "author", "date", "params (class)", "tokens", "model FLOPs", "hardware", "time",
+                "MFU", "BPB", "p vs target", "judge", "Pareto"]
+
+
+def main_table_cells(row):
+    return [str(row["rank"]), (row["folder"], row["link"]), row["author"], row["date"],
+            f"{fmt_count(row['params'])} ({row['weight_class']})", fmt_count(row["tokens"]), fmt_sci(row["model_flops"]),
+            row["hardware"], fmt_seconds(row["seconds"]), f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "—",
+            fmt_bpb(row), fmt_p(row["p_value"]) + (f" (< {row['target']})" if row["p_value"] is not None else ""),
+            f"{row['judge']:.2f}" if row["judge"] is not None else "—", "★" if row["pareto"] else ""]
+
+
+def table_views(table):
+    """[(heading, columns, rows of cells)]: the ranking, the per-weight-class view, the time-to-target view."""
+    views = [(None, MAIN_COLUMNS, [main_table_cells(r) for r in table["rows"]])]
+    if table["track"] in TINYSTORIES_TRACKS:
+        cells = []
+        for cls in WEIGHT_CLASSES:
+            in_class = [r for r in table["rows"] if r["weight_class"] == cls]
+            cells += [[cls, str(i), (r["folder"], r["link"]), f"{fmt_count(r['params'])}", fmt_bpb(r),
+                       f"{r['judge']:.2f}" if r["judge"] is not None else "—"] for i, r in enumerate(in_class, 1)]
+        views.append(("By weight class", ["class", "#", "run", "params", "BPB", "judge"], cells))
+    timed = [r for r in table["rows"] if r["target_seconds"] is not None]
+    if timed:
+        timed.sort(key=lambda r: (r["hardware"], r["target_metric"], r["target"], r["target_seconds"][0], r["folder"]))
+        cells = []
+        for r in timed:
+            mean, sd = r["target_seconds"]
+            time = fmt_seconds(mean) + (f" ± {fmt_seconds(sd)}" if r["n"] > 1 else "")
+            cells.append([r["hardware"], f"{r['target_metric']} ≤ {r['target']}", (r["folder"], r["link"]), time,
+                          str(r["n"]), fmt_p(r["p_value"])])
+        views.append(("Time to target (fastest first, by hardware)", ["hardware", "target", "run", "time", "runs", "p"], cells))
+    return views
+
+
+def markdown_cell(cell):
+    if isinstance(cell, tuple):
+        text, link = cell
+        return f"[{markdown_cell(text)}]({link.replace(' ', '%20')})"
+    return str(cell).replace("|", "\\|")
+
+
+def markdown_table(columns, cells):
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(markdown_cell(c) for c in row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def render_markdown(tables, problems=(), how_to_submit="records/README.md"):
+    """The text between the README markers (no markers). Deterministic: the same records give the same bytes."""
+    out = ["<!-- generated by `python leaderboard.py` from records/: edit the records, not this section -->", ""]
+    for track in TRACKS:
+        track_tables = [t for t in tables if t["track"] == track]
+        if not track_tables:
+            out += [f"### {track}", "", f"No records yet: see [records/README.md]({how_to_submit}) to submit one.", ""]
+        for table in track_tables:
+            out += [f"### {table_title(table)}", ""]
+            for heading, columns, cells in table_views(table):
+                if heading:
+                    out += [f"**{heading}**", ""]
+                out += [markdown_table(columns, cells), ""]
+    if problems:
+        out += ["**Not listed: invalid records**", ""] + [f"- {markdown_cell(str(p))}" for p in problems] + [""]
+    return "\n".join(out).rstrip("\n")
+
+
+def splice_readme(text, section, readme_path):
+    """The README with the text between the markers replaced; everything else byte-identical."""
+    starts, ends = text.count(START_MARKER), text.count(END_MARKER)
+    if starts != 1 or ends != 1 or text.index(START_MARKER) > text.index(END_MARKER):
+        raise LeaderboardError(f"error: {readme_path} needs exactly one '{START_MARKER}' line followed by one "
+                               f"'{END_MARKER}' line (found {starts} and {ends}); add them where the tables go")
+    head, rest = text.split(START_MARKER)
+    _, tail = rest.split(END_MARKER)
+    return f"{head}{START_MARKER}\n{section}\n{END_MARKER}{tail}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The picture: BPB against model FLOPs (log x), one panel per table, hand-written SVG
+
+CLASS_COLOURS = {"small": "#1b9e77", "medium": "#d95f02", "large": "#7570b3", "open": "#e7298a"}
+PANEL_W, PANEL_H, MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 720, 300, 70, 130, 40, 45
+
+
+def render_svg(tables):
+    """An SVG document (str): a panel per table, points coloured by weight class, the frontier joined."""
+    height = max(1, len(tables)) * PANEL_H
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{PANEL_W}" height="{height}" '
+           f'viewBox="0 0 {PANEL_W} {height}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{PANEL_W}" height="{height}" fill="white"/>']
+    if not tables:
+        out.append(f'<text x="{PANEL_W / 2}" y="{PANEL_H / 2}" text-anchor="middle">No records yet</text>')
+    for i, table in enumerate(tables):
+        out += svg_panel(table, i * PANEL_H)
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def svg_panel(table, y0):
+    rows = table["rows"]
+    x_lo = math.floor(math.log10(min(r["model_flops"] for r in rows)))
+    x_hi = max(x_lo + 1, math.ceil(math.log10(max(r["model_flops"] for r in rows))))
+    b_lo, b_hi = min(r["bpb"] - r["spread"] for r in rows), max(r["bpb"] + r["spread"] for r in rows)
+    pad = max(0.05 * (b_hi - b_lo), 0.01)
+    b_lo, b_hi = b_lo - pad, b_hi + pad
+    left, right, top, bottom = MARGIN_L, PANEL_W - MARGIN_R, y0 + MARGIN_T, y0 + PANEL_H - MARGIN_B
+
+    def x_of(flops):
+        return left + (math.log10(flops) - x_lo) / (x_hi - x_lo) * (right - left)
+
+    def y_of(bpb):
+        return bottom - (bpb - b_lo) / (b_hi - b_lo) * (bottom - top)
+
+    out = [f'<text x="{left}" y="{y0 + 22}" font-size="13" font-weight="bold">{html.escape(table_title(table).replace("`", ""))}</text>',
+           f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#888"/>']
+    for e in range(x_lo, x_hi + 1):  # a tick per decade
+        x = x_of(10.0 ** e)
+        out.append(f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}" stroke="#888"/>')
+        out.append(f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">1e{e}</text>')
+    for k in range(5):
+        b = b_lo + k * (b_hi - b_lo) / 4
+        out.append(f'<text x="{left - 6}" y="{y_of(b) + 4:.1f}" text-anchor="end">{b:.3f}</text>')
+    out.append(f'<text x="{(left + right) / 2}" y="{bottom + 34}" text-anchor="middle">model FLOPs (log scale)</text>')
+    out.append(f'<text x="16" y="{(top + bottom) / 2}" text-anchor="middle" '
+               f'transform="rotate(-90 16 {(top + bottom) / 2})">BPB</text>')
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["model_flops"])
+    if len(front) > 1:
+        points = " ".join(f"{x_of(r['model_flops']):.1f},{y_of(r['bpb']):.1f}" for r in front)
+        out.append(f'<polyline class="frontier" points="{points}" fill="none" stroke="#444" stroke-dasharray="4 3"/>')
+    for r in rows:
+        x, y = x_of(r["model_flops"]), y_of(r["bpb"])
+        colour = CLASS_COLOURS.get(r["weight_class"], "#999")
+        if r["n"] > 1:  # the seeds' spread, +- one standard deviation
+            out.append(f'<line class="spread" x1="{x:.1f}" y1="{y_of(r["bpb"] - r["spread"]):.1f}" x2="{x:.1f}" '
+                       f'y2="{y_of(r["bpb"] + r["spread"]):.1f}" stroke="{colour}" stroke-width="2"/>')
+        out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour}" stroke="black" stroke-width="{1.5 if r["pareto"] else 0.5}">'
+                   f'<title>{html.escape(r["folder"])}: BPB {r["bpb"]:.4f}, {fmt_sci(r["model_flops"])} FLOPs</title></circle>')
+        out.append(f'<text x="{x + 7:.1f}" y="{y - 6:.1f}" font-size="9">{html.escape(r["folder"])}</text>')
+    for k, (cls, colour) in enumerate(CLASS_COLOURS.items()):  # the legend
+        ly = top + 10 + 16 * k
+        out.append(f'<circle cx="{right + 16}" cy="{ly}" r="5" fill="{colour}"/>')
+        out.append(f'<text x="{right + 26}" y="{ly + 4}">{cls}</text>')
+    out.append(f'<line x1="{right + 10}" y1="{top + 78}" x2="{right + 24}" y2="{top + 78}" stroke="#444" stroke-dasharray="4 3"/>')
+    out.append(f'<text x="{right + 28}" y="{top + 82}">Pareto frontier</text>')
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# --serve: the tables as HTML and the plot, on localhost
+
+def html_table(columns, cells):
+    def cell(c):
+        return html.escape(c[0] if isinstance(c, tuple) else str(c))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>" for row in cells)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(tables, problems=()):
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Speedrun leaderboard</title><style>"
+             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style></head><body>",
+             "<h1>Speedrun leaderboard</h1>", "<p><img src='/frontier.svg' alt='BPB vs model FLOPs'></p>"]
+    for track in TRACKS:
+        track_tables = [t for t in tables if t["track"] == track]
+        if not track_tables:
+            parts.append(f"<h2>{track}</h2><p>No records yet.</p>")
+        for table in track_tables:
+            parts.append(f"<h2>{html.escape(table_title(table).replace('`', ''))}</h2>")
+            for heading, columns, cells in table_views(table):
+                parts.append((f"<h3>{html.escape(heading)}</h3>" if heading else "") + html_table(columns, cells))
+    if problems:
+        parts.append("<h2>Invalid records (not listed)</h2><ul>" +
+                     "".join(f"<li>{html.escape(str(p))}</li>" for p in problems) + "</ul>")
+    return "".join(parts) + "</body></html>"
+
+
+def make_server(records_dir, link_base, port):
+    """An HTTP server on 127.0.0.1 that reads records/ afresh on every request (call serve_forever)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            runs, problems = load_records(records_dir)
+            tables = build_tables(runs, link_base)
+            if self.path in ("/", "/index.html"):
+                body, kind = render_html(tables, problems).encode(), "text/html; charset=utf-8"
+            elif self.path == "/frontier.svg":
+                body, kind = render_svg(tables).encode(), "image/svg+xml"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass  # quiet: one line per request is noise here
+
+    return http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+
+def write_atomically(path, text):
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, no usage dump
+        print(f"error: {message} (see python leaderboard.py --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(argv):
+    p = ArgumentParser(description="Validate records/ and write the leaderboard tables into the README.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Exit codes")[0])
+    p.add_argument("--records", default=str(ROOT / "records"), help="records folder (default: records/ beside this file)")
+    p.add_argument("--readme", default=str(ROOT / "README.md"), help="README holding the leaderboard markers")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a record is invalid or the tables are stale")
+    p.add_argument("--skip_invalid", action="store_true", help="write the tables from the valid records and list the others")
+    p.add_argument("--plot", metavar="FILE.svg", help="also write the BPB vs model FLOPs plot (with --check: check it is current)")
+    p.add_argument("--serve", nargs="?", const=8000, type=int, metavar="PORT", help="serve tables and plot on localhost (default port 8000)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    readme = pathlib.Path(args.readme)
+    try:
+        if args.serve is not None:
+            server = make_server(args.records, readme.parent, args.serve)
+            print(f"serving the leaderboard on http://localhost:{server.server_address[1]} (Ctrl-C stops)")
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+            return 0
+        runs, problems = load_records(args.records)
+        if problems and (args.check or not args.skip_invalid):
+            for p in problems:
+                print(f"invalid: {p}", file=sys.stderr)
+            print(f"error: {len(problems)} problem(s) in records; nothing written", file=sys.stderr)
+            return 1
+        tables = build_tables(runs, readme.parent)
+        try:
+            with readme.open(encoding="utf-8", newline="") as f:  # newline="": keep CRLF and the rest byte-identical
+                old = f.read()
+        except OSError as e:
+            raise LeaderboardError(f"error: cannot read README {readme}: {e.strerror}; pass --readme=FILE")
+        how_to_submit = pathlib.Path(os.path.relpath(pathlib.Path(args.records) / "README.md", readme.parent)).as_posix()
+        new = splice_readme(old, render_markdown(tables, problems, how_to_submit), readme)
+        svg = render_svg(tables) if args.plot else None
+        n_rows = sum(len(t["rows"]) for t in tables)
+        if args.check:
+            stale = [str(readme)] if new != old else []
+            if args.plot and (not pathlib.Path(args.plot).is_file() or pathlib.Path(args.plot).read_text() != svg):
+                stale.append(args.plot)
+            if stale:
+                print(f"error: leaderboard out of date in {', '.join(stale)}; run python leaderboard.py"
+                      f"{' --plot=' + args.plot if args.plot else ''} and commit the result", file=sys.stderr)
+                return 1
+            print(f"ok: {len(runs)} run(s) in {n_rows} row(s), all valid; {readme} is up to date")
+            return 0
+        if new != old:
+            write_atomically(readme, new)
+        if svg is not None:
+            write_atomically(args.plot, svg)
+        for p in problems:
+            print(f"skipped invalid: {p}", file=sys.stderr)
+        print(f"{len(runs)} run(s) in {n_rows} row(s) across {len(tables)} table(s); "
+              f"{readme} {'updated' if new != old else 'already up to date'}" + (f"; plot in {args.plot}" if svg else ""))
+        return 0
+    except LeaderboardError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

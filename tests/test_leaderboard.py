@@ -1,0 +1,389 @@
+"""Tests for leaderboard.py on the hand-written records in tests/fixtures/leaderboard/records:
+
+tinystories/2025-01-10_baseline        one run, judged, BPB 1.30            (eval data FP1)
+tinystories/2025-01-12_muon_3seeds     three seeds 1.20/1.21/1.19, target 1.25 reached in 100/110/90 s
+tinystories/2025-01-15_cheap           one tiny run, BPB 1.35, the fewest FLOPs
+tinystories/2025-01-20_medium_cpu      a medium-class model on a CPU (measured peak), BPB 1.40, dominated
+tinystories/2025-02-01_other_eval      evaluated on other data (FP2): a table of its own
+fineweb-edu/2025-03-01_c4_small        our schema with a C4-EN eval (and a FineWeb-Edu eval that is not primary)
+fineweb-edu/2025-06-27_marin_llama_130m_adamw   Marin's published 130M record, Marin's format
+"""
+import hashlib
+import json
+import math
+import pathlib
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import leaderboard as lb  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures" / "leaderboard" / "records"
+HEAD = "# A README\n\nSome text with trailing spaces   \r\nand a CRLF line.\n\n"
+TAIL = "\n\n## After the tables\n\nunchanged \u2605 text\r\n"
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A copy of the fixture records and a README with the markers, in a temporary folder."""
+    shutil.copytree(FIXTURES, tmp_path / "records")
+    readme = tmp_path / "README.md"
+    readme.write_bytes((HEAD + lb.START_MARKER + "\nold content\n" + lb.END_MARKER + TAIL).encode())
+    return tmp_path
+
+
+def run_cli(repo, *extra, capsys=None):
+    code = lb.main([f"--records={repo / 'records'}", f"--readme={repo / 'README.md'}", *extra])
+    out, err = capsys.readouterr() if capsys else ("", "")
+    return code, out, err
+
+
+def section_tables(text):
+    """{heading: [rows as {column: cell}]} for the first table under each '### ' heading."""
+    tables, heading, lines = {}, None, text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("### "):
+            heading = line[4:]
+            for j in range(i + 1, len(lines)):
+                if lines[j].startswith("| "):
+                    columns = [c.strip() for c in lines[j].strip("|").split(" | ")]
+                    rows = []
+                    for row_line in lines[j + 2:]:
+                        if not row_line.startswith("|"):
+                            break
+                        rows.append(dict(zip(columns, [c.strip() for c in row_line.strip("|").split(" | ")])))
+                    tables[heading] = rows
+                    break
+                if lines[j].startswith("### "):
+                    tables[heading] = []
+                    break
+    return tables
+
+
+def edit_json(path, change):
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Student's t, checked against closed forms, printed tables and numerical integration
+
+
+def test_student_t_cdf_closed_forms():
+    for t in (-7.5, -2.0, -0.3, 0.0, 0.4, 1.0, 3.3, 12.0):
+        # df = 1 is the Cauchy distribution; df = 2 has the CDF 1/2 + t / (2 sqrt(2 + t^2))
+        assert lb.student_t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)
+        assert lb.student_t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
+
+
+@pytest.mark.parametrize("t,df,cdf", [(2.015048, 5, 0.95), (3.364930, 5, 0.99), (2.228139, 10, 0.975),
+                                      (2.946713, 15, 0.995), (1.697261, 30, 0.95), (-2.776445, 4, 0.025)])
+def test_student_t_cdf_table_values(t, df, cdf):
+    assert lb.student_t_cdf(t, df) == pytest.approx(cdf, abs=2e-6)
+
+
+@pytest.mark.parametrize("df", [3, 7, 30])
+def test_student_t_cdf_matches_numerical_integration(df):
+    def pdf(x):
+        c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+        return c * (1 + x * x / df) ** (-(df + 1) / 2)
+    for t in (0.25, 1.0, 2.5, 4.0):
+        n = 2000  # Simpson's rule on [0, t]; the CDF is 1/2 plus that area
+        h = t / n
+        area = pdf(0) + pdf(t) + sum((4 if k % 2 else 2) * pdf(k * h) for k in range(1, n))
+        assert lb.student_t_cdf(t, df) == pytest.approx(0.5 + area * h / 3, abs=1e-9)
+        assert lb.student_t_cdf(-t, df) == pytest.approx(0.5 - area * h / 3, abs=1e-9)
+
+
+def test_one_sided_p_value():
+    # mean 1.20, sd 0.01, n 3: t = 0.05 / (0.01 / sqrt 3) with 2 degrees of freedom, whose tail is closed-form
+    t = 0.05 / (0.01 / math.sqrt(3))
+    assert lb.one_sided_p_below([1.20, 1.21, 1.19], 1.25) == pytest.approx(0.5 - t / (2 * math.sqrt(2 + t * t)), rel=1e-9)
+    assert lb.one_sided_p_below([1.20, 1.21, 1.19], 1.20) == pytest.approx(0.5)
+    assert lb.one_sided_p_below([1.30, 1.31, 1.29], 1.25) > 0.99
+    assert lb.one_sided_p_below([1.2], 1.25) is None
+    assert lb.mean_and_sd([1.0, 2.0, 3.0, 4.0]) == (2.5, pytest.approx(math.sqrt(5 / 3)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pareto
+
+
+def brute_force_front(points):
+    return [not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points) for p in points]
+
+
+def test_pareto_matches_brute_force():
+    rng = random.Random(0)
+    for trial in range(300):
+        n = rng.randint(1, 25)
+        # few distinct values, so ties in FLOPs, in BPB and whole duplicate points are common
+        points = [(rng.choice([1e15, 2e15, 5e15, 1e16, 3e16]), rng.choice([1.1, 1.2, 1.25, 1.3, 1.4])) for _ in range(n)]
+        assert lb.pareto_front(points) == brute_force_front(points), points
+
+
+# ---------------------------------------------------------------------------------------------------
+# The tables from the fixtures
+
+
+def test_fixture_tables(repo, capsys):
+    code, out, err = run_cli(repo, capsys=capsys)
+    assert code == 0, err
+    text = (repo / "README.md").read_text()
+    tables = section_tables(text)
+    ts = next(rows for h, rows in tables.items() if h.startswith("tinystories ·") and "tinystories-valid" in h)
+    # ranked by BPB; the three seeds count as one row with their mean
+    assert [r["run"].split("]")[0][1:] for r in ts] == ["2025-01-12_muon_3seeds", "2025-01-10_baseline",
+                                                          "2025-01-15_cheap", "2025-01-20_medium_cpu"]
+    assert [r["#"] for r in ts] == ["1", "2", "3", "4"]
+    assert ts[0]["BPB"] == "1.2000 ± 0.0100 (n=3)"
+    t = 0.05 / (0.01 / math.sqrt(3))
+    assert ts[0]["p vs target"] == f"{0.5 - t / (2 * math.sqrt(2 + t * t)):.4f} (< 1.25)"
+    assert ts[1]["judge"] == "6.50" and ts[2]["judge"] == "—"
+    assert ts[3]["params (class)"].endswith("(medium)") and ts[3]["hardware"] == "1× cpu"
+    assert ts[1]["run"] == "[2025-01-10_baseline](records/tinystories/2025-01-10_baseline)"
+    # the Pareto marks against a brute-force check on the table's own numbers
+    points = [(float(r["model FLOPs"]), float(r["BPB"].split()[0])) for r in ts]
+    assert [r["Pareto"] == "★" for r in ts] == brute_force_front(points) == [True, True, True, False]
+    # other eval data: a table of its own, never ranked with the first
+    other = [h for h in tables if "tinystories_sample" in h]
+    assert len(other) == 1 and [r["#"] for r in tables[other[0]]] == ["1"]
+    # fineweb-edu: our C4 record and Marin's, on different eval data, so two tables; the FineWeb eval is not primary
+    fw = {h: rows for h, rows in tables.items() if h.startswith("fineweb-edu")}
+    assert len(fw) == 2
+    marin = next(rows for h, rows in fw.items() if "marin-paloma-c4_en" in h)
+    assert marin[0]["BPB"] == "1.1862" and marin[0]["hardware"] == "32× TPU v5p" and marin[0]["author"] == "William Held"
+    assert marin[0]["model FLOPs"] == "1.78e18" and marin[0]["MFU"] == "10.8%"
+    ours = next(rows for h, rows in fw.items() if "c4-en-val" in h)
+    assert ours[0]["BPB"] == "1.5200"
+    assert "### tinystories-wiki" in text and "### open" in text and text.count("No records yet") == 2
+    # per-weight-class view and time-to-target view
+    assert "**By weight class**" in text
+    assert "| medium | 1 | [2025-01-20_medium_cpu]" in text
+    assert "| 1× H100 SXM | bpb ≤ 1.25 | [2025-01-12_muon_3seeds](records/tinystories/2025-01-12_muon_3seeds) | 1m40s ± 10.0s | 3 |" in text
+
+
+def test_regeneration_is_idempotent_and_leaves_the_rest_byte_identical(repo, capsys):
+    assert run_cli(repo, capsys=capsys)[0] == 0
+    first = (repo / "README.md").read_bytes()
+    assert first.startswith((HEAD + lb.START_MARKER + "\n").encode())
+    assert first.endswith(("\n" + lb.END_MARKER + TAIL).encode())
+    assert run_cli(repo, capsys=capsys)[0] == 0
+    assert (repo / "README.md").read_bytes() == first
+    code, out, _ = run_cli(repo, "--check", capsys=capsys)
+    assert code == 0 and "up to date" in out
+
+
+def test_check_fails_on_stale_readme(repo, capsys):
+    code, _, err = run_cli(repo, "--check", capsys=capsys)  # the README still holds "old content"
+    assert code == 1 and "out of date" in err and "README.md" in err
+    assert run_cli(repo, capsys=capsys)[0] == 0
+    shutil.rmtree(repo / "records" / "tinystories" / "2025-01-15_cheap")  # a record removed: stale again
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "out of date" in err
+
+
+def test_missing_markers_is_a_clear_error(repo, capsys):
+    (repo / "README.md").write_text("# no markers here\n")
+    code, _, err = run_cli(repo, capsys=capsys)
+    assert code == 2 and "leaderboard:start" in err and err.count("\n") == 1
+    assert (repo / "README.md").read_text() == "# no markers here\n"
+
+
+def test_bad_command_line(repo, capsys):
+    code = lb.main([f"--records={repo / 'nowhere'}", f"--readme={repo / 'README.md'}"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "nowhere" in err and err.startswith("error:") and err.count("\n") == 1
+    with pytest.raises(SystemExit) as e:
+        lb.main(["--serve=notaport"])
+    assert e.value.code == 2
+
+
+def test_empty_records_give_a_well_formed_section(tmp_path):
+    for track in lb.TRACKS:
+        (tmp_path / "records" / track).mkdir(parents=True)
+        (tmp_path / "records" / track / ".gitkeep").touch()
+    (tmp_path / "README.md").write_text(f"x\n{lb.START_MARKER}\n{lb.END_MARKER}\n")
+    cmd = [sys.executable, str(ROOT / "leaderboard.py"), f"--records={tmp_path / 'records'}", f"--readme={tmp_path / 'README.md'}"]
+    assert subprocess.run(cmd + ["--check"], capture_output=True).returncode == 1  # empty section: stale
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    done = subprocess.run(cmd + ["--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "README.md").read_text()
+    assert text.count("No records yet: see [records/README.md](records/README.md)") == len(lb.TRACKS)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Invalid and tampered records
+
+
+def test_invalid_record_names_file_and_field_and_writes_nothing(repo, capsys):
+    path = repo / "records" / "tinystories" / "2025-01-15_cheap" / "results.json"
+    edit_json(path, lambda r: r["compute"].__setitem__("model_flops", "lots"))
+    edit_json(repo / "records" / "tinystories" / "2025-01-10_baseline" / "results.json", lambda r: r["training"].pop("seq_len"))
+    before = (repo / "README.md").read_bytes()
+    code, _, err = run_cli(repo, capsys=capsys)
+    assert code == 1
+    assert "2025-01-15_cheap/results.json: compute.model_flops: expected a finite number" in err
+    assert "2025-01-10_baseline/results.json: training.seq_len: missing" in err
+    assert (repo / "README.md").read_bytes() == before
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "compute.model_flops" in err
+    # --skip_invalid: tables from the valid records, the others listed
+    code, _, err = run_cli(repo, "--skip_invalid", capsys=capsys)
+    assert code == 0 and "skipped invalid" in err
+    text = (repo / "README.md").read_text()
+    tables = section_tables(text)
+    ts = next(rows for h, rows in tables.items() if "tinystories-valid" in h)
+    assert [r["run"].split("]")[0][1:] for r in ts] == ["2025-01-12_muon_3seeds", "2025-01-20_medium_cpu"]
+    assert "**Not listed: invalid records**" in text and "compute.model_flops" in text
+
+
+def halve_model_flops(r):
+    r["compute"]["model_flops"] /= 2
+    r["compute"]["mfu"] /= 2  # a careful cheat keeps MFU consistent; the recomputation still catches it
+
+
+def understate_params(r):
+    r["params"]["counted"] -= 1000
+
+
+def change_code_hash(r):
+    r["code"]["sha256"]["train.py"] = hashlib.sha256(b"some other train.py").hexdigest()
+
+
+def halve_train_seconds(r):
+    r["compute"]["train_seconds"] /= 2
+
+
+def claim_smaller_class(r):
+    r["params"]["weight_class"] = "small"
+
+
+def wrong_peak(r):  # a datasheet device with a made-up peak, hardware FLOPs and MFU made consistent with it
+    r["compute"]["peak_flops_per_device"] = 3000e12
+    r["compute"]["hardware_flops"] = r["compute"]["train_seconds"] * 3000e12
+    r["compute"]["mfu"] = r["compute"]["model_flops"] / r["compute"]["hardware_flops"]
+
+
+def wrong_track(r):
+    r["track"] = "open"
+
+
+@pytest.mark.parametrize("folder,change,field", [
+    ("2025-01-10_baseline", halve_model_flops, "compute.model_flops"),
+    ("2025-01-10_baseline", understate_params, "params.counted"),
+    ("2025-01-10_baseline", change_code_hash, "code.sha256.train.py"),
+    ("2025-01-10_baseline", halve_train_seconds, "compute.hardware_flops"),
+    ("2025-01-20_medium_cpu", claim_smaller_class, "params.weight_class"),
+    ("2025-01-10_baseline", wrong_peak, "compute.peak_flops_per_device"),
+    ("2025-01-12_muon_3seeds/seed1", halve_model_flops, "compute.model_flops"),
+    ("2025-01-15_cheap", wrong_track, "track"),
+])
+def test_tampered_record_is_caught(repo, capsys, folder, change, field):
+    path = repo / "records" / "tinystories" / folder / "results.json"
+    edit_json(path, change)
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1
+    assert f"{folder}/results.json: {field}:" in err, err
+
+
+def test_edited_source_in_log_is_caught(repo, capsys):
+    log = repo / "records" / "tinystories" / "2025-01-10_baseline" / "train.log"
+    log.write_bytes(log.read_bytes().replace(b"print('training baseline')", b"print('training b4seline')"))
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "2025-01-10_baseline/train.log: source train.py: header says sha256" in err
+    log.unlink()
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "2025-01-10_baseline/train.log: train.log: missing" in err
+
+
+def test_log_block_forms():
+    """A source with and without a final newline both hash back to what the header declares."""
+    for source in (b"a = 1\n", b"a = 1", b"", b"x\n\n"):
+        block = lb.source_block("f.py", source) + b"==================== environment ====================\n"
+        path = pathlib.Path(__import__("tempfile").mkstemp()[1])
+        path.write_bytes(block)
+        declared, candidates = lb.read_logged_sources(path)["f.py"]
+        assert declared == hashlib.sha256(source).hexdigest() and source in candidates
+        path.unlink()
+
+
+def test_tampered_marin_record_is_caught(repo, capsys):
+    path = repo / "records" / "fineweb-edu" / "2025-06-27_marin_llama_130m_adamw" / "speedrun_results.json"
+    original = path.read_text()
+    edit_json(path, lambda d: d["runs"][0]["run_info"].__setitem__("model_flops", d["runs"][0]["run_info"]["model_flops"] / 2))
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "speedrun_results.json: runs[0].run_info.model_flops:" in err
+    path.write_text(original)
+    edit_json(path, lambda d: d["runs"][0]["run_info"].__setitem__("training_time", 500.0))
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "runs[0].run_info.training_hardware_flops:" in err
+    edit_json(path, lambda d: d["runs"][0]["run_info"].pop("eval/paloma/c4_en/bpb"))
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "runs[0].run_info.eval/paloma/c4_en/bpb: missing" in err
+
+
+def test_record_folder_needs_a_readme(repo, capsys):
+    (repo / "records" / "tinystories" / "2025-01-12_muon_3seeds" / "README.md").unlink()
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and err.count("2025-01-12_muon_3seeds/README.md: README.md: missing") == 1
+
+
+def test_record_in_the_wrong_place(repo, capsys):
+    shutil.copytree(repo / "records" / "tinystories" / "2025-01-15_cheap", repo / "records" / "tiny" / "x")
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "tiny/x/results.json: (location): unknown track folder" in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plot and server
+
+
+def test_plot(repo, capsys):
+    svg_path = repo / "frontier.svg"
+    assert run_cli(repo, f"--plot={svg_path}", capsys=capsys)[0] == 0
+    root = ET.fromstring(svg_path.read_text())
+    ns = "{http://www.w3.org/2000/svg}"
+    circles = [c for c in root.iter(ns + "circle") if c.find(ns + "title") is not None]
+    assert len(circles) == 7  # one per row: 4 + 1 + 1 + 1
+    by_name = {c.find(ns + "title").text.split(":")[0]: (float(c.get("cx")), float(c.get("cy"))) for c in circles}
+    cheap, base, muon = by_name["2025-01-15_cheap"], by_name["2025-01-10_baseline"], by_name["2025-01-12_muon_3seeds"]
+    assert cheap[0] < base[0] < muon[0]
+    assert cheap[1] < base[1] < muon[1]  # SVG y grows downwards: lower BPB is drawn lower on the page
+    # log x: equal FLOPs ratios give equal distances (cheap -> base is 67.2x, base -> muon is 2x)
+    assert (base[0] - cheap[0]) / (muon[0] - base[0]) == pytest.approx(math.log(62733366067200 / 933652070400) / math.log(2), rel=1e-2)
+    frontiers = list(root.iter(ns + "polyline"))
+    assert len(frontiers) == 1 and len(frontiers[0].get("points").split()) == 3
+    assert len([x for x in root.iter(ns + "line") if x.get("class") == "spread"]) == 1  # the 3-seed row's spread
+    code, _, err = run_cli(repo, "--check", f"--plot={svg_path}", capsys=capsys)
+    assert code == 0, err
+    svg_path.write_text("<svg/>")
+    assert run_cli(repo, "--check", f"--plot={svg_path}", capsys=capsys)[0] == 1
+
+
+def test_serve(repo):
+    server = lb.make_server(repo / "records", repo, 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        page = urllib.request.urlopen(base + "/", timeout=60).read().decode()
+        assert "<table>" in page and "2025-01-12_muon_3seeds" in page and "/frontier.svg" in page
+        svg = urllib.request.urlopen(base + "/frontier.svg", timeout=60).read().decode()
+        ET.fromstring(svg)
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(base + "/nothing", timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
