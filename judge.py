@@ -1,0 +1,813 @@
+"""
+The TinyStories-paper LLM-as-a-judge: story beginnings, completions, grades from a chat model.
+
+The protocol is the one of Eldan & Li, "TinyStories" (arXiv:2305.07759), as the TinyStories Hackathon
+applied it: a model completes story beginnings that are cut mid-sentence; a judge model sees the
+beginning and the completion separated by `***`, is told a student wrote the part after it, writes a
+short assessment, then grades grammar, creativity, consistency and plot out of 10 and guesses the
+student's age group (A: 3 or under ... F: 13-16). Any OpenAI-compatible /v1/chat/completions endpoint
+can judge (OpenAI, vLLM, llama.cpp server, Ollama, SGLang); several --model flags mean several judges.
+
+Judge a checkpoint (generates --samples completions per prompt, then grades them):
+    OPENAI_API_KEY=sk-... python judge.py --ckpt=ckpt.pt --model=gpt-4o --base_url=https://api.openai.com/v1
+Judge a submitted file of completions (CSV or JSONL with `prompt` and `completion`), no model needed:
+    python judge.py --completions=submission.csv --model=qwen2.5:14b --base_url=http://localhost:11434/v1 --api_key_env=
+Write the summary into a record's results.json (and the full report to DIR/judge.json):
+    python judge.py --ckpt=ckpt.pt --model=gpt-4o --record=records/tinystories/2025-01-01_me
+
+Re-runs are free: generated completions are saved in --cache_dir keyed by the generation arguments,
+and every judge answer is appended (fsync'd) to --cache_dir/grades.jsonl keyed by (protocol, judge model,
+prompt, completion), so a re-run, or a run resumed after a crash, sends only the requests not yet answered.
+The API key is read from the environment variable named by --api_key_env and is never printed or written.
+"""
+import argparse
+import concurrent.futures
+import contextlib
+import csv
+import email.utils
+import hashlib
+import http.client
+import json
+import math
+import os
+import pathlib
+import re
+import socket
+import statistics
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from tqdm import tqdm
+
+# -----------------------------------------------------------------------------
+# The default prompt set: story beginnings written for this project, in words a 3-4 year old knows,
+# each cut mid-sentence so the judge can check that the completion finishes the sentence.
+# They mix dialogue, twists, a moral and sad endings, as the paper's set does.
+
+DEFAULT_PROMPTS = [
+    "Once upon a time, there was a little red hen who lived on a farm. Every morning she looked for seeds in the yard. One day she found a big shiny egg that was not hers, and she",
+    "Tom had a blue ball that he loved very much. He took it to the park every day. One windy day, he kicked the ball very high, and the wind",
+    "Mia and her dad were making a cake for Mom. Mia put in the flour and the eggs. Then Dad said, \"Now we need the sugar.\" Mia looked in the box, but",
+    "\"Can I have a cookie?\" asked Ben. \"Not before dinner,\" said Mom. Ben was sad. When Mom went out to the garden, Ben saw the cookie jar on the table and",
+    "There was a small fish named Bubbles who lived in a pond. Bubbles wanted to see what was on the other side of the big rock. His mom told him to stay close, but",
+    "Lily found a little bird on the ground under a tree. Its wing was hurt and it could not fly. Lily picked it up very gently and said, \"Don't be scared, I will",
+    "Sam had a new red bike. His friend Leo did not have a bike. Leo watched Sam ride up and down the street. Sam stopped and said, \"Do you want to",
+    "Once upon a time, a big bear lived in a cave. He was always grumpy because he could not sleep. One night, he heard a tiny voice singing outside. The bear got up and",
+    "Zoe wanted to help her grandma in the garden. Grandma gave her a small pot and some seeds. \"If you give them water every day,\" said Grandma, \"they will",
+    "The sun was hot and the ice cream truck came down the road. Max ran to get his money, but his piggy bank was empty. He remembered that yesterday he had",
+    "Anna had a toy rabbit named Mr. Hop. She took him everywhere. One day at the store, she looked down and Mr. Hop was gone. Anna started to cry, and then",
+    "A little cat named Socks liked to sit by the window. Every day she watched a bird on the fence. One day the window was open, and Socks",
+    "Once upon a time, there was a boy who did not like to share his toys. When his friends came to play, he said, \"These are all mine!\" His friends went home, and the boy",
+    "It was raining and Nora could not go outside. She was bored. Her mom gave her some paper and crayons and said, \"Why don't you draw",
+    "Finn and his sister Ruby built a big tower with blocks. It was taller than Finn! Then the dog ran into the room, wagging his tail, and",
+    "An old tree stood in the middle of the field. Many birds lived in its branches. One day, a man came with a big saw. The birds were scared, so they",
+    "Jack wanted to be the fastest runner in his class. Every day he ran around the yard. On the day of the big race, he tripped on a rock and",
+    "Once there was a little duck who could not swim. The other ducks played in the water all day. The little duck sat on the grass and",
+    "\"Look, Mom, a puppy!\" said Emma. A small brown puppy was sitting all alone by the gate. It had no collar. Emma asked, \"Can we",
+    "Ben's tooth was loose. It wiggled when he ate his apple. That night, he put the tooth under his pillow and tried to stay awake to see",
+    "The little train went up the hill every day with toys for the children. One cold morning, the snow was very deep, and the little train",
+    "Lucy liked to sing, but she was shy. When her teacher asked who wanted to sing for the class, Lucy's hands shook. She stood up slowly and",
+    "A frog and a turtle lived by the same pond. The frog was fast and the turtle was slow. One day the frog said, \"Let's see who can get to the big rock first,\" and",
+    "Mom gave Sam a coin to buy bread. On the way to the shop, Sam saw a man with a box of small, soft kittens. Sam held the coin tight and",
+    "Kim had a red balloon from the fair. She held the string very tight. But when she waved to her friend, the string slipped out of her hand, and the balloon",
+    "Grandpa had an old box on the top shelf. \"Don't open it yet,\" he said with a smile. \"It is for your birthday.\" But the next day, when Grandpa was asleep, Tim",
+    "The snowman in the yard had a carrot nose and a big hat. Every night, when the children were in bed, the snowman",
+    "Once upon a time, there was a girl named Rosa who was afraid of the dark. Every night she asked her dad to leave the light on. One night the light went out, and",
+    "Leo and his dog Spot went for a walk in the woods. They walked and walked. When Leo looked around, he did not know the way home. Spot sniffed the ground and",
+    "\"I can do it by myself!\" said Lily. She wanted to tie her shoes. She tried once, and the laces fell apart. She tried again, but",
+    "A tiny ant found a big crumb of bread. It was too heavy for her to carry. She looked at the crumb and then at her home far away. Then she had an idea. She went to find",
+    "On the first day of school, Max did not know anyone. He sat alone at lunch with his sandwich. Then a girl with a yellow hat came over and said,",
+    "The farmer had a cow named Daisy who gave the best milk. One morning, Daisy was not in the barn. The gate was open, and on the ground there were",
+    "Mia broke her mom's favorite cup. She hid the pieces under the bed. When Mom asked, \"Have you seen my blue cup?\" Mia felt a knot in her tummy and",
+    "Once upon a time, there was a star that lived high in the sky. The star was sad because all the other stars were far away. One night it saw a little girl looking up and",
+    "Sara and her brother wanted the same toy car. They both pulled on it. \"It's mine!\" said Sara. \"No, it's mine!\" said her brother. Then the car",
+    "Every day, a kind old man fed the ducks at the park. The ducks loved him. One day, the old man did not come. The next day he did not come either, so the ducks",
+    "Tom's kite was stuck in a tall tree. He pulled the string, but the kite did not move. A big bird landed next to the kite and",
+    "Ella wanted a pet more than anything. Her mom said, \"A pet is a lot of work.\" Ella said she would feed it and walk it every day. So on Saturday, they went to",
+    "The little boat sailed on the lake. The sky was blue and the water was calm. Then, far away, Dad saw big gray clouds, and he said,",
+    "Once upon a time, a bunny named Pip lost her favorite carrot. She asked the owl, \"Have you seen my carrot?\" The owl blinked and said, \"Yes, I saw",
+    "Ben always said he was not scared of anything. At the fair, his friends wanted to go into the dark, spooky house. Ben looked at the door and",
+    "Grandma's dog, Buster, was very old. He could not run anymore, and he slept most of the day. One morning, Grandma sat down next to Amy and said softly,",
+    "Jake found a shiny key in the sand at the beach. It was old and gold. He looked around and saw a little wooden door in the side of a big rock, and",
+    "Two birds built a nest in the tree by Nina's window. Soon there were three small eggs in it. Nina watched them every day, until one morning she heard",
+    "The king wanted the best cake in the land. All the bakers came with big, fancy cakes. Then a little girl came with a small, plain cake, and the king",
+    "Owen did not want to eat his green beans. He gave them to the dog under the table. But the dog did not like green beans either, so it",
+    "Once there was a cloud who wanted to make the flowers happy. The cloud rained on the garden, but it rained too much, and soon",
+    "Ruby and her mom planted a little apple tree. Ruby asked, \"When will it have apples?\" Mom laughed and said, \"Not for a long time. You will have to",
+    "A little lamb named Fluff walked away from the farm to eat the sweet grass on the hill. When the sun went down, Fluff heard a sound in the bushes and",
+    "Dan and Ava were playing hide and seek. Ava hid in a big box in the garage. She waited and waited, but Dan did not come. Then she heard the car start and",
+    "The old toy robot sat at the bottom of the toy box. Nobody played with him anymore. One day, a little boy who had no toys came to visit, and he",
+]
+
+# The TinyStories dataset's own evaluation prompts (44 beginnings, a YAML list of strings).
+TINYSTORIES_PROMPTS_REPO = "roneneldan/TinyStories"
+TINYSTORIES_PROMPTS_FILE = "Evaluation prompts.yaml"
+
+# -----------------------------------------------------------------------------
+# The grading protocol. The wording is the paper's; the last paragraph fixes an answer format so parsing
+# rarely needs the re-ask. PROTOCOL is part of every cache key: change the wording, bump the version.
+
+PROTOCOL = "tinystories-paper/1"
+CATEGORIES = ("grammar", "creativity", "consistency", "plot")
+AGE_GROUPS = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12", "F": "13-16"}
+
+GRADING_TEMPLATE = """In the following exercise, the student is given a beginning of a story. The student needs to complete it into a full story. The exercise tests the student's language abilities and creativity. The symbol *** marks the separator between the prescribed beginning and the student's completion:
+
+{story}
+
+Please provide your general assessment about the part written by the student (the one after the *** symbol). Is it grammatically correct? Is it consistent with the beginning of the story? Pay special attention to whether the student manages to complete the sentence which is split in the middle by the separator ***.
+
+Now, grade the student's completion in terms of grammar, creativity, consistency with the story's beginning and whether the plot makes sense. Moreover, please provide your best guess of what the age of the student might be, as reflected from the completion. Choose from possible age groups: A: 3 or under. B: 4-5. C: 6-7. D: 8-9. E: 10-12. F: 13-16.
+
+Write the assessment first, in a few sentences. Then end your answer with exactly these five lines, X being a number from 1 to 10 and L a letter from A to F:
+Grammar: X/10
+Creativity: X/10
+Consistency: X/10
+Plot: X/10
+Age group: L"""
+
+REASK = """Thank you. Please now give only your grades, in exactly this format, X being a number from 1 to 10 and L a letter from A to F:
+Grammar: X/10
+Creativity: X/10
+Consistency: X/10
+Plot: X/10
+Age group: L"""
+
+
+class JudgeError(ValueError):
+    """Bad input or an endpoint we cannot use; the message names what is wrong and how to fix it."""
+
+
+def grading_messages(prompt: str, completion: str) -> list[dict]:
+    """The chat messages that ask for one grade. The story is joined as 'beginning *** completion'."""
+    story = f"{prompt.rstrip()} *** {completion.strip()}"
+    return [{"role": "user", "content": GRADING_TEMPLATE.format(story=story)}]
+
+
+# -----------------------------------------------------------------------------
+# Parsing the judge's answer: a label, a separator or an '/10', a number; the last match wins, because
+# the assessment may mention a category before the grades at the end.
+
+SCORE_RE = re.compile(r"\b(grammar|creativity|consistency|plot)\b([^0-9\n]{0,40}?)(\d+(?:\.\d+)?)(\s*(?:/|out of)\s*10\b)?",
+                      re.IGNORECASE)
+AGE_LETTER_RE = re.compile(r"\b(?i:age)\b(?:\s*(?i:group))?[^\n]{0,30}?\b([A-F])\b")
+AGE_RANGE_RE = re.compile(r"\b(?i:age)\b[^\n]{0,30}?(3 or under|4-5|6-7|8-9|10-12|13-16)")
+
+
+def parse_grades(text: str) -> dict:
+    """{"grammar": float|None, ..., "plot": ..., "age_group": "A".."F"|None} from one judge answer.
+    A number counts only after a separator (':', '=', '-') or when written as 'n/10' / 'n out of 10', so
+    'the grammar has 2 mistakes' is not read as a grade; values outside 0..10 are ignored."""
+    grades = {c: None for c in CATEGORIES}
+    for m in SCORE_RE.finditer(text or ""):
+        label, gap, number, out_of_ten = m.group(1).lower(), m.group(2), float(m.group(3)), m.group(4)
+        if (out_of_ten or any(sep in gap for sep in ":=-")) and 0 <= number <= 10:
+            grades[label] = number
+    age = None
+    for m in AGE_LETTER_RE.finditer(text or ""):
+        age = m.group(1)
+    if age is None:
+        by_range = {v: k for k, v in AGE_GROUPS.items()}
+        for m in AGE_RANGE_RE.finditer(text or ""):
+            age = by_range[m.group(1)]
+    grades["age_group"] = age
+    return grades
+
+
+def scores_complete(grades: dict) -> bool:
+    return all(grades[c] is not None for c in CATEGORIES)
+
+
+# -----------------------------------------------------------------------------
+# The chat-completions client: standard library HTTP, retries with exponential backoff on 429, 5xx,
+# timeouts and dropped connections, honouring Retry-After. Connection refused, unknown hosts and other
+# 4xx answers are not transient: they stop the run at once with one line.
+
+class TransientError(Exception):
+    def __init__(self, what: str, retry_after: float | None = None):
+        super().__init__(what)
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After is either seconds or an HTTP date (RFC 9110); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def retry_delay(attempt: int, retry_after: float | None, backoff: float) -> float:
+    """Seconds to wait before retry number attempt+1: what the server asked for, else backoff * 2^attempt."""
+    return retry_after if retry_after is not None else backoff * 2 ** attempt
+
+
+class ChatClient:
+    def __init__(self, base_url: str, api_key: str | None, timeout: float, retries: int, backoff: float,
+                 temperature: float, max_tokens: int, stop: threading.Event | None = None):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.api_key = api_key
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.temperature, self.max_tokens = temperature, max_tokens
+        self.stop = stop or threading.Event()  # set when another worker hit a fatal error
+
+    def redact(self, text: str) -> str:
+        """Servers sometimes echo the key in error bodies; it never reaches our output."""
+        return text.replace(self.api_key, "***") if self.api_key else text
+
+    def post_once(self, body: dict) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            if e.code == 429 or e.code >= 500:
+                raise TransientError(f"HTTP {e.code}", parse_retry_after(e.headers.get("Retry-After")))
+            detail = self.redact(e.read()[:300].decode("utf-8", "replace")).replace("\n", " ")
+            raise JudgeError(f"{self.url} answered HTTP {e.code} for model {body['model']!r}: {detail}; "
+                             f"check --base_url, --model and --api_key_env")
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, (TimeoutError, socket.timeout, ConnectionResetError)):
+                raise TransientError(f"{type(e.reason).__name__}")
+            raise JudgeError(f"cannot reach {self.url}: {self.redact(str(e.reason))}; start the server or fix --base_url")
+        except (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as e:
+            raise TransientError(type(e).__name__)
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            raise TransientError("a reply that is not JSON")
+
+    def chat(self, model: str, messages: list[dict]) -> tuple[str, dict]:
+        """One chat completion with retries: (answer text, {"prompt_tokens", "completion_tokens"})."""
+        body = {"model": model, "messages": messages, "temperature": self.temperature, "max_tokens": self.max_tokens}
+        for attempt in range(self.retries + 1):
+            if self.stop.is_set():
+                raise JudgeError("stopped")
+            try:
+                reply = self.post_once(body)
+                break
+            except TransientError as e:
+                if attempt == self.retries:
+                    raise JudgeError(f"{self.url} failed {self.retries + 1} times for model {model!r} (last: {e}); "
+                                     f"try again later, or raise --retries / --timeout")
+                time.sleep(retry_delay(attempt, e.retry_after, self.backoff))
+        try:
+            content = reply["choices"][0]["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise JudgeError(f"{self.url} answered without choices[0].message for model {model!r}; "
+                             f"is it an OpenAI-compatible chat-completions endpoint?")
+        usage = reply.get("usage") or {}
+        return content, {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                         "completion_tokens": int(usage.get("completion_tokens") or 0)}
+
+
+def grade(client: ChatClient, model: str, prompt: str, completion: str) -> dict:
+    """Ask one judge for one grade; ask once more for the grades alone when a score is missing.
+    Returns the cache record body: status "ok" (all four scores) or "unparsed" (never guessed)."""
+    messages = grading_messages(prompt, completion)
+    answer, usage = client.chat(model, messages)
+    answers, grades = [answer], parse_grades(answer)
+    if not scores_complete(grades):
+        messages = messages + [{"role": "assistant", "content": answer}, {"role": "user", "content": REASK}]
+        answer2, usage2 = client.chat(model, messages)
+        answers.append(answer2)
+        usage = {k: usage[k] + usage2[k] for k in usage}
+        grades.update({k: v for k, v in parse_grades(answer2).items() if v is not None})
+    ok = scores_complete(grades)
+    return {"judge": model, "status": "ok" if ok else "unparsed",
+            "scores": {c: grades[c] for c in CATEGORIES} if ok else None,
+            "age_group": grades["age_group"], "answers": answers, "usage": usage}
+
+
+# -----------------------------------------------------------------------------
+# The grade cache: append-only JSONL, one line per answered (protocol, judge, prompt, completion), flushed
+# and fsync'd as each answer arrives, so a crash loses at most the requests in flight.
+
+def cache_key(model: str, prompt: str, completion: str) -> str:
+    return hashlib.sha256(json.dumps([PROTOCOL, model, prompt, completion]).encode()).hexdigest()
+
+
+class GradeCache:
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        self.lock = threading.Lock()
+        self.records = {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            return
+        data = path.read_bytes()
+        complete, _, torn = data.rpartition(b"\n")
+        if torn:  # a crash mid-write left a line without its newline: cut it off, its grade is asked again
+            os.truncate(path, len(data) - len(torn))
+        for i, line in enumerate(complete.split(b"\n")):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                self.records[record["key"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise JudgeError(f"{path}: line {i + 1} is not a cache record; move the file away to start over")
+
+    def get(self, key: str) -> dict | None:
+        return self.records.get(key)
+
+    def add(self, key: str, record: dict) -> None:
+        record = {"key": key, **record}
+        line = (json.dumps(record) + "\n").encode()
+        with self.lock:
+            with open(self.path, "ab") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            self.records[key] = record
+
+
+# -----------------------------------------------------------------------------
+# Prompts and completions in.
+
+def read_csv_rows(path: pathlib.Path, columns: tuple[str, ...]) -> list[dict]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise JudgeError(f"{path}: no {', '.join(repr(c) for c in missing)} column (found: "
+                                 f"{', '.join(reader.fieldnames or []) or 'nothing'}); the file needs a header "
+                                 f"row with {' and '.join(repr(c) for c in columns)}")
+            return list(reader)
+    except UnicodeDecodeError:
+        raise JudgeError(f"{path}: not UTF-8 text; save the CSV as UTF-8")
+
+
+def read_jsonl_rows(path: pathlib.Path, columns: tuple[str, ...]) -> list[dict]:
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise JudgeError(f"{path}: line {i + 1} is not JSON ({e.msg}); one JSON object per line")
+        missing = [c for c in columns if not isinstance(row, dict) or not isinstance(row.get(c), str)]
+        if missing:
+            raise JudgeError(f"{path}: line {i + 1} has no string field {', '.join(repr(c) for c in missing)}; "
+                             f"each line needs {' and '.join(repr(c) for c in columns)}")
+        rows.append(row)
+    return rows
+
+
+def read_table(path: pathlib.Path, columns: tuple[str, ...]) -> list[dict]:
+    """Rows of a CSV or JSONL file that must have the given columns."""
+    if not path.is_file():
+        raise JudgeError(f"{path}: no such file")
+    if path.suffix.lower() == ".csv":
+        return read_csv_rows(path, columns)
+    if path.suffix.lower() == ".jsonl":
+        return read_jsonl_rows(path, columns)
+    raise JudgeError(f"{path}: unknown format; use a .csv or .jsonl file")
+
+
+def load_prompt_file(path: pathlib.Path) -> list[str]:
+    """Prompts from a YAML list of strings (the TinyStories 'Evaluation prompts.yaml'), a CSV with a
+    `prompt` column (the hackathon's submission format) or a JSONL with a `prompt` field."""
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml  # PyYAML comes with datasets / huggingface_hub
+        try:
+            prompts = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise JudgeError(f"{path}: not valid YAML ({str(e).splitlines()[0]})")
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            raise JudgeError(f"{path}: expected a YAML list of strings (story beginnings)")
+    else:
+        prompts = [row["prompt"] for row in read_table(path, ("prompt",))]
+    # the same beginning twice would be judged twice and counted as two prompts
+    prompts = list(dict.fromkeys(p for p in prompts if p.strip()))
+    if not prompts:
+        raise JudgeError(f"{path}: no prompts in it")
+    return prompts
+
+
+def fetch_from_hub(spec: str) -> list[str]:
+    """'hf:OWNER/NAME/PATH' -> that file of a hub dataset repo; 'hf:OWNER/NAME' -> the dataset's train
+    split, which must have a `prompt` column."""
+    parts = spec[len("hf:"):].split("/", 2)
+    if len(parts) < 2 or not all(parts):
+        raise JudgeError(f"--prompts={spec}: a hub id is hf:OWNER/NAME or hf:OWNER/NAME/FILE")
+    repo_id = "/".join(parts[:2])
+    try:
+        if len(parts) == 3:
+            from huggingface_hub import hf_hub_download
+            return load_prompt_file(pathlib.Path(hf_hub_download(repo_id, parts[2], repo_type="dataset")))
+        import datasets
+        rows = datasets.load_dataset(repo_id, split="train")
+    except JudgeError:
+        raise
+    except Exception as e:  # offline, unknown repo, gated, ...: all say the same to the user
+        first_line = (str(e).strip().splitlines() or [""])[0][:200]
+        raise JudgeError(f"--prompts={spec}: cannot fetch it from the Hugging Face hub ({type(e).__name__}: "
+                         f"{first_line}); download the file and pass its local path")
+    if "prompt" not in rows.column_names:
+        raise JudgeError(f"--prompts={spec}: the dataset has no 'prompt' column (found: {', '.join(rows.column_names)})")
+    return list(dict.fromkeys(p for p in rows["prompt"] if isinstance(p, str) and p.strip()))
+
+
+def load_prompts(spec: str) -> list[str]:
+    if spec == "default":
+        return list(DEFAULT_PROMPTS)
+    if spec == "tinystories":
+        return fetch_from_hub(f"hf:{TINYSTORIES_PROMPTS_REPO}/{TINYSTORIES_PROMPTS_FILE}")
+    if spec.startswith("hf:"):
+        return fetch_from_hub(spec)
+    return load_prompt_file(pathlib.Path(spec))
+
+
+def load_completions(path: pathlib.Path) -> list[dict]:
+    """Items from a submitted file: prompt ids in order of first appearance, samples numbered per prompt."""
+    rows = read_table(path, ("prompt", "completion"))
+    if not rows:
+        raise JudgeError(f"{path}: no rows; it needs 'prompt' and 'completion' for each completion")
+    prompt_ids, samples_seen, items = {}, {}, []
+    for row in rows:
+        pid = prompt_ids.setdefault(row["prompt"], len(prompt_ids))
+        sample = samples_seen[pid] = samples_seen.get(pid, -1) + 1
+        items.append({"prompt_id": pid, "sample": sample, "prompt": row["prompt"], "completion": row["completion"]})
+    return items
+
+
+# -----------------------------------------------------------------------------
+# Completions from a checkpoint. torch and the model are imported here, not at the top, so that
+# judging a submitted file starts at once and needs no torch.
+
+def generation_settings(args, prompts: list[str]) -> dict:
+    """Everything the completions depend on; its hash names the saved completions file."""
+    st = os.stat(args.ckpt)
+    return {"ckpt": str(pathlib.Path(args.ckpt).resolve()), "ckpt_bytes": st.st_size, "ckpt_mtime_ns": st.st_mtime_ns,
+            "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
+            "samples": args.samples, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+            "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "batch_size": args.batch_size}
+
+
+def generate_completions(ckpt_path: str, prompts: list[str], samples: int, max_new_tokens: int, temperature: float,
+                         top_k: int | None, top_p: float | None, seed: int, batch_size: int, device: str) -> list[dict]:
+    """--samples completions of every prompt, batched with the model's KV-cache generate. Each prompt is
+    preceded by the delimiter, as every training document is, and generation stops at the delimiter."""
+    import torch
+    import model as model_lib
+    import prepare
+
+    try:  # model.py and prepare.py say what is wrong with a checkpoint or its tokenizer in one line
+        ckpt = model_lib.load_checkpoint(ckpt_path, map_location=device)
+        gpt = model_lib.model_from_checkpoint(ckpt, device=device)
+        enc = prepare.encoding_from_spec(ckpt["tokenizer"])
+    except ValueError as e:
+        raise JudgeError(f"--ckpt={ckpt_path}: {e}")
+    gpt.eval()
+    delimiter = prepare.delimiter_id(enc)
+    contexts = [[delimiter] + enc.encode_ordinary(p) for p in prompts]
+    block_size = ckpt["config"]["block_size"]
+    room = block_size - max(len(c) for c in contexts)
+    if room <= 0:
+        raise JudgeError(f"the longest prompt is {block_size - room} tokens, not shorter than the model's "
+                         f"block_size {block_size}; use shorter prompts")
+    if max_new_tokens > room:
+        print(f"note: --max_new_tokens={max_new_tokens} capped to {room} so the longest prompt fits in block_size {block_size}")
+        max_new_tokens = room
+    jobs = [(pid, s) for pid in range(len(prompts)) for s in range(samples)]
+    generator = torch.Generator(device=device).manual_seed(seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+    items = []
+    for i in tqdm(range(0, len(jobs), batch_size), desc="generating", unit="batch"):
+        batch = jobs[i:i + batch_size]
+        with autocast:  # valid_vocab: never sample the padding rows of a padded vocabulary
+            outs = gpt.generate([contexts[pid] for pid, _ in batch], max_new_tokens, temperature=temperature,
+                                top_k=top_k, top_p=top_p, stop_token=delimiter, generator=generator,
+                                valid_vocab=enc.n_vocab)
+        for (pid, s), out in zip(batch, outs):
+            items.append({"prompt_id": pid, "sample": s, "prompt": prompts[pid], "completion": enc.decode(out),
+                          "new_tokens": len(out)})
+    return items
+
+
+def saved_or_generated_completions(args, prompts: list[str], cache_dir: pathlib.Path) -> tuple[list[dict], dict]:
+    """Reuse the completions saved by an earlier run with the same settings, else generate and save them
+    (before any grading, so an endpoint failure never costs the generation)."""
+    settings = generation_settings(args, prompts)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir / f"completions_{digest}.jsonl"
+    if path.exists():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if lines and json.loads(lines[0]).get("generation") == settings:
+            print(f"reusing {len(lines) - 1} saved completions from {path}")
+            return [json.loads(line) for line in lines[1:]], {"generation": settings, "completions_file": str(path)}
+    device = args.device if args.device != "auto" else _default_device()
+    items = generate_completions(args.ckpt, prompts, args.samples, args.max_new_tokens, args.temperature,
+                                 args.top_k, args.top_p, args.seed, args.batch_size, device)
+    write_atomic(path, "".join(json.dumps(row) + "\n" for row in [{"generation": settings}] + items))
+    print(f"saved {len(items)} completions to {path}")
+    return items, {"generation": settings, "completions_file": str(path)}
+
+
+def _default_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# -----------------------------------------------------------------------------
+# Grading every (judge, item) pair: cached answers first, the rest through a bounded thread pool.
+
+def grade_all(items: list[dict], models: list[str], client: ChatClient, cache: GradeCache, concurrency: int) -> dict:
+    """Fills the cache for every (model, item); returns usage counters for this run. On a fatal error the
+    pool stops taking new work, answers already received stay in the cache, and the error is raised."""
+    todo = {}
+    for model in models:
+        for it in items:
+            key = cache_key(model, it["prompt"], it["completion"])
+            if cache.get(key) is None:
+                todo[key] = (model, it["prompt"], it["completion"])  # identical items are graded once
+    usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
+             "reused": len(models) * len(items) - len(todo), "graded": 0}
+    if not todo:
+        return usage
+    failure = []
+
+    def work(key, model, prompt, completion) -> bool:
+        if client.stop.is_set():
+            return False
+        try:
+            record = grade(client, model, prompt, completion)
+        except JudgeError as e:
+            if not client.stop.is_set():
+                failure.append(e)
+                client.stop.set()
+            return False
+        cache.add(key, record)
+        with cache.lock:
+            usage["requests"] += len(record["answers"])
+            usage["prompt_tokens"] += record["usage"]["prompt_tokens"]
+            usage["completion_tokens"] += record["usage"]["completion_tokens"]
+            usage["graded"] += 1
+        return True
+
+    with tqdm(total=len(todo), desc="grading", unit="grade") as bar:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
+            futures = [pool.submit(work, key, *job) for key, job in todo.items()]
+            for future in concurrent.futures.as_completed(futures):
+                bar.update(int(future.result()))
+    if failure:
+        saved = usage["graded"]
+        raise JudgeError(f"{failure[0]} ({saved} new grades of {len(todo)} saved in {cache.path}; "
+                         f"re-run the same command to resume)")
+    return usage
+
+
+# -----------------------------------------------------------------------------
+# Statistics: mean, sample standard deviation and a normal-approximation 95% confidence interval of the
+# mean over items (n is hundreds in a real run, where the t and normal quantiles agree to 1%).
+
+Z95 = statistics.NormalDist().inv_cdf(0.975)
+
+
+def summarize(values: list[float]) -> dict:
+    n = len(values)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "ci95": None}
+    mean = sum(values) / n
+    if n == 1:
+        return {"n": 1, "mean": mean, "std": None, "ci95": None}
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = Z95 * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half]}
+
+
+def score_table(rows: list[dict]) -> dict:
+    """Per category (and overall = mean of the four per item) statistics over rows of {category: score}."""
+    table = {c: summarize([r[c] for r in rows]) for c in CATEGORIES}
+    table["overall"] = summarize([sum(r[c] for c in CATEGORIES) / len(CATEGORIES) for r in rows])
+    return table
+
+
+def age_distribution(records: list[dict]) -> dict:
+    counts = {letter: 0 for letter in AGE_GROUPS}
+    counts["unknown"] = 0
+    for r in records:
+        counts[r["age_group"] if r["status"] == "ok" and r["age_group"] in AGE_GROUPS else "unknown"] += 1
+    return counts
+
+
+def aggregate(items: list[dict], models: list[str], cache: GradeCache) -> dict:
+    """The judge.json report: pooled block at the top level, then per-judge summaries and per-item rows.
+    Pooled: each item's scores are first averaged over the judges that parsed it, then summarized over items."""
+    per_judge, rows = {}, []
+    item_scores = [[] for _ in items]
+    for model in models:
+        records = [cache.get(cache_key(model, it["prompt"], it["completion"])) for it in items]
+        ok = [r["scores"] for r in records if r["status"] == "ok"]
+        per_judge[model] = {"n": len(ok), "unparsed": len(records) - len(ok), "scores": score_table(ok),
+                            "age_groups": age_distribution(records)}
+        for i, (it, r) in enumerate(zip(items, records)):
+            if r["status"] == "ok":
+                item_scores[i].append(r["scores"])
+            rows.append({"prompt_id": it["prompt_id"], "sample": it["sample"], "judge": model,
+                         "prompt": it["prompt"], "completion": it["completion"],
+                         "scores": r["scores"] if r["status"] == "ok" else "unparsed",
+                         "age_group": r["age_group"], "answers": r["answers"]})
+    pooled_rows = [{c: sum(s[c] for s in scores) / len(scores) for c in CATEGORIES} for scores in item_scores if scores]
+    pooled = score_table(pooled_rows)
+    all_records = [cache.get(cache_key(m, it["prompt"], it["completion"])) for m in models for it in items]
+    block = {"judges": list(models), "n": len(pooled_rows),
+             **{c: pooled[c]["mean"] for c in (*CATEGORIES, "overall")}, "ci95": pooled["overall"]["ci95"]}
+    unique = {r["key"]: r for r in all_records}.values()  # identical items share one answer
+    usage_total = {"requests": sum(len(r["answers"]) for r in unique),
+                   "prompt_tokens": sum(r["usage"]["prompt_tokens"] for r in unique),
+                   "completion_tokens": sum(r["usage"]["completion_tokens"] for r in unique)}
+    return {**block, "protocol": PROTOCOL, "items_total": len(items), "usage_total": usage_total,
+            "unparsed": sum(1 for r in all_records if r["status"] != "ok"),
+            "pooled": pooled, "age_groups": age_distribution(all_records),
+            "per_judge": per_judge, "items": rows}
+
+
+def record_block(report: dict) -> dict:
+    """The record's results.json `judge` block (DESIGN.md): judges, n, four category means, overall, ci95."""
+    return {k: report[k] for k in ("judges", "n", *CATEGORIES, "overall", "ci95")}
+
+
+def write_record(record_dir: pathlib.Path, block: dict) -> None:
+    """Set results.json's `judge` and keep everything else; atomic, so a crash never leaves half a file."""
+    path = record_dir / "results.json"
+    results = read_results(path)
+    results["judge"] = block
+    write_atomic(path, json.dumps(results, indent=2) + "\n")
+
+
+def read_results(path: pathlib.Path) -> dict:
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JudgeError(f"{path}: no such file; --record takes a record folder that train.py wrote")
+    except json.JSONDecodeError as e:
+        raise JudgeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); fix or regenerate the record")
+    if not isinstance(results, dict):
+        raise JudgeError(f"{path}: expected a JSON object")
+    return results
+
+
+def print_summary(report: dict, usage: dict) -> None:
+    def cell(stat):
+        return "   -  " if stat["mean"] is None else f"{stat['mean']:6.2f}"
+
+    print(f"{'judge':<28} {'n':>5} {'unparsed':>8} " + " ".join(f"{c:>11}" for c in (*CATEGORIES, "overall")) + "  95% CI (overall)")
+    lines = [(m, j["n"], j["unparsed"], j["scores"]) for m, j in report["per_judge"].items()]
+    if len(report["judges"]) > 1:
+        lines.append(("pooled", report["n"], report["unparsed"], report["pooled"]))
+    for name, n, unparsed, table in lines:
+        ci = table["overall"]["ci95"]
+        ci_text = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-"
+        print(f"{name[:28]:<28} {n:>5} {unparsed:>8} " + " ".join(f"{cell(table[c]):>11}" for c in (*CATEGORIES, "overall")) + f"  {ci_text}")
+    print("age groups: " + ", ".join(f"{k} ({AGE_GROUPS.get(k, '?')}) {v}" if k in AGE_GROUPS else f"{k} {v}"
+                                     for k, v in report["age_groups"].items()))
+    print(f"tokens this run: {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion in "
+          f"{usage['requests']:,} requests; {usage['reused']:,} grades reused from the cache")
+    total = report["usage_total"]
+    print(f"tokens for all these grades: {total['prompt_tokens']:,} prompt + {total['completion_tokens']:,} completion "
+          f"in {total['requests']:,} requests")
+
+
+# -----------------------------------------------------------------------------
+# Command line.
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, as for every other bad input
+        print(f"error: {message}; see python judge.py --help", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("what to judge (one of)")
+    src.add_argument("--ckpt", help="checkpoint to generate completions from (model.save_checkpoint format)")
+    src.add_argument("--completions", help="CSV or JSONL file with 'prompt' and 'completion' columns")
+    gen = p.add_argument_group("prompts and generation (with --ckpt)")
+    gen.add_argument("--prompts", default="default", help="'default' (the project's 52 beginnings), 'tinystories' "
+                     "(the dataset's Evaluation prompts.yaml from the hub), a local .yaml/.csv/.jsonl file, "
+                     "or hf:OWNER/NAME[/FILE] (a hub dataset with a 'prompt' column, or a file in it)")
+    gen.add_argument("--samples", type=int, default=4, help="completions per prompt")
+    gen.add_argument("--max_new_tokens", type=int, default=300, help="length cap of a completion, in tokens")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    gen.add_argument("--top_k", type=int, default=None, help="sample from the k most likely tokens only")
+    gen.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold")
+    gen.add_argument("--seed", type=int, default=1337)
+    gen.add_argument("--batch_size", type=int, default=32, help="sequences generated at once")
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
+    jd = p.add_argument_group("the judge")
+    jd.add_argument("--base_url", default="https://api.openai.com/v1", help="OpenAI-compatible API root (…/v1)")
+    jd.add_argument("--model", action="append", default=[], help="judge model name; repeat for several judges")
+    jd.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the API key; "
+                    "give it empty (--api_key_env=) for a local server that needs no key")
+    jd.add_argument("--judge_temperature", type=float, default=0.0)
+    jd.add_argument("--judge_max_tokens", type=int, default=600, help="cap on each judge answer, in tokens")
+    jd.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+    jd.add_argument("--retries", type=int, default=6, help="retries of a request on 429, 5xx and timeouts")
+    jd.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds, doubled each retry "
+                    "(a Retry-After header wins)")
+    jd.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one answer")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default=None, help="report file (default judge.json, or DIR/judge.json with --record)")
+    out.add_argument("--record", default=None, help="record folder whose results.json gets the `judge` block")
+    out.add_argument("--cache_dir", default="data/judge_cache", help="saved completions and the grade cache")
+    args = p.parse_args(argv)
+    if bool(args.ckpt) == bool(args.completions):
+        p.error("give exactly one of --ckpt (generate completions) and --completions (judge a file)")
+    if args.completions and args.prompts != "default":
+        p.error("--prompts has no effect with --completions (the file holds its prompts); drop one of them")
+    if not args.model:
+        p.error("no judge: give --model=NAME (repeat it for several judges)")
+    for name in ("samples", "max_new_tokens", "batch_size", "concurrency", "judge_max_tokens"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
+        p.error("--retries and --backoff must be >= 0 and --timeout > 0")
+    return args
+
+
+def api_key_from_env(name: str) -> str | None:
+    """The key from the named variable; None when the name is empty (a local server that needs no key)."""
+    if not name:
+        return None
+    key = os.environ.get(name, "").strip()
+    if not key:
+        raise JudgeError(f"no API key in ${name}; export {name}=... , name another variable with --api_key_env=VAR, "
+                         f"or pass --api_key_env= for a local server that needs no key")
+    return key
+
+
+def run(args) -> dict:
+    api_key = api_key_from_env(args.api_key_env)
+    cache_dir = pathlib.Path(args.cache_dir)
+    record_dir = pathlib.Path(args.record) if args.record else None
+    if record_dir:
+        read_results(record_dir / "results.json")  # fail before any work, not after it
+    out = pathlib.Path(args.out) if args.out else (record_dir / "judge.json" if record_dir else pathlib.Path("judge.json"))
+    models = list(dict.fromkeys(args.model))
+
+    if args.completions:
+        items = load_completions(pathlib.Path(args.completions))
+        source = {"completions_file": str(pathlib.Path(args.completions).resolve()),
+                  "completions_sha256": hashlib.sha256(pathlib.Path(args.completions).read_bytes()).hexdigest()}
+    else:
+        if not os.path.isfile(args.ckpt):
+            raise JudgeError(f"--ckpt={args.ckpt}: no such file")
+        items, source = saved_or_generated_completions(args, load_prompts(args.prompts), cache_dir)
+
+    cache = GradeCache(cache_dir / "grades.jsonl")
+    client = ChatClient(args.base_url, api_key, args.timeout, args.retries, args.backoff,
+                        args.judge_temperature, args.judge_max_tokens)
+    usage = grade_all(items, models, client, cache, args.concurrency)
+
+    report = aggregate(items, models, cache)
+    report["settings"] = {"base_url": args.base_url, "judge_temperature": args.judge_temperature,
+                          "judge_max_tokens": args.judge_max_tokens, **source}
+    report["usage_this_run"] = usage
+    # the top-level block first, items last, so the file reads like the record
+    write_atomic(out, json.dumps(report, indent=2) + "\n")
+    print_summary(report, usage)
+    print(f"wrote {out}")
+    if record_dir:
+        write_record(record_dir, record_block(report))
+        print(f"wrote the judge block into {record_dir / 'results.json'}")
+    return report
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except JudgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

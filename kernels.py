@@ -1,0 +1,614 @@
+"""
+Fused Triton kernels for the hot non-matmul paths of training, each beside a plain PyTorch reference.
+
+    rms_norm(x, weight, eps)                      RMSNorm, forward and backward fused, fp32 statistics
+    relu2(x)                                      relu(x)**2; backward from the pre-activation alone
+    linear_cross_entropy(x, weight, targets, ...) LM head + logit soft-cap + cross-entropy, in chunks of
+                                                  tokens, so the (tokens, vocab) fp32 logits never exist
+
+The public functions pick the Triton path when the tensor is on CUDA and Triton imports, and the
+reference everywhere else (CPU, MPS, no Triton), so nothing here is required. The references are the
+test oracles: tests/test_kernels.py runs every Triton kernel on CPU under TRITON_INTERPRET=1 and
+compares forward and gradients with them. Each Triton op is a torch.library custom op with its own
+autograd formula, so it composes with torch.compile (the compiler sees one opaque op).
+
+    python kernels.py --bench      # each kernel vs its torch.compile'd reference (needs CUDA)
+"""
+
+import math
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+try:  # Triton is optional: without it (or without a GPU) every op uses its reference
+    import triton
+    import triton.language as tl
+    HAS_TRITON = True
+except Exception:  # ImportError, or a broken install that fails at import time
+    triton = None
+    tl = None
+    HAS_TRITON = False
+
+
+# -----------------------------------------------------------------------------
+# PyTorch references: the definitions. Used on CPU/MPS and as the test oracles.
+
+def rms_norm_reference(x, weight=None, eps: float = 1e-6):
+    """y = x / sqrt(mean(x^2) + eps) * weight, statistics in fp32, output in x's dtype."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.float()
+    return y.to(x.dtype)
+
+
+def relu2_reference(x):
+    """The ReLU-squared MLP activation (Primer; modded-nanogpt): relu(x)^2."""
+    return F.relu(x).square()
+
+
+def softcap_logits(logits, softcap: float):
+    """Bound logits smoothly to (-softcap, softcap) (Gemma 2; modded-nanogpt). 0 disables it."""
+    if softcap > 0:
+        return softcap * torch.tanh(logits / softcap)
+    return logits
+
+
+def linear_cross_entropy_reference(x, weight, targets, softcap: float = 0.0, ignore_index: int = -1,
+                                   reduction: str = "mean"):
+    """Cross-entropy of softcap(x @ weight.T) against targets, computed on the full logits in fp32.
+
+    x: (..., D), weight: (V, D), targets: (...) int. "mean" -> scalar mean over targets != ignore_index
+    (nan when every target is ignored, like F.cross_entropy); "sum" -> their scalar sum; "none" -> fp32
+    per-token losses shaped like targets, 0 where the target is ignored.
+    """
+    _check_reduction(reduction)
+    logits = F.linear(x, weight.to(x.dtype)).float()
+    logits = softcap_logits(logits, softcap)
+    loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                           ignore_index=ignore_index, reduction=reduction)
+    return loss.view(targets.shape) if reduction == "none" else loss
+
+
+def _check_reduction(reduction: str):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"linear_cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+# -----------------------------------------------------------------------------
+# Public functions: Triton on CUDA when available, the reference everywhere else.
+
+def _use_triton(x) -> bool:
+    return HAS_TRITON and x.is_cuda
+
+
+def rms_norm(x, weight=None, eps: float = 1e-6):
+    """RMSNorm over the last dimension; see rms_norm_reference."""
+    if _use_triton(x):
+        return rms_norm_triton(x, weight, eps)
+    return rms_norm_reference(x, weight, eps)
+
+
+def relu2(x):
+    """relu(x)^2; see relu2_reference."""
+    if _use_triton(x):
+        return relu2_triton(x)
+    return relu2_reference(x)
+
+
+def linear_cross_entropy(x, weight, targets, softcap: float = 0.0, ignore_index: int = -1,
+                         reduction: str = "mean"):
+    """LM head + soft-cap + cross-entropy; see linear_cross_entropy_reference for the definition."""
+    if _use_triton(x):
+        return linear_cross_entropy_triton(x, weight, targets, softcap, ignore_index, reduction)
+    return linear_cross_entropy_reference(x, weight, targets, softcap, ignore_index, reduction)
+
+
+# -----------------------------------------------------------------------------
+# Triton kernels. Each program handles whole rows (RMSNorm, cross-entropy) or a flat block (ReLU^2);
+# all arithmetic is fp32 in registers, inputs and outputs keep the caller's dtype (bf16 in training).
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _rms_norm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, n_cols, eps,
+                             HAS_WEIGHT: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(x * x, axis=0) / n_cols + eps)
+        y = x * rstd
+        if HAS_WEIGHT:
+            y = y * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + row * n_cols + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(rstd_ptr + row, rstd)  # saved for the backward, so it never recomputes the statistics
+
+    @triton.jit
+    def _rms_norm_bwd_kernel(dy_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, dw_partial_ptr, n_rows, n_cols,
+                             rows_per_program, HAS_WEIGHT: tl.constexpr, BLOCK: tl.constexpr):
+        # dx = rstd * (w*dy - xhat * mean(w*dy*xhat)),  dw = sum over rows of dy*xhat.
+        # Each program walks a contiguous range of rows and keeps its share of dw in registers, so dw
+        # needs one small (programs, D) fp32 buffer and a sum, instead of atomics.
+        pid = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        if HAS_WEIGHT:
+            w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        dw_acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        row_start = pid * rows_per_program
+        row_end = tl.minimum(row_start + rows_per_program, n_rows)
+        offs = row_start.to(tl.int64) * n_cols + cols  # int64: rows * cols can pass 2^31
+        for row in range(row_start, row_end):
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            rstd = tl.load(rstd_ptr + row)
+            xhat = x * rstd
+            if HAS_WEIGHT:
+                wdy = w * dy
+                dw_acc += dy * xhat
+            else:
+                wdy = dy
+            dx = rstd * (wdy - xhat * (tl.sum(wdy * xhat, axis=0) / n_cols))
+            tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            offs += n_cols
+        if HAS_WEIGHT:
+            tl.store(dw_partial_ptr + pid.to(tl.int64) * n_cols + cols, dw_acc, mask=mask)
+
+    @triton.jit
+    def _relu2_fwd_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        r = tl.maximum(x, 0.0)
+        tl.store(y_ptr + offs, (r * r).to(y_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _relu2_bwd_kernel(dy_ptr, x_ptr, dx_ptr, n, BLOCK: tl.constexpr):
+        # d/dx relu(x)^2 = 2 relu(x): only the pre-activation is kept for the backward, not relu(x)
+        # and relu(x)^2 as eager PyTorch does, and the product with dy is fused in.
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dx = 2.0 * tl.maximum(x, 0.0) * dy
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _tanh(x):
+        # tanh through the sigmoid: exact enough in fp32 and available on every backend and the interpreter
+        return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+    @triton.jit
+    def _softcap_cross_entropy_kernel(logits_ptr, stride_row, targets_ptr, grad_scale_ptr, loss_ptr,
+                                      n_cols, softcap, ignore_index,
+                                      HAS_SOFTCAP: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+                                      BLOCK: tl.constexpr):
+        # One row of raw logits l (one token): z = softcap*tanh(l/softcap), loss = logsumexp(z) - z[target].
+        # Pass 1 is an online logsumexp over blocks of the vocabulary. Pass 2 (COMPUTE_GRAD) overwrites the
+        # logits in place with dloss/dl = (softmax(z) - onehot(target)) * (1 - tanh^2) * grad_scale[row],
+        # so the gradient takes no memory beyond the chunk of logits that already exists.
+        row = tl.program_id(0).to(tl.int64)
+        row_ptr = logits_ptr + row * stride_row
+        target = tl.load(targets_ptr + row)
+        m = float("-inf")
+        s = 0.0
+        z_target = 0.0
+        for start in range(0, n_cols, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = cols < n_cols
+            z = tl.load(row_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            if HAS_SOFTCAP:
+                z = softcap * _tanh(z / softcap)
+            z = tl.where(mask, z, float("-inf"))
+            z_target += tl.sum(tl.where(cols == target, z, 0.0), axis=0)
+            m_new = tl.maximum(m, tl.max(z, axis=0))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
+            m = m_new
+        lse = m + tl.log(s)
+        ignored = target == ignore_index
+        tl.store(loss_ptr + row, tl.where(ignored, 0.0, lse - z_target))
+        if COMPUTE_GRAD:
+            scale = tl.where(ignored, 0.0, tl.load(grad_scale_ptr + row))
+            for start in range(0, n_cols, BLOCK):
+                cols = start + tl.arange(0, BLOCK)
+                mask = cols < n_cols
+                z = tl.load(row_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+                if HAS_SOFTCAP:
+                    t = _tanh(z / softcap)
+                    z = softcap * t
+                grad = tl.exp(z - lse) - tl.where(cols == target, 1.0, 0.0)
+                if HAS_SOFTCAP:
+                    grad = grad * (1.0 - t * t)
+                tl.store(row_ptr + cols, (grad * scale).to(logits_ptr.dtype.element_ty), mask=mask)
+
+
+# -----------------------------------------------------------------------------
+# Launchers and custom ops. The ops are registered with torch.library so torch.compile treats each as
+# one opaque node (with the fake implementations below for shape inference) instead of tracing Triton.
+
+def _require_triton(name: str):
+    if not HAS_TRITON:
+        raise RuntimeError(f"kernels.py: {name} needs Triton, which is not installed; "
+                           f"use {name.replace('_triton', '_reference')} (the public functions fall back to it)")
+
+
+def _launch_settings(block: int) -> int:
+    """num_warps for a row of `block` elements: enough threads to cover it, at most 16."""
+    return max(1, min(16, block // 256))
+
+
+def _programs_for(x, n_rows: int) -> int:
+    """How many programs share the RMSNorm backward's rows: a few per SM on a GPU, a handful on CPU."""
+    if x.is_cuda:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        return max(1, min(n_rows, 4 * sms))
+    return max(1, min(n_rows, 4))
+
+
+@torch.library.custom_op("kernels::rms_norm_fwd", mutates_args=())
+def _rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    n_cols = x.shape[-1]
+    x2 = x.reshape(-1, n_cols)
+    y = torch.empty_like(x2)
+    rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
+    block = triton.next_power_of_2(n_cols)
+    _rms_norm_fwd_kernel[(x2.shape[0],)](x2, weight if weight is not None else x2, y, rstd, n_cols, eps,
+                                         HAS_WEIGHT=weight is not None, BLOCK=block,
+                                         num_warps=_launch_settings(block))
+    return y.view(x.shape), rstd
+
+
+@_rms_norm_fwd.register_fake
+def _(x, weight, eps):
+    return torch.empty_like(x), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("kernels::rms_norm_bwd", mutates_args=())
+def _rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
+                  rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n_cols = x.shape[-1]
+    x2 = x.reshape(-1, n_cols)
+    dy2 = dy.reshape(-1, n_cols).contiguous()
+    n_rows = x2.shape[0]
+    dx = torch.empty_like(x2)
+    programs = _programs_for(x, n_rows)
+    rows_per_program = triton.cdiv(n_rows, programs)
+    dw_partial = torch.empty(programs if weight is not None else 0, n_cols, dtype=torch.float32, device=x.device)
+    block = triton.next_power_of_2(n_cols)
+    _rms_norm_bwd_kernel[(programs,)](dy2, x2, weight if weight is not None else x2, rstd, dx, dw_partial,
+                                      n_rows, n_cols, rows_per_program, HAS_WEIGHT=weight is not None,
+                                      BLOCK=block, num_warps=_launch_settings(block))
+    dw = dw_partial.sum(0).to(weight.dtype) if weight is not None else x.new_empty(0)
+    return dx.view(x.shape), dw
+
+
+@_rms_norm_bwd.register_fake
+def _(dy, x, weight, rstd):
+    return torch.empty_like(x), (torch.empty_like(weight) if weight is not None else x.new_empty(0))
+
+
+def _rms_norm_setup_context(ctx, inputs, output):
+    x, weight, eps = inputs
+    ctx.save_for_backward(x, weight, output[1])
+
+
+def _rms_norm_backward(ctx, dy, _drstd):
+    x, weight, rstd = ctx.saved_tensors
+    dx, dw = _rms_norm_bwd(dy, x, weight, rstd)
+    return dx, (dw if weight is not None else None), None
+
+
+_rms_norm_fwd.register_autograd(_rms_norm_backward, setup_context=_rms_norm_setup_context)
+
+
+def rms_norm_triton(x, weight=None, eps: float = 1e-6):
+    """The Triton RMSNorm (CUDA, or CPU tensors under TRITON_INTERPRET=1); same contract as the reference."""
+    _require_triton("rms_norm_triton")
+    if x.shape[-1] > 65536:
+        raise ValueError(f"rms_norm_triton: rows of {x.shape[-1]} elements do not fit one block; use rms_norm_reference")
+    return _rms_norm_fwd(x.contiguous(), weight, eps)[0]
+
+
+@torch.library.custom_op("kernels::relu2_fwd", mutates_args=())
+def _relu2_fwd(x: torch.Tensor) -> torch.Tensor:
+    y = torch.empty_like(x)
+    block = 1024
+    _relu2_fwd_kernel[(triton.cdiv(x.numel(), block),)](x, y, x.numel(), BLOCK=block, num_warps=4)
+    return y
+
+
+@_relu2_fwd.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("kernels::relu2_bwd", mutates_args=())
+def _relu2_bwd(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    dy = dy.contiguous()
+    dx = torch.empty_like(x)
+    block = 1024
+    _relu2_bwd_kernel[(triton.cdiv(x.numel(), block),)](dy, x, dx, x.numel(), BLOCK=block, num_warps=4)
+    return dx
+
+
+@_relu2_bwd.register_fake
+def _(dy, x):
+    return torch.empty_like(x)
+
+
+def _relu2_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _relu2_backward(ctx, dy):
+    (x,) = ctx.saved_tensors
+    return _relu2_bwd(dy, x)
+
+
+_relu2_fwd.register_autograd(_relu2_backward, setup_context=_relu2_setup_context)
+
+
+def relu2_triton(x):
+    """The Triton relu(x)^2 (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
+    _require_triton("relu2_triton")
+    return _relu2_fwd(x.contiguous())
+
+
+# The cross-entropy: the matmuls stay in cuBLAS, one chunk of tokens at a time; the Triton kernel does
+# soft-cap + logsumexp + loss + gradient of the logits in place. With reduction "mean" and gradients
+# wanted, the forward also runs the two backward matmuls per chunk (as Liger-Kernel does), so the chunk
+# of logits is used and freed at once; the backward only scales grad_x and grad_w by the incoming
+# gradient ("sum" works the same way). With "none" (per-token losses, e.g. for BPB) the per-token incoming gradients are unknown
+# in the forward, so the backward recomputes each chunk's logits instead.
+
+CE_MAX_BLOCK = 4096  # vocabulary elements per step of the kernel's loops (a power of two)
+
+
+def default_chunk_size(n_rows: int, n_embd: int, vocab_size: int) -> int:
+    """Tokens per chunk so that a chunk of logits is about the size of x itself (Liger-Kernel's rule)."""
+    return min(n_rows, triton.next_power_of_2(triton.cdiv(n_rows, triton.cdiv(vocab_size, n_embd))))
+
+
+def _cross_entropy_chunk(logits, targets, losses, grad_scale, softcap, ignore_index, compute_grad):
+    """Run the kernel on one chunk of logits (rows, V): writes losses and, if asked, the gradient in place."""
+    n_rows, vocab = logits.shape
+    block = min(CE_MAX_BLOCK, triton.next_power_of_2(vocab))
+    _softcap_cross_entropy_kernel[(n_rows,)](
+        logits, logits.stride(0), targets, grad_scale if grad_scale is not None else losses, losses,
+        vocab, float(softcap), ignore_index, HAS_SOFTCAP=softcap > 0, COMPUTE_GRAD=compute_grad,
+        BLOCK=block, num_warps=_launch_settings(block))
+
+
+def _accumulate(grad_w, logits_t, x_chunk):
+    """grad_w += logits_t @ x_chunk, in place when the dtypes allow it (no V x D temporary)."""
+    if grad_w.dtype == x_chunk.dtype:
+        grad_w.addmm_(logits_t, x_chunk)
+    else:
+        grad_w += (logits_t @ x_chunk).to(grad_w.dtype)
+
+
+def _chunked_linear_cross_entropy(x, weight, targets, grad_scale, softcap, ignore_index, chunk_size, compute_grad):
+    """Per-token losses (fp32) and, when compute_grad, grad_x and grad_w of sum(grad_scale * losses)."""
+    n_rows, n_embd = x.shape
+    w = weight.to(x.dtype)  # the head's matmul runs in the activations' dtype, as autocast would
+    losses = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    grad_x = torch.empty_like(x) if compute_grad else x.new_empty(0)
+    grad_w = (torch.zeros(weight.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+              if compute_grad else x.new_empty(0))
+    for start in range(0, n_rows, chunk_size):
+        end = min(start + chunk_size, n_rows)
+        x_chunk = x[start:end]
+        logits = x_chunk @ w.t()  # (chunk, V) in x's dtype: the only logits that ever exist
+        _cross_entropy_chunk(logits, targets[start:end], losses[start:end],
+                             grad_scale[start:end] if grad_scale is not None else None,
+                             softcap, ignore_index, compute_grad)
+        if compute_grad:  # logits now hold d(loss)/d(logits)
+            torch.mm(logits, w, out=grad_x[start:end])
+            _accumulate(grad_w, logits.t(), x_chunk)
+    return losses, grad_x, (grad_w.to(weight.dtype) if compute_grad else grad_w)
+
+
+@torch.library.custom_op("kernels::linear_cross_entropy_fwd", mutates_args=())
+def _linear_ce_fwd(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
+                   ignore_index: int, chunk_size: int, reduction: str,
+                   grad_in_forward: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if reduction == "none":
+        losses, _, _ = _chunked_linear_cross_entropy(x, weight, targets, None, softcap, ignore_index,
+                                                     chunk_size, compute_grad=False)
+        return losses, x.new_empty(0), x.new_empty(0)
+    # "mean": the gradient of the mean is that of the sum scaled by 1/n_valid, all on the device (no sync)
+    n_valid = (targets != ignore_index).sum()
+    scale = 1.0 / n_valid.float() if reduction == "mean" else torch.ones((), device=x.device)
+    grad_scale = scale.expand(targets.shape[0]).contiguous()
+    losses, grad_x, grad_w = _chunked_linear_cross_entropy(x, weight, targets, grad_scale, softcap, ignore_index,
+                                                           chunk_size, compute_grad=grad_in_forward)
+    return losses.sum() * scale, grad_x, grad_w
+
+
+@_linear_ce_fwd.register_fake
+def _(x, weight, targets, softcap, ignore_index, chunk_size, reduction, grad_in_forward):
+    loss = x.new_empty(x.shape[0] if reduction == "none" else (), dtype=torch.float32)
+    if grad_in_forward and reduction != "none":
+        return loss, torch.empty_like(x), torch.empty_like(weight)
+    return loss, x.new_empty(0), x.new_empty(0)
+
+
+@torch.library.custom_op("kernels::linear_cross_entropy_bwd", mutates_args=())
+def _linear_ce_bwd(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, grad_losses: torch.Tensor,
+                   softcap: float, ignore_index: int, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    _, grad_x, grad_w = _chunked_linear_cross_entropy(x, weight, targets, grad_losses.float().contiguous(), softcap,
+                                                      ignore_index, chunk_size, compute_grad=True)
+    return grad_x, grad_w
+
+
+@_linear_ce_bwd.register_fake
+def _(x, weight, targets, grad_losses, softcap, ignore_index, chunk_size):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _linear_ce_setup_context(ctx, inputs, output):
+    x, weight, targets, softcap, ignore_index, chunk_size, reduction, grad_in_forward = inputs
+    ctx.reduction, ctx.softcap, ctx.ignore_index, ctx.chunk_size = reduction, softcap, ignore_index, chunk_size
+    ctx.grad_in_forward = grad_in_forward
+    if reduction != "none":
+        ctx.save_for_backward(output[1], output[2])  # grad_x, grad_w of the mean or sum, from the forward
+    else:
+        ctx.save_for_backward(x, weight, targets)
+
+
+def _linear_ce_backward(ctx, grad_loss, _grad_x, _grad_w):
+    if ctx.reduction != "none":
+        if not ctx.grad_in_forward:
+            raise RuntimeError("linear_cross_entropy: forward ran without gradients; call it with grad enabled")
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_loss, grad_w * grad_loss, None, None, None, None, None, None
+    x, weight, targets = ctx.saved_tensors
+    grad_x, grad_w = _linear_ce_bwd(x, weight, targets, grad_loss, ctx.softcap, ctx.ignore_index, ctx.chunk_size)
+    return grad_x, grad_w, None, None, None, None, None, None
+
+
+_linear_ce_fwd.register_autograd(_linear_ce_backward, setup_context=_linear_ce_setup_context)
+
+
+def linear_cross_entropy_triton(x, weight, targets, softcap: float = 0.0, ignore_index: int = -1,
+                                reduction: str = "mean", chunk_size: int | None = None):
+    """The chunked Triton path of linear_cross_entropy; chunk_size (tokens per chunk) is exposed for tests."""
+    _require_triton("linear_cross_entropy_triton")
+    _check_reduction(reduction)
+    n_embd = x.shape[-1]
+    x2 = x.reshape(-1, n_embd)
+    targets1 = targets.reshape(-1).contiguous()
+    if targets1.shape[0] != x2.shape[0]:
+        raise ValueError(f"linear_cross_entropy: {x2.shape[0]} positions in x but {targets1.shape[0]} targets")
+    chunk = chunk_size or default_chunk_size(x2.shape[0], n_embd, weight.shape[0])
+    grad_in_forward = reduction != "none" and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    loss = _linear_ce_fwd(x2, weight, targets1, float(softcap), int(ignore_index), int(chunk), reduction,
+                          grad_in_forward)[0]
+    return loss.view(targets.shape) if reduction == "none" else loss
+
+
+# -----------------------------------------------------------------------------
+# Benchmark: each kernel (forward + backward) vs its torch.compile'd reference, at the presets' shapes.
+
+BENCH_DEFAULTS = dict(presets="small,medium,large,gpt2-124m", batch_size=16, seq_len=1024, vocab_size=50304,
+                      iters=20)
+
+
+class BenchArgError(ValueError):
+    """Bad --key=value input to the benchmark; the message names the field and the fix."""
+
+
+def parse_bench_args(argv):
+    """--key=value overrides of BENCH_DEFAULTS, typed like the defaults."""
+    args = dict(BENCH_DEFAULTS)
+    for arg in argv:
+        if arg == "--bench":
+            continue
+        key, eq, value = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") or not eq or key not in args:
+            raise BenchArgError(f"kernels.py: unknown argument {arg!r}; use --bench and --key=value with key in "
+                                f"{', '.join(BENCH_DEFAULTS)}")
+        if isinstance(args[key], int):
+            if not value.isdigit() or int(value) < 1:
+                raise BenchArgError(f"kernels.py: --{key} must be a positive integer, got {value!r}")
+            value = int(value)
+        args[key] = value
+    return args
+
+
+def _time_fwd_bwd(fn, inputs, grad_out, iters):
+    """Median milliseconds of fn(*inputs).backward(grad_out), and the peak memory above the inputs (MiB)."""
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        out = fn(*inputs)
+        out.backward(grad_out if out.dim() else None)
+
+    for _ in range(3):  # compile and autotune outside the timed region
+        step()
+    torch.cuda.synchronize()
+    for t in leaves:
+        t.grad = None
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    return sorted(times)[len(times) // 2], peak
+
+
+def _bench_cases(config, n_tokens, dev="cuda"):
+    """(name, triton fn, reference fn, inputs, grad_out) for one model shape, bf16 activations, fp32 weights."""
+    bf16 = torch.bfloat16
+    d, d_ff, vocab = config.n_embd, config.d_ff, config.vocab_size
+    x = torch.randn(n_tokens, d, device=dev, dtype=bf16, requires_grad=True)
+    norm_w = torch.ones(d, device=dev, requires_grad=True)
+    h = torch.randn(n_tokens, d_ff, device=dev, dtype=bf16, requires_grad=True)
+    head = (torch.randn(vocab, d, device=dev) / d ** 0.5).requires_grad_()
+    targets = torch.randint(0, vocab, (n_tokens,), device=dev)
+    cap = config.logit_softcap
+    return [
+        ("rms_norm", rms_norm_triton, rms_norm_reference, (x, norm_w), torch.randn_like(x)),
+        ("relu2", relu2_triton, relu2_reference, (h,), torch.randn_like(h)),
+        ("linear_cross_entropy", lambda a, b, c: linear_cross_entropy_triton(a, b, c, cap),
+         lambda a, b, c: linear_cross_entropy_reference(a, b, c, cap), (x, head, targets), None),
+    ]
+
+
+def run_benchmark(args):
+    if not (torch.cuda.is_available() and HAS_TRITON):
+        print("kernels.py --bench: skipped, it needs a CUDA GPU and Triton (this machine has "
+              f"cuda={torch.cuda.is_available()}, triton={HAS_TRITON}). The CPU tests are "
+              "`python -m pytest tests/test_kernels.py`.")
+        return
+    import model  # the presets' shapes come from model.py, so the benchmark follows them
+    n_tokens = args["batch_size"] * args["seq_len"]
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
+          f"{n_tokens} tokens ({args['batch_size']} x {args['seq_len']}), bf16 activations, fp32 weights; "
+          f"forward + backward, median of {args['iters']}; peak = memory above the inputs")
+    print("| preset | kernel | shape | triton ms | compiled ms | speed-up | triton peak MiB | compiled peak MiB |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for name in args["presets"].split(","):
+        try:
+            config = model.preset_config(name.strip(), args["vocab_size"], args["seq_len"])
+        except ValueError as e:
+            raise BenchArgError(f"kernels.py: --presets: {e}") from None
+        for kernel, fused, reference, inputs, grad_out in _bench_cases(config, n_tokens):
+            torch._dynamo.reset()
+            t_fused, m_fused = _time_fwd_bwd(fused, inputs, grad_out, args["iters"])
+            t_ref, m_ref = _time_fwd_bwd(torch.compile(reference), inputs, grad_out, args["iters"])
+            shape = " x ".join(str(s) for s in inputs[0].shape)
+            if kernel == "linear_cross_entropy":
+                shape += f" @ {config.vocab_size}"
+            print(f"| {name} | {kernel} | {shape} | {t_fused:.3f} | {t_ref:.3f} | {t_ref / t_fused:.2f}x "
+                  f"| {m_fused:.0f} | {m_ref:.0f} |", flush=True)
+
+
+def main(argv):
+    if not argv or "-h" in argv or "--help" in argv:
+        print(__doc__.strip())
+        print("\nbenchmark options (--key=value): " + ", ".join(f"--{k}={v}" for k, v in BENCH_DEFAULTS.items()))
+        return 0
+    try:
+        if "--bench" not in argv:
+            raise BenchArgError("kernels.py: nothing to do; run `python kernels.py --bench` (see --help)")
+        run_benchmark(parse_bench_args(argv))
+    except BenchArgError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,175 @@
+"""
+A local OpenAI-compatible /v1/chat/completions server for judge.py's tests: a real HTTP server in its own
+process, real sockets, answering with planned grades and planned faults.
+
+What it answers to a request is a pure function of (model, the first user message), `plan()`, so a
+test can compute the expected scores on its own. The faults, by kind:
+    rate_limited     first request: 429 with Retry-After
+    server_error     first request: 500
+    slow             first request: no answer for --slow_seconds (longer than the client's timeout), then a 500
+    never_scores     an assessment without any score, also when asked again: unparseable
+    scores_on_reask  first answer without scores, the re-ask gets them
+    fancy            Markdown, 'n out of 10' forms, and an earlier wrong number that the last match overrides
+    plain            the format the judge asked for
+Models named missing* answer 404. Every request is logged as a JSON line to --log.
+
+    python tests/fake_judge_server.py --log=server.jsonl [--require_key=K] [--retry_after=1]
+        [--slow_seconds=2] [--exit_after=N] [--hang_after=N]
+It prints `port N` on its first stdout line once it listens (port 0 = any free port).
+--exit_after=N: after N completed grades, stop listening (the endpoint becomes unreachable).
+--hang_after=N: after N completed grades, never answer again (so a test can kill the client mid-run).
+"""
+import argparse
+import hashlib
+import http.server
+import json
+import os
+import sys
+import threading
+import time
+
+KINDS = ["rate_limited", "server_error", "slow", "never_scores", "scores_on_reask", "fancy", "plain", "plain"]
+CATEGORIES = ("grammar", "creativity", "consistency", "plot")
+
+
+def content_sha(model: str, content: str) -> str:
+    return hashlib.sha256(f"{model}\0{content}".encode()).hexdigest()
+
+
+def plan(model: str, content: str) -> dict:
+    """{"kind", "scores" ({category: int} or None when it never gives scores), "age_group"}."""
+    h = int(content_sha(model, content), 16)
+    kind = KINDS[h % len(KINDS)]
+    scores = {c: 1 + (h >> (8 * (i + 1))) % 10 for i, c in enumerate(CATEGORIES)}
+    age = "ABCDEF"[(h >> 48) % 6]
+    return {"kind": kind, "scores": None if kind == "never_scores" else scores, "age_group": age}
+
+
+def assessment_only() -> str:
+    return ("The student continues the story in simple sentences and finishes the sentence that was cut. "
+            "The grammar is mostly fine and the story stays close to the beginning.")
+
+
+def graded_answer(p: dict) -> str:
+    s = p["scores"]
+    if p["kind"] == "fancy":
+        return (f"Assessment: the grammar has 2 small slips, and the plot: 3 events happen.\n\n"
+                f"**Grammar:** {s['grammar']} out of 10\n**Creativity**: {s['creativity']}/10\n"
+                f"- Consistency (with the beginning): {s['consistency']} / 10\n- Plot = {s['plot']}/10\n"
+                f"**Age group:** {p['age_group']} ({'the student seems young'})")
+    return (f"{assessment_only()}\n\nGrammar: {s['grammar']}/10\nCreativity: {s['creativity']}/10\n"
+            f"Consistency: {s['consistency']}/10\nPlot: {s['plot']}/10\nAge group: {p['age_group']}")
+
+
+class State:
+    def __init__(self, args):
+        self.args = args
+        self.lock = threading.Lock()
+        self.attempts = {}     # (model, content sha, is_reask) -> requests seen
+        self.completed = 0     # grades whose final answer was sent
+        self.log = open(args.log, "a", buffering=1)
+
+    def write_log(self, **entry):
+        with self.lock:
+            self.log.write(json.dumps({"time": time.time(), **entry}) + "\n")
+            self.log.flush()
+            os.fsync(self.log.fileno())
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # quiet: the JSON log says what happened
+        pass
+
+    def reply(self, code: int, body: dict, headers: dict | None = None):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a slow answer)
+            pass
+
+    def do_POST(self):
+        state: State = self.server.state
+        args = state.args
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        if not self.path.endswith("/chat/completions"):
+            return self.reply(404, {"error": {"message": f"no route {self.path}"}})
+        if args.require_key and self.headers.get("Authorization") != f"Bearer {args.require_key}":
+            state.write_log(event="401")
+            return self.reply(401, {"error": {"message": "Incorrect API key provided"}})
+        model, messages = body["model"], body["messages"]
+        if model.startswith("missing"):
+            return self.reply(404, {"error": {"message": f"The model `{model}` does not exist"}})
+        content = messages[0]["content"]
+        sha, reask = content_sha(model, content), len(messages) > 1
+        p = plan(model, content)
+        with state.lock:
+            attempt = state.attempts.get((sha, reask), 0)
+            state.attempts[(sha, reask)] = attempt + 1
+            # the answer that ends a grade: the re-ask's for the kinds that need one, else the first
+            final = reask if p["kind"] in ("never_scores", "scores_on_reask") else not reask
+            limit = args.exit_after if args.exit_after is not None else args.hang_after
+            refuse = limit is not None and state.completed >= limit
+        if refuse:
+            state.write_log(event="refused", model=model, sha=sha, reask=reask)
+            if args.exit_after is not None:
+                self.close_connection = True
+                return  # no answer: the client sees the connection drop, then nothing listening
+            time.sleep(3600)
+            return
+        if not reask and attempt == 0 and p["kind"] == "rate_limited":
+            state.write_log(event="429", model=model, sha=sha, reask=reask, retry_after=args.retry_after)
+            return self.reply(429, {"error": {"message": "Rate limit reached"}}, {"Retry-After": str(args.retry_after)})
+        if not reask and attempt == 0 and p["kind"] == "server_error":
+            state.write_log(event="500", model=model, sha=sha, reask=reask)
+            return self.reply(500, {"error": {"message": "internal error"}})
+        if not reask and attempt == 0 and p["kind"] == "slow":
+            state.write_log(event="slow", model=model, sha=sha, reask=reask)
+            time.sleep(args.slow_seconds)
+            return self.reply(500, {"error": {"message": "too late"}})
+        if p["scores"] is None or (p["kind"] == "scores_on_reask" and not reask):
+            answer = assessment_only()
+        else:
+            answer = graded_answer(p)
+        usage = {"prompt_tokens": sum(len(m["content"]) for m in messages) // 4, "completion_tokens": len(answer) // 4}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        with state.lock:
+            if final:
+                state.completed += 1
+            completed = state.completed
+        state.write_log(event="answer", model=model, sha=sha, reask=reask, final=final, usage=usage)
+        self.reply(200, {"id": "chatcmpl-fake", "object": "chat.completion", "model": model,
+                         "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                                      "finish_reason": "stop"}], "usage": usage})
+        if args.exit_after is not None and final and completed >= args.exit_after:
+            threading.Thread(target=self.server.shutdown, daemon=True).start()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--log", required=True)
+    parser.add_argument("--require_key", default=None)
+    parser.add_argument("--retry_after", type=int, default=1)
+    parser.add_argument("--slow_seconds", type=float, default=2.0)
+    parser.add_argument("--exit_after", type=int, default=None)
+    parser.add_argument("--hang_after", type=int, default=None)
+    args = parser.parse_args()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    server.state = State(args)
+    print(f"port {server.server_address[1]}", flush=True)
+    server.serve_forever()
+    server.server_close()  # after --exit_after: nothing listens on the port any more
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,461 @@
+"""Tests of judge.py against a real local HTTP server process (tests/fake_judge_server.py) that answers with
+planned grades and planned faults: 429 with Retry-After, 500, replies without scores, answers too slow."""
+import collections
+import json
+import math
+import os
+import pathlib
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import judge
+import fake_judge_server as fake
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SERVER = ROOT / "tests" / "fake_judge_server.py"
+KEY = "sk-test-5ecret-d0-not-leak"
+PROGRESS_LINE = re.compile(r"^(grading|generating): +\d+%\|")
+FAST = ["--backoff=0.01", "--timeout=0.6", "--retries=4"]  # tiny retry sleeps; the slow fault is 1.5 s
+
+
+# -----------------------------------------------------------------------------
+# helpers
+
+class Server:
+    """The fake judge server in its own process; base_url points at its real socket."""
+
+    def __init__(self, tmp_path, name="server", *flags):
+        self.log = tmp_path / f"{name}.jsonl"
+        self.proc = subprocess.Popen([sys.executable, str(SERVER), f"--log={self.log}", "--slow_seconds=1.5", *flags],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("port "), line
+        self.base_url = f"http://127.0.0.1:{int(line.split()[1])}/v1"
+
+    def events(self) -> list[dict]:
+        if not self.log.exists():
+            return []
+        return [json.loads(l) for l in self.log.read_text().splitlines() if l.strip()]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    servers = []
+
+    def start(*flags, name="server"):
+        servers.append(Server(tmp_path, f"{name}{len(servers)}", *flags))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def run_judge(*args, env_key=KEY, cwd=None, timeout=120, wait=True):
+    env = {k: v for k, v in os.environ.items() if k != "JUDGE_KEY"}
+    env["HF_HUB_OFFLINE"] = "1"  # the hub loaders must fail fast and clearly, not hang, without a network
+    if env_key is not None:
+        env["JUDGE_KEY"] = env_key
+    cmd = [sys.executable, str(ROOT / "judge.py"), "--api_key_env=JUDGE_KEY", *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    # stderr also carries the progress bars; the error itself is one line, the last
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip() and not PROGRESS_LINE.match(l)]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == lines[0] and "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def make_items(n_prompts=8, samples=3):
+    items = []
+    for p in range(n_prompts):
+        prompt = f"{judge.DEFAULT_PROMPTS[p]}"
+        for s in range(samples):
+            items.append({"prompt": prompt, "completion": f" went to the park with friend number {p * 10 + s} and"
+                                                          f" they had fun all day. The end."})
+    return items
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def planned(model, item):
+    return fake.plan(model, judge.grading_messages(item["prompt"], item["completion"])[0]["content"])
+
+
+def sha_of(model, item):
+    return fake.content_sha(model, judge.grading_messages(item["prompt"], item["completion"])[0]["content"])
+
+
+def expected_stats(values):
+    """An independent mean / std / normal 95% CI with numpy."""
+    a = np.asarray(values, dtype=np.float64)
+    half = statistics.NormalDist().inv_cdf(0.975) * a.std(ddof=1) / math.sqrt(len(a))
+    return a.mean(), a.std(ddof=1), (a.mean() - half, a.mean() + half)
+
+
+def answered_grades(server) -> collections.Counter:
+    """How many times the server sent the answer that ends a grade, per (model, story)."""
+    return collections.Counter((e["model"], e["sha"]) for e in server.events() if e["event"] == "answer" and e["final"])
+
+
+def cache_keys(cache_dir) -> list[str]:
+    path = cache_dir / "grades.jsonl"
+    return [json.loads(l)["key"] for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+
+# -----------------------------------------------------------------------------
+# parsing, retry timing and statistics: pure functions
+
+def test_parse_grades_forms_and_last_match_wins():
+    standard = "Nice story.\nGrammar: 8/10\nCreativity: 6/10\nConsistency: 9/10\nPlot: 7/10\nAge group: B"
+    assert judge.parse_grades(standard) == {"grammar": 8, "creativity": 6, "consistency": 9, "plot": 7, "age_group": "B"}
+    fancy = ("The grammar has 2 mistakes and the plot: 3 events. Grammar: 4.\n**Grammar:** 7 out of 10, "
+             "**Creativity**: 5.5/10, Consistency (with the beginning) 10 / 10, Plot = 3\nAge group: **C** (6-7)")
+    assert judge.parse_grades(fancy) == {"grammar": 7, "creativity": 5.5, "consistency": 10, "plot": 3, "age_group": "C"}
+    # a number without a separator or '/10' is prose, not a grade; out-of-range numbers are not grades
+    assert judge.parse_grades("The grammar has 2 mistakes. Plot: 12/10")["grammar"] is None
+    assert judge.parse_grades("The grammar has 2 mistakes. Plot: 12/10")["plot"] is None
+    # the age as a range when no letter is given; nothing at all when nothing is said
+    assert judge.parse_grades("The student's age group is probably 8-9.")["age_group"] == "D"
+    assert judge.parse_grades("A lovely story. Based on the words, a young student.") == \
+        {"grammar": None, "creativity": None, "consistency": None, "plot": None, "age_group": None}
+
+
+def test_retry_after_and_backoff():
+    assert judge.parse_retry_after("3") == 3.0
+    assert judge.parse_retry_after(None) is None and judge.parse_retry_after("soon") is None
+    in_ten = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 10))
+    assert 8 <= judge.parse_retry_after(in_ten) <= 10
+    assert judge.retry_delay(3, None, 0.5) == 4.0                   # 0.5 * 2^3
+    assert judge.retry_delay(3, 7.0, 0.5) == 7.0                    # the server's Retry-After wins
+
+
+def test_summarize_matches_numpy():
+    values = [7, 8, 6.5, 9, 3, 8, 8, 7.25]
+    s = judge.summarize(values)
+    mean, std, ci = expected_stats(values)
+    assert s["n"] == 8 and s["mean"] == pytest.approx(mean) and s["std"] == pytest.approx(std)
+    assert s["ci95"] == pytest.approx(list(ci))
+    assert judge.summarize([5])["ci95"] is None and judge.summarize([])["mean"] is None
+
+
+def test_default_prompts_are_many_distinct_and_cut_mid_sentence():
+    prompts = judge.DEFAULT_PROMPTS
+    assert len(prompts) >= 48 and len(set(prompts)) == len(prompts)
+    for p in prompts:
+        assert not p.rstrip().endswith((".", "!", "?")), p     # cut mid-sentence
+        assert 80 < len(p) < 400 and p == p.strip()
+    assert sum('"' in p for p in prompts) >= 10                   # plenty of dialogue
+
+
+def test_prompt_loaders(tmp_path):
+    # the TinyStories 'Evaluation prompts.yaml' form: a YAML list of block strings
+    yaml_file = tmp_path / "Evaluation prompts.yaml"
+    yaml_file.write_text('- |-\n  Once upon a time, there was a dog. He\n- |-\n  "Look!" said Mia. "A\n\n  big\n')
+    assert judge.load_prompts(str(yaml_file)) == ["Once upon a time, there was a dog. He", '"Look!" said Mia. "A\n\nbig']
+    csv_file = tmp_path / "submission.csv"
+    csv_file.write_text('id,prompt,completion\n1,"One day, Tom, who",x\n2,Ann said,y\n3,"One day, Tom, who",z\n')
+    assert judge.load_prompts(str(csv_file)) == ["One day, Tom, who", "Ann said"]
+    assert judge.load_prompts("default") == judge.DEFAULT_PROMPTS
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text\nhello\n")
+    with pytest.raises(judge.JudgeError, match="no 'prompt' column"):
+        judge.load_prompts(str(bad))
+
+
+def test_hub_prompts_fail_with_one_clear_line_offline(tmp_path):
+    ckpt = tmp_path / "never-read.pt"
+    ckpt.write_bytes(b"")
+    for spec in ("tinystories", "hf:someone/prompts-set"):
+        proc = run_judge(f"--ckpt={ckpt}", f"--prompts={spec}", "--model=j", f"--cache_dir={tmp_path}")
+        assert_one_line_error(proc, "cannot fetch it from the Hugging Face hub", "local path")
+
+
+# -----------------------------------------------------------------------------
+# the whole run against a faulty server
+
+def test_faulty_server_run_completes_with_the_servers_scores(tmp_path, server_factory):
+    server = server_factory(f"--require_key={KEY}")
+    items = make_items()
+    models = ["judge-a", "judge-b"]
+    kinds = collections.Counter(planned(m, it)["kind"] for m in models for it in items)
+    assert set(kinds) == set(fake.KINDS), kinds   # every fault happens at least once in this run
+    completions = write_jsonl(tmp_path / "submission.jsonl", items)
+    record = tmp_path / "record"
+    record.mkdir()
+    (record / "results.json").write_text(json.dumps({"schema": "speedrun-record/1", "name": "r", "judge": None}))
+    args = [f"--completions={completions}", f"--base_url={server.base_url}", "--model=judge-a", "--model=judge-b",
+            "--concurrency=6", f"--cache_dir={tmp_path / 'cache'}", f"--record={record}", *FAST]
+    proc = run_judge(*args)
+    assert proc.returncode == 0, proc.stderr
+
+    report = json.loads((record / "judge.json").read_text())
+    # per judge: the means are what the server gave, the unparseable answers are counted as such
+    pooled_rows = []
+    for it in items:
+        plans = [planned(m, it) for m in models]
+        ok = [p["scores"] for p in plans if p["scores"] is not None]
+        if ok:
+            pooled_rows.append({c: np.mean([s[c] for s in ok]) for c in judge.CATEGORIES})
+    for m in models:
+        plans = [planned(m, it) for it in items]
+        ok = [p["scores"] for p in plans if p["scores"] is not None]
+        got = report["per_judge"][m]
+        assert got["n"] == len(ok) and got["unparsed"] == len(items) - len(ok)
+        for c in judge.CATEGORIES:
+            mean, std, ci = expected_stats([s[c] for s in ok])
+            assert got["scores"][c]["mean"] == pytest.approx(mean) and got["scores"][c]["std"] == pytest.approx(std)
+            assert got["scores"][c]["ci95"] == pytest.approx(list(ci))
+        ages = collections.Counter(p["age_group"] for p in plans if p["scores"] is not None)
+        assert got["age_groups"] == {**{a: ages.get(a, 0) for a in "ABCDEF"}, "unknown": len(items) - len(ok)}
+    # pooled: items averaged over judges first; the top level is the record's judge block
+    assert report["n"] == len(pooled_rows) and report["judges"] == models
+    for c in judge.CATEGORIES:
+        assert report[c] == pytest.approx(np.mean([r[c] for r in pooled_rows]))
+    overall = [np.mean([r[c] for c in judge.CATEGORIES]) for r in pooled_rows]
+    assert report["overall"] == pytest.approx(np.mean(overall))
+    assert report["ci95"] == pytest.approx(list(expected_stats(overall)[2]))
+    assert list(report)[:8] == ["judges", "n", "grammar", "creativity", "consistency", "plot", "overall", "ci95"]
+    # per-item rows: the story, the judge, the scores or "unparsed"
+    assert len(report["items"]) == len(items) * len(models)
+    for row in report["items"]:
+        p = fake.plan(row["judge"], judge.grading_messages(row["prompt"], row["completion"])[0]["content"])
+        assert row["scores"] == ("unparsed" if p["scores"] is None else {c: p["scores"][c] for c in judge.CATEGORIES})
+
+    # the record's judge block, the rest of results.json kept
+    results = json.loads((record / "results.json").read_text())
+    assert results["schema"] == "speedrun-record/1" and results["name"] == "r"
+    assert results["judge"] == {k: report[k] for k in ("judges", "n", *judge.CATEGORIES, "overall", "ci95")}
+
+    # every grade answered exactly once; the 429s were waited out as long as Retry-After said
+    answered = answered_grades(server)
+    assert set(answered) == {(m, sha_of(m, it)) for m in models for it in items}
+    assert set(answered.values()) == {1}
+    events = server.events()
+    for e in (e for e in events if e["event"] == "429"):
+        retry = next(r for r in events if r.get("sha") == e["sha"] and r["time"] > e["time"] and r["event"] != "429")
+        assert retry["time"] - e["time"] >= e["retry_after"]
+    # token usage: the totals printed are the server's
+    answers = [e for e in events if e["event"] == "answer"]
+    prompt_tokens = sum(e["usage"]["prompt_tokens"] for e in answers)
+    completion_tokens = sum(e["usage"]["completion_tokens"] for e in answers)
+    assert f"tokens this run: {prompt_tokens:,} prompt + {completion_tokens:,} completion in {len(answers):,} requests" \
+        in proc.stdout
+    # the key is sent, never printed nor written
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.name != server.log.name:
+            assert KEY not in path.read_text(errors="replace"), path
+    assert KEY not in proc.stdout + proc.stderr
+
+    # a re-run with the same arguments sends no request: the endpoint may even be gone
+    before = len(server.events())
+    server.stop()
+    again = run_judge(*[a for a in args if not a.startswith("--base_url")], "--base_url=http://127.0.0.1:9/v1")
+    assert again.returncode == 0, again.stderr
+    assert "in 0 requests" in again.stdout and len(server.events()) == before
+    report2 = json.loads((record / "judge.json").read_text())
+    assert {k: v for k, v in report2.items() if k not in ("usage_this_run", "settings")} == \
+        {k: v for k, v in report.items() if k not in ("usage_this_run", "settings")}
+
+
+def test_crash_mid_run_resumes_without_grading_twice(tmp_path, server_factory):
+    items = make_items(6, 2)
+    completions = write_jsonl(tmp_path / "submission.jsonl", items)
+    cache_dir = tmp_path / "cache"
+    args = [f"--completions={completions}", "--model=judge-a", "--concurrency=3", f"--cache_dir={cache_dir}",
+            f"--out={tmp_path / 'judge.json'}", "--backoff=0.01", "--timeout=5", "--retries=2"]
+    hanging = server_factory("--hang_after=5")
+    proc = run_judge(f"--base_url={hanging.base_url}", *args, wait=False)
+    deadline = time.time() + 60
+    while len(cache_keys(cache_dir)) < 5 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # a crash: no cleanup, no final report
+    proc.communicate()
+    first = cache_keys(cache_dir)
+    assert len(first) == 5 and not (tmp_path / "judge.json").exists()
+    with open(cache_dir / "grades.jsonl", "a") as f:
+        f.write('{"key": "torn-by-the-cra')  # what a kill during a write leaves
+
+    fresh = server_factory()
+    proc = run_judge(f"--base_url={fresh.base_url}", *args)
+    assert proc.returncode == 0, proc.stderr
+    second = answered_grades(fresh)
+    graded_before = {(m, s) for (m, s), n in answered_grades(hanging).items()}
+    assert not graded_before & set(second)                     # nothing graded twice after the restart
+    assert graded_before | set(second) == {("judge-a", sha_of("judge-a", it)) for it in items}
+    assert set(second.values()) == {1}
+    report = json.loads((tmp_path / "judge.json").read_text())
+    ok = [planned("judge-a", it)["scores"] for it in items if planned("judge-a", it)["scores"]]
+    assert report["n"] == len(ok) and report["grammar"] == pytest.approx(np.mean([s["grammar"] for s in ok]))
+    keys = cache_keys(cache_dir)
+    assert len(keys) == len(set(keys)) == len(items)
+
+
+def test_endpoint_lost_mid_run_keeps_what_was_graded(tmp_path, server_factory):
+    items = make_items(6, 2)
+    completions = write_jsonl(tmp_path / "submission.jsonl", items)
+    cache_dir = tmp_path / "cache"
+    args = [f"--completions={completions}", "--model=judge-a", "--concurrency=2", f"--cache_dir={cache_dir}", *FAST]
+    dying = server_factory("--exit_after=4")
+    proc = run_judge(f"--base_url={dying.base_url}", *args)
+    assert_one_line_error(proc, "cannot reach", "saved in", "re-run")
+    dying.proc.wait(timeout=10)
+    graded = answered_grades(dying)
+    assert len(graded) == 4
+    assert sorted(cache_keys(cache_dir)) == sorted(judge.cache_key("judge-a", it["prompt"], it["completion"])
+                                                   for it in items if ("judge-a", sha_of("judge-a", it)) in graded)
+    fresh = server_factory()
+    proc = run_judge(f"--base_url={fresh.base_url}", *args, f"--out={tmp_path / 'j.json'}")
+    assert proc.returncode == 0, proc.stderr
+    assert not set(graded) & set(answered_grades(fresh)) and len(cache_keys(cache_dir)) == len(items)
+
+
+# -----------------------------------------------------------------------------
+# bad input: one line, exit 2
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, server_factory):
+    items = write_jsonl(tmp_path / "ok.jsonl", make_items(2, 1))
+    common = ["--model=judge-a", f"--cache_dir={tmp_path / 'cache'}", *FAST]
+    # no key in the named variable
+    proc = run_judge(f"--completions={items}", *common, env_key="")
+    assert_one_line_error(proc, "no API key in $JUDGE_KEY", "--api_key_env=")
+    # an endpoint nobody listens on
+    proc = run_judge(f"--completions={items}", "--base_url=http://127.0.0.1:9/v1", *common)
+    assert_one_line_error(proc, "cannot reach http://127.0.0.1:9/v1/chat/completions")
+    # completions files without the columns
+    no_col = tmp_path / "sub.csv"
+    no_col.write_text("prompt,text\nOnce,upon\n")
+    assert_one_line_error(run_judge(f"--completions={no_col}", *common), "sub.csv", "'completion' column")
+    no_field = write_jsonl(tmp_path / "sub.jsonl", [{"prompt": "a", "completion": "b"}, {"prompt": "a"}])
+    assert_one_line_error(run_judge(f"--completions={no_field}", *common), "sub.jsonl", "line 2", "'completion'")
+    # the server says the key or the model is wrong: not retried, said in one line, key redacted
+    server = server_factory(f"--require_key={KEY}")
+    proc = run_judge(f"--completions={items}", f"--base_url={server.base_url}", *common, env_key="wrong-key")
+    assert_one_line_error(proc, "HTTP 401", "--api_key_env")
+    proc = run_judge(f"--completions={items}", f"--base_url={server.base_url}", "--model=missing-model",
+                     f"--cache_dir={tmp_path / 'cache'}")
+    assert_one_line_error(proc, "HTTP 404", "missing-model")
+    # a record folder without results.json fails before any work
+    proc = run_judge(f"--completions={items}", f"--base_url={server.base_url}", *common, f"--record={tmp_path}")
+    assert_one_line_error(proc, "results.json", "--record")
+    # the arguments themselves
+    assert_one_line_error(run_judge(*common), "exactly one of --ckpt")
+    assert_one_line_error(run_judge(f"--completions={items}", "--samples=0", *common), "--samples")
+    assert_one_line_error(run_judge(f"--ckpt={tmp_path / 'nope.pt'}", *common), "nope.pt")
+    # a local server that needs no key: name the variable empty
+    keyless = server_factory()
+    proc = run_judge(f"--completions={items}", f"--base_url={keyless.base_url}", *common, "--api_key_env=",
+                     f"--out={tmp_path / 'j.json'}", env_key=None)
+    assert proc.returncode == 0, proc.stderr
+
+
+# -----------------------------------------------------------------------------
+# generation from a checkpoint
+
+def tiny_checkpoint(path, rig_stop_after=None):
+    """A 2-layer GPT with GPT-2's tokenizer. rig_stop_after=(prompt tokens, k): make the delimiter win
+    exactly where the greedy continuation would pick its k-th token, so generation must stop there."""
+    import torch
+    import model as model_lib
+    torch.manual_seed(0)
+    config = model_lib.GPTConfig(vocab_size=50304, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, block_size=96,
+                                 zero_init=False)
+    gpt = model_lib.GPT(config)
+    if rig_stop_after is not None:
+        context, k = rig_stop_after
+        target = greedy_reference(gpt, context, k + 1, stop=None, n_vocab=50257)[k]
+        with torch.no_grad():  # the delimiter's row a hair longer than the target's: it wins where the target would
+            gpt.lm_head.weight[50256] = gpt.lm_head.weight[target] * 1.05
+    model_lib.save_checkpoint(path, gpt, config, {"name": "gpt2"}, step=1)
+    return gpt
+
+
+def greedy_reference(gpt, context, max_new, stop, n_vocab):
+    """Greedy decoding the slow, obvious way: a full forward pass per token, no KV cache, no batching."""
+    import torch
+    tokens, out = list(context), []
+    for _ in range(max_new):
+        logits = gpt(torch.tensor([tokens]))[0, -1, :n_vocab]
+        nxt = int(logits.argmax())
+        if nxt == stop:
+            break
+        out.append(nxt)
+        tokens.append(nxt)
+    return out
+
+
+def test_generation_samples_start_after_prompt_and_stop_at_delimiter_or_cap(tmp_path, gpt2_available):
+    import tiktoken
+    enc = tiktoken.get_encoding("gpt2")
+    prompts = ["Once upon a time, there was a little dog who", "Mia said, \"Can we go to the"]
+    contexts = [[50256] + enc.encode_ordinary(p) for p in prompts]
+    ckpt = tmp_path / "tiny.pt"
+    gpt = tiny_checkpoint(ckpt, rig_stop_after=(contexts[0], 3))
+
+    # greedy: each completion is the model's own continuation of [delimiter] + prompt, stopped at the delimiter
+    items = judge.generate_completions(str(ckpt), prompts, samples=2, max_new_tokens=12, temperature=0.0, top_k=None,
+                                       top_p=None, seed=1, batch_size=3, device="cpu")
+    assert [(it["prompt_id"], it["sample"]) for it in items] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    refs = [greedy_reference(gpt, c, 12, stop=50256, n_vocab=50257) for c in contexts]
+    assert len(refs[0]) == 3                    # the rigged delimiter ends prompt 0 early ...
+    assert len(refs[1]) == 12                   # ... prompt 1 runs to the cap
+    for it in items:
+        assert it["completion"] == enc.decode(refs[it["prompt_id"]]) and it["new_tokens"] == len(refs[it["prompt_id"]])
+
+    # sampling: --samples per prompt, seeded, never longer than the cap, never a padding id
+    kw = dict(samples=3, max_new_tokens=6, temperature=1.0, top_k=None, top_p=0.95, batch_size=4, device="cpu")
+    a = judge.generate_completions(str(ckpt), prompts, seed=7, **kw)
+    b = judge.generate_completions(str(ckpt), prompts, seed=7, **kw)
+    c = judge.generate_completions(str(ckpt), prompts, seed=8, **kw)
+    assert len(a) == 6 and a == b and a != c
+    assert all(it["new_tokens"] <= 6 for it in a)
+    assert len({it["completion"] for it in a if it["prompt_id"] == 1}) > 1
+
+
+def test_judge_a_checkpoint_end_to_end_and_reuse(tmp_path, server_factory, gpt2_available):
+    ckpt = tmp_path / "tiny.pt"
+    tiny_checkpoint(ckpt)
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text('prompt\n"Tom had a red ball, and he"\n"The cat sat by the door and"\n')
+    cache_dir = tmp_path / "cache"
+    args = [f"--ckpt={ckpt}", f"--prompts={prompts}", "--samples=3", "--max_new_tokens=8", "--model=judge-a",
+            f"--cache_dir={cache_dir}", f"--out={tmp_path / 'judge.json'}", "--device=cpu", *FAST]
+    # the endpoint is down: exit 2, but the generated completions are kept
+    proc = run_judge(*args, "--base_url=http://127.0.0.1:9/v1")
+    assert_one_line_error(proc, "cannot reach")
+    saved = list(cache_dir.glob("completions_*.jsonl"))
+    assert len(saved) == 1 and len(saved[0].read_text().splitlines()) == 1 + 6
+    # with a server: the saved completions are reused, all six graded
+    server = server_factory()
+    proc = run_judge(*args, f"--base_url={server.base_url}")
+    assert proc.returncode == 0, proc.stderr
+    assert "reusing 6 saved completions" in proc.stdout
+    report = json.loads((tmp_path / "judge.json").read_text())
+    assert len(report["items"]) == 6
+    assert collections.Counter(r["prompt_id"] for r in report["items"]) == {0: 3, 1: 3}
+    # other generation arguments: new completions, a new file
+    proc = run_judge(*[a for a in args if a != "--samples=3"], "--samples=1", f"--base_url={server.base_url}")
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(cache_dir.glob("completions_*.jsonl"))) == 2

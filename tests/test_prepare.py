@@ -1,0 +1,480 @@
+"""Tests for prepare.py: shard format, readers, tokenizers, every input format, cleaning, the split,
+and bad input. Core tests use synthetic data and a pure byte-level tokenizer (token = UTF-8 byte),
+so the expected tokens are computed independently of any tokenizer library."""
+import base64
+import gzip
+import json
+import pathlib
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import prepare
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+# -----------------------------------------------------------------------------
+# helpers
+
+def byte_spec(delimiter_id=256) -> dict:
+    """A BPE with no merges: token i is byte i, so a document's tokens are its UTF-8 bytes."""
+    return {"name": "bytes", "pattern": prepare.SPLIT_PATTERN,
+            "ranks": [base64.b64encode(bytes([i])).decode() for i in range(256)],
+            "special_tokens": {"<|endoftext|>": delimiter_id}}
+
+
+@pytest.fixture
+def byte_tok(tmp_path) -> str:
+    path = tmp_path / "bytes_tokenizer.json"
+    path.write_text(json.dumps(byte_spec()))
+    return str(path)
+
+
+def run(argv, capsys=None) -> int:
+    return prepare.main([str(a) for a in argv])
+
+
+def read_split(out, split) -> np.ndarray:
+    return np.concatenate([np.asarray(prepare.open_shard(p)) for p in prepare.list_shards(out, split)])
+
+
+def split_docs(tokens: np.ndarray, delim: int) -> list[list[int]]:
+    """Independent reader: every document starts with the delimiter."""
+    assert tokens[0] == delim
+    starts = np.flatnonzero(tokens == delim)
+    ends = list(starts[1:]) + [len(tokens)]
+    return [tokens[s + 1:e].tolist() for s, e in zip(starts, ends)]
+
+
+def byte_docs(out, split) -> list[str]:
+    return [bytes(d).decode("utf-8") for d in split_docs(read_split(out, split), 256)]
+
+
+def make_docs(n=60, seed=0) -> list[str]:
+    rng = random.Random(seed)
+    words = "the cat sat on a mat and ran to see big red dog é ü 日本 ’ “ ”".split()
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 40))) + f" #{i}." for i in range(n)]
+
+
+def write_txt(path, docs):
+    path.write_text("".join(f"{d}\n<|endoftext|>\n" for d in docs), encoding="utf-8")
+    return path
+
+
+# -----------------------------------------------------------------------------
+# shard format and readers
+
+def test_header_layout_uint16(tmp_path):
+    tokens = np.array([50256, 1, 2, 65535], dtype=np.int64)
+    prepare.write_shard(tmp_path / "train_000000.bin", tokens)
+    raw = (tmp_path / "train_000000.bin").read_bytes()
+    assert len(raw) == 1024 + 2 * 4
+    header = np.frombuffer(raw[:1024], dtype="<i4")
+    assert header[:3].tolist() == [20240520, 1, 4] and not header[3:].any()
+    assert np.frombuffer(raw[1024:], dtype="<u2").tolist() == tokens.tolist()
+    m = prepare.open_shard(tmp_path / "train_000000.bin")
+    assert isinstance(m, np.memmap) and m.dtype == np.uint16 and m.tolist() == tokens.tolist()
+    assert not list(tmp_path.glob(".*tmp*"))  # the temp file was renamed away
+
+
+def test_header_layout_uint32(tmp_path):
+    tokens = np.array([0, 70000, 100277])
+    prepare.write_shard(tmp_path / "a.bin", tokens)
+    raw = (tmp_path / "a.bin").read_bytes()
+    assert np.frombuffer(raw[:12], dtype="<i4").tolist() == [20240801, 7, 3]
+    assert np.frombuffer(raw[1024:], dtype="<u4").tolist() == tokens.tolist() and len(raw) == 1024 + 12
+    assert prepare.open_shard(tmp_path / "a.bin").dtype == np.uint32
+    # a small-vocab shard forced to uint32, and the vocab_size rule: one format for a whole dataset
+    prepare.write_shard(tmp_path / "b.bin", np.array([1, 2]), dtype="uint32")
+    prepare.write_shard(tmp_path / "c.bin", np.array([1, 2]), vocab_size=100277)
+    for name in ("b.bin", "c.bin"):
+        assert prepare.open_shard(tmp_path / name).dtype == np.uint32
+    with pytest.raises(prepare.ShardError, match="uint16"):
+        prepare.write_shard(tmp_path / "d.bin", np.array([70000]), dtype="uint16")
+
+
+def test_open_shard_rejects_bad_files(tmp_path):
+    good = tmp_path / "good.bin"
+    prepare.write_shard(good, np.arange(10))
+    raw = good.read_bytes()
+    cases = {
+        "magic": np.array([123], "<i4").tobytes() + raw[4:],
+        "version": raw[:4] + np.array([2], "<i4").tobytes() + raw[8:],
+        "truncated": raw[:-2],
+        "shorter than": raw[:100],
+    }
+    for problem, data in cases.items():
+        path = tmp_path / f"bad_{problem.replace(' ', '_')}.bin"
+        path.write_bytes(data)
+        with pytest.raises(prepare.ShardError, match=problem) as e:
+            prepare.open_shard(path)
+        assert str(path) in str(e.value)
+    with pytest.raises(prepare.ShardError, match="not found"):
+        prepare.open_shard(tmp_path / "missing.bin")
+
+
+def test_list_shards_and_read_meta(tmp_path):
+    for name in ("train_000001.bin", "train_000000.bin", "val_000000.bin", "fineweb_train_000002.bin", "x.bin"):
+        prepare.write_shard(tmp_path / name, np.arange(3))
+    names = [p.name for p in prepare.list_shards(tmp_path, "train")]
+    assert names == ["fineweb_train_000002.bin", "train_000000.bin", "train_000001.bin"]
+    assert [p.name for p in prepare.list_shards(tmp_path, "val")] == ["val_000000.bin"]
+    with pytest.raises(prepare.ShardError, match="no test_NNNNNN.bin"):
+        prepare.list_shards(tmp_path, "test")
+    with pytest.raises(prepare.ShardError, match="meta.json: not found"):
+        prepare.read_meta(tmp_path)
+    (tmp_path / "meta.json").write_text("{not json")
+    with pytest.raises(prepare.ShardError, match="not valid JSON"):
+        prepare.read_meta(tmp_path)
+    # meta.json says 1 val shard: a leftover second one from another run is caught
+    (tmp_path / "meta.json").write_text(json.dumps({"splits": {"val": {"shards": 1}}}))
+    prepare.write_shard(tmp_path / "val_000001.bin", np.arange(3))
+    with pytest.raises(prepare.ShardError, match="mixes two runs"):
+        prepare.list_shards(tmp_path, "val")
+
+
+# -----------------------------------------------------------------------------
+# tokenizers
+
+def test_spec_encoding_delimiter_and_token_bytes():
+    enc = prepare.encoding_from_spec(byte_spec())
+    text = "héllo 日本 ’"
+    assert enc.encode_ordinary(text) == list(text.encode("utf-8"))
+    assert prepare.delimiter_id(enc) == 256
+    lengths = prepare.token_byte_lengths(enc)
+    assert lengths.dtype == np.int32 and lengths.shape == (257,)
+    assert lengths[:256].tolist() == [1] * 256 and lengths[256] == 0
+    with pytest.raises(prepare.TokenizerError):
+        prepare.encoding_from_spec({"name": "bpe:9", "ranks": "nope"})
+
+
+def test_gpt2_token_bytes_sum_to_text_bytes(gpt2_available):
+    enc = prepare.encoding_from_spec({"name": "gpt2"})
+    assert prepare.delimiter_id(enc) == 50256 and enc.n_vocab == 50257
+    lengths = prepare.token_byte_lengths(enc)
+    assert lengths[50256] == 0 and lengths.min() == 0 and (lengths[:50256] >= 1).all()
+    text = "Once upon a time, “Tom” said 日本語 — ok?\n\n  done"
+    assert lengths[enc.encode_ordinary(text)].sum() == len(text.encode("utf-8"))
+
+
+@pytest.mark.parametrize("backend", ["rustbpe", "tokenizers"])
+def test_train_bpe_round_trip(backend, monkeypatch):
+    if backend == "tokenizers":
+        monkeypatch.setitem(sys.modules, "rustbpe", None)  # import fails: the fallback runs
+    docs = make_docs(300)
+    spec = prepare.train_bpe(iter(docs), 400, "bpe:400")
+    json.dumps(spec)  # plain data only
+    assert len(spec["ranks"]) == 399 and spec["special_tokens"] == {"<|endoftext|>": 399}
+    enc = prepare.encoding_from_spec(spec)
+    assert enc.n_vocab == 400
+    for d in docs[:50] + ["unseen wörds 123456 \n\n tabs\t!"]:
+        ids = enc.encode_ordinary(d)
+        assert enc.decode_bytes(ids) == d.encode("utf-8")
+        assert prepare.token_byte_lengths(enc)[ids].sum() == len(d.encode("utf-8"))
+    assert len(enc.encode_ordinary(" ".join(docs[:20]))) < 0.6 * len(" ".join(docs[:20]).encode())  # it merged
+
+
+def test_spec_survives_weights_only_checkpoint(tmp_path):
+    torch = pytest.importorskip("torch")
+    spec = prepare.train_bpe(iter(make_docs(100)), 300, "bpe:300")
+    torch.save({"tokenizer": spec}, tmp_path / "ck.pt")
+    loaded = torch.load(tmp_path / "ck.pt", weights_only=True)["tokenizer"]
+    assert loaded == spec
+
+
+# -----------------------------------------------------------------------------
+# the pipeline on synthetic data (byte-level tokenizer: expected tokens are the UTF-8 bytes)
+
+def test_every_input_format_gives_the_same_documents(tmp_path, byte_tok):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    docs = make_docs(40)
+    files = {
+        "marker.txt": lambda p: write_txt(p, docs),
+        "blank.txt": lambda p: p.write_text("\n\n\n".join(docs) + "\n", encoding="utf-8"),
+        "a.jsonl": lambda p: p.write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs))),
+        "b.jsonl.gz": lambda p: p.write_bytes(gzip.compress("".join(json.dumps({"text": d}) + "\n" for d in docs).encode())),
+        "c.json.gz": lambda p: p.write_bytes(gzip.compress("\n".join(json.dumps({"story": d}) for d in docs).encode())),
+        "array.json.gz": lambda p: p.write_bytes(gzip.compress(json.dumps([{"story": d, "source": "GPT-4"} for d in docs]).encode())),
+        "d.parquet": lambda p: pq.write_table(pa.table({"text": docs, "n": list(range(len(docs)))}), p),
+    }
+    for name, write in files.items():
+        write(tmp_path / name)
+        out = tmp_path / ("out_" + name.replace(".", "_"))
+        assert run(["--input", tmp_path / name, "--tokenizer", byte_tok, "--out", out, "--workers", 0,
+                    "--quiet", "--val_docs", 5]) == 0, name
+        got = byte_docs(out, "train") + byte_docs(out, "val")
+        assert sorted(got) == sorted(docs), name
+        meta = prepare.read_meta(out)
+        assert meta["splits"]["val"]["docs"] == 5 and meta["splits"]["train"]["docs"] == 35
+
+
+def test_blank_line_and_chunk_boundaries(tmp_path, byte_tok, monkeypatch):
+    """Tasks are cut at document boundaries: a tiny task size must not change any document."""
+    docs = make_docs(30) + ["a long one " * 200]
+    docs = [d.replace(" and ", "\nand ") for d in docs]  # single newlines stay inside a document
+    write_txt(tmp_path / "m.txt", docs)
+    (tmp_path / "b.txt").write_text("\r\n \r\n".join(docs[:10]) + "\n\n\n\n" + "\n\n".join(docs[10:]), encoding="utf-8")
+    monkeypatch.setattr(prepare, "TASK_BYTES", 100)
+    for name in ("m.txt", "b.txt"):
+        out = tmp_path / name.replace(".", "_")
+        assert run(["--input", tmp_path / name, "--tokenizer", byte_tok, "--out", out, "--workers", 0,
+                    "--quiet", "--all_val"]) == 0
+        assert sorted(byte_docs(out, "val")) == sorted(d.strip() for d in docs), name
+
+
+def test_cleaning_strip_empty_and_dedup(tmp_path, byte_tok):
+    docs = make_docs(20)
+    raw = docs + ["  " + docs[3] + "\n\n", docs[5], "", "   \n  "] + docs[:2]
+    write_txt(tmp_path / "in.txt", raw)
+    out = tmp_path / "out"
+    assert run(["--input", tmp_path / "in.txt", "--tokenizer", byte_tok, "--out", out, "--workers", 0, "--quiet",
+                "--val_docs", 3]) == 0
+    got = byte_docs(out, "train") + byte_docs(out, "val")
+    assert sorted(got) == sorted(docs)  # each once
+    counts = prepare.read_meta(out)["cleaning"]["counts"]
+    assert counts["duplicates"] == 4 and counts["kept"] == 20
+    assert counts["empty"] == 2 + 1  # two blank documents + the empty piece after the last marker
+    out2 = tmp_path / "out2"
+    assert run(["--input", tmp_path / "in.txt", "--tokenizer", byte_tok, "--out", out2, "--workers", 0,
+                "--quiet", "--no-dedup", "--all_val"]) == 0
+    assert len(byte_docs(out2, "val")) == 24
+
+
+def test_meta_counts_bytes_and_bytes_per_token(tmp_path, byte_tok):
+    docs = make_docs(50)
+    write_txt(tmp_path / "in.txt", docs)
+    out = tmp_path / "out"
+    assert run(["--input", tmp_path / "in.txt", "--tokenizer", byte_tok, "--out", out, "--workers", 0, "--quiet",
+                "--val_docs", 7, "--shard_tokens", 500]) == 0
+    meta = prepare.read_meta(out)
+    for split in ("train", "val"):
+        texts = byte_docs(out, split)
+        s = meta["splits"][split]
+        assert s["docs"] == len(texts)
+        assert s["bytes"] == sum(len(t.encode("utf-8")) for t in texts)
+        assert s["tokens"] == len(read_split(out, split)) == s["bytes"] + s["docs"]
+        assert s["shards"] == len(prepare.list_shards(out, split)) == -(-s["tokens"] // 500)
+        assert meta["bytes_per_token"][split] == pytest.approx(1.0)  # one byte per token, delimiters excluded
+    assert meta["tokenizer"] == {"name": "bytes", "file": "tokenizer.json", "vocab_size": 257, "delimiter_id": 256,
+                                 "pattern": prepare.SPLIT_PATTERN, "trained_on": None}
+    assert meta["format"] == {"magic": 20240520, "version": 1, "dtype": "uint16", "header_bytes": 1024,
+                              "shard_tokens": 500, "delimiter": "precedes every document"}
+    assert prepare.tokenizer_spec(out) == byte_spec()
+    for p in prepare.list_shards(out, "train")[:-1]:
+        assert len(prepare.open_shard(p)) == 500
+
+
+@pytest.mark.parametrize("how", [["--val_fraction", "0.2"], ["--val_docs", "9"]])
+def test_split_is_stable_under_reordered_input(tmp_path, byte_tok, how):
+    docs = make_docs(200, seed=1)
+    shuffled = docs[:]
+    random.Random(5).shuffle(shuffled)
+    write_txt(tmp_path / "a.txt", docs)
+    write_txt(tmp_path / "b1.txt", shuffled[:120])
+    (tmp_path / "b2.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in shuffled[120:]))
+    outs = []
+    for i, inputs in enumerate([[tmp_path / "a.txt"], [tmp_path / "b2.jsonl", tmp_path / "b1.txt"]]):
+        out = tmp_path / f"out{i}"
+        assert run(["--input", *inputs, "--tokenizer", byte_tok, "--out", out, "--workers", 0, "--quiet", *how]) == 0
+        outs.append(out)
+    val = [byte_docs(o, "val") for o in outs]
+    train = [byte_docs(o, "train") for o in outs]
+    assert sorted(val[0]) == sorted(val[1]) and 0 < len(val[0]) < 200  # same documents
+    if how[0] == "--val_docs":  # held until the end and written in hash order: identical val shards
+        assert (outs[0] / "val_000000.bin").read_bytes() == (outs[1] / "val_000000.bin").read_bytes()
+    assert sorted(train[0]) == sorted(train[1]) and not set(train[0]) & set(val[0])
+    assert sorted(train[0] + val[0]) == sorted(docs)
+    if how[0] == "--val_docs":  # exactly the 9 smallest hashes, computed independently
+        assert len(val[0]) == 9
+        smallest = sorted(docs, key=lambda d: prepare.doc_hash(d.encode("utf-8")))[:9]
+        assert val[0] == smallest
+
+
+def test_workers_match_in_process(tmp_path, byte_tok):
+    write_txt(tmp_path / "in.txt", make_docs(300) * 2)
+    outs = []
+    for w in (0, 2):
+        out = tmp_path / f"w{w}"
+        assert run(["--input", tmp_path / "in.txt", "--tokenizer", byte_tok, "--out", out, "--workers", w,
+                    "--quiet", "--val_docs", 10]) == 0
+        outs.append(out)
+    for name in ("train_000000.bin", "val_000000.bin"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
+
+
+def test_all_val_eval_set(tmp_path, byte_tok):
+    docs = make_docs(25)
+    write_txt(tmp_path / "valid.txt", docs)
+    out = tmp_path / "eval"
+    assert run(["--input", tmp_path / "valid.txt", "--tokenizer", byte_tok, "--out", out, "--workers", 0,
+                "--quiet", "--all_val"]) == 0
+    assert byte_docs(out, "val") == sorted(docs, key=lambda d: docs.index(d))  # input order kept
+    meta = prepare.read_meta(out)
+    assert meta["splits"]["train"] == {"docs": 0, "tokens": 0, "bytes": 0, "shards": 0}
+    assert meta["split"]["all_val"] and meta["bytes_per_token"]["train"] is None
+    with pytest.raises(prepare.ShardError):
+        prepare.list_shards(out, "train")
+
+
+# -----------------------------------------------------------------------------
+# TinyStories mojibake
+
+def mojibake(text: str) -> str:
+    """How the TinyStories files got it: UTF-8 bytes read as cp1252, undefined bytes (0x9D) lost."""
+    return text.encode("utf-8").decode("cp1252", errors="ignore")
+
+
+def test_mojibake_repair_matches_original():
+    original = "He said, “I’m here” — and she nodded… ‘ok’ café"
+    broken = mojibake(original)
+    assert "â€" in broken and broken != original
+    fixed, what = prepare.fix_mojibake(broken, "repair")
+    assert (fixed, what) == (original, "repaired")
+    assert prepare.fix_mojibake("plain “quotes” and café stay", "repair") == ("plain “quotes” and café stay", None)
+    assert prepare.fix_mojibake(broken, "drop") == (None, "dropped")
+
+
+def test_mojibake_counts_in_meta(tmp_path, byte_tok):
+    good = make_docs(10)
+    bad = ["She said “hi” to Tom’s dog.", "It’s a “big” day — yes."]
+    write_txt(tmp_path / "tinystories_sample.txt", good + [mojibake(b) for b in bad])
+    for mode, expect_docs in (("auto", good + bad), ("drop", good)):
+        out = tmp_path / mode
+        assert run(["--input", tmp_path / "tinystories_sample.txt", "--tokenizer", byte_tok, "--out", out,
+                    "--workers", 0, "--quiet", "--all_val", "--mojibake", mode]) == 0
+        assert sorted(byte_docs(out, "val")) == sorted(expect_docs)
+        cleaning = prepare.read_meta(out)["cleaning"]
+        assert cleaning["mojibake"] == ("repair" if mode == "auto" else "drop")
+        assert cleaning["counts"]["mojibake_repaired" if mode == "auto" else "mojibake_dropped"] == 2
+
+
+def test_mojibake_in_real_tinystories_validation(shared_data):
+    text = (shared_data / "tinystories" / "tinystories_hf_validation_head.txt").read_text(encoding="utf-8")
+    docs = [d.strip() for d in text.split("\n\n") if d.strip()]
+    results = [prepare.fix_mojibake(d, "repair") for d in docs]
+    repaired = [r for r, what in results if what == "repaired"]
+    assert repaired and all("â€" not in r for r in repaired)
+    assert any("’" in r for r in repaired) and any("“" in r for r in repaired)
+    assert sum(what == "dropped" for _, what in results) == 0
+
+
+# -----------------------------------------------------------------------------
+# Must-show 1 and 2 on the real TinyStoriesV2 sample, against an independent tiktoken encoding
+
+def independent_clean(path) -> list[str]:
+    docs = [d.strip() for d in path.read_text(encoding="utf-8").split("<|endoftext|>")]
+    return list(dict.fromkeys(d for d in docs if d))
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "bpe:4096"])
+def test_real_sample_round_trip(tmp_path, shared_data, gpt2_available, tokenizer):
+    import tiktoken
+    src = shared_data / "tinystories" / "TinyStoriesV2-GPT4-train_first10000lines.txt"
+    out = tmp_path / "out"
+    assert run(["--input", src, "--tokenizer", tokenizer, "--out", out, "--quiet", "--shard_tokens", 100_000]) == 0
+    meta = prepare.read_meta(out)
+    expected = independent_clean(src)
+    if tokenizer == "gpt2":
+        enc = tiktoken.get_encoding("gpt2")
+        assert meta["tokenizer"]["delimiter_id"] == 50256 and meta["tokenizer"]["file"] is None
+    else:
+        assert meta["tokenizer"]["vocab_size"] == 4096 and meta["tokenizer"]["delimiter_id"] == 4095
+        enc = prepare.encoding_from_spec(prepare.tokenizer_spec(out))
+    delim = meta["tokenizer"]["delimiter_id"]
+    expected_tokens = {tuple(enc.encode_ordinary(d)) for d in expected}
+    got = {}
+    for split in ("train", "val"):
+        docs = split_docs(read_split(out, split), delim)
+        assert len(docs) == meta["splits"][split]["docs"] > 0
+        got[split] = [enc.decode(d) for d in docs]
+        assert {tuple(d) for d in docs} <= expected_tokens
+        n_text_tokens = sum(map(len, docs))
+        assert meta["bytes_per_token"][split] == pytest.approx(meta["splits"][split]["bytes"] / n_text_tokens)
+    assert not set(got["train"]) & set(got["val"])
+    assert sorted(got["train"] + got["val"]) == sorted(expected)  # every cleaned document, exactly once
+    assert meta["splits"]["train"]["shards"] > 1  # documents continue across shard boundaries
+
+
+# -----------------------------------------------------------------------------
+# bad input: one line, exit code 2
+
+def one_error_line(capsys, argv) -> str:
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_bad_inputs(tmp_path, capsys, byte_tok, monkeypatch):
+    out = str(tmp_path / "out")
+    write_txt(tmp_path / "ok.txt", make_docs(5))
+    assert "unknown dataset" in one_error_line(capsys, ["--dataset", "tinystorys", "--out", out])
+    assert "not found" in one_error_line(capsys, ["--input", tmp_path / "nope.txt", "--out", out])
+    assert "not a file" in one_error_line(capsys, ["--input", tmp_path, "--out", out])
+    (tmp_path / "x.csv").write_text("a,b\n")
+    assert "unsupported file type" in one_error_line(capsys, ["--input", tmp_path / "x.csv", "--out", out])
+    (tmp_path / "empty.txt").write_text("<|endoftext|>\n  \n<|endoftext|>\n")
+    assert "no documents left" in one_error_line(capsys, ["--input", tmp_path / "empty.txt", "--tokenizer",
+                                                          byte_tok, "--out", out, "--workers", 0, "--quiet"])
+    assert "--dtype uint32" in one_error_line(capsys, ["--input", tmp_path / "ok.txt", "--tokenizer", "bpe:70000",
+                                                       "--out", out])
+    assert "bpe:N" in one_error_line(capsys, ["--input", tmp_path / "ok.txt", "--tokenizer", "bpe:lots", "--out", out])
+    assert "--out" in one_error_line(capsys, ["--input", tmp_path / "ok.txt"])
+    assert "--nope" in one_error_line(capsys, ["--nope"])
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
+    assert "bad.jsonl:2: invalid JSON" in one_error_line(capsys, ["--input", tmp_path / "bad.jsonl", "--tokenizer",
+                                                                  byte_tok, "--out", out, "--workers", 0, "--quiet"])
+    (tmp_path / "notext.jsonl").write_text('{"text": "fine"}\n{"body": "no text"}\n')
+    assert "notext.jsonl:2" in one_error_line(capsys, ["--input", tmp_path / "notext.jsonl", "--tokenizer", byte_tok,
+                                                       "--out", out, "--workers", 0, "--quiet"])
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    assert "UTF-8" in one_error_line(capsys, ["--input", tmp_path / "latin1.txt", "--tokenizer", byte_tok,
+                                              "--out", out, "--workers", 0, "--quiet"])
+    # the Hugging Face Hub is unreachable: fail at once, no minute of retries
+    def no_network(*a, **k):
+        raise OSError(-2, "Name or service not known")
+    monkeypatch.setattr("socket.getaddrinfo", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    for name in ("tinystories", "c4-val"):
+        line = one_error_line(capsys, ["--dataset", name, "--out", out])
+        assert "Hugging Face Hub" in line and "--input" in line
+
+
+def test_vocab_over_uint16_uses_uint32_format(tmp_path, byte_tok, capsys):
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps(byte_spec(delimiter_id=70000)))
+    write_txt(tmp_path / "in.txt", make_docs(10))
+    args = ["--input", tmp_path / "in.txt", "--tokenizer", big, "--out", tmp_path / "o", "--workers", 0, "--quiet",
+            "--all_val"]
+    assert "--dtype uint32" in one_error_line(capsys, args)
+    assert run(args + ["--dtype", "uint32"]) == 0
+    shard = prepare.open_shard(tmp_path / "o" / "val_000000.bin")
+    assert shard.dtype == np.uint32 and shard[0] == 70000
+    assert sorted(bytes(d).decode() for d in split_docs(np.asarray(shard), 70000)) == sorted(make_docs(10))
+
+
+def test_failed_run_leaves_folder_untrusted(tmp_path, byte_tok):
+    write_txt(tmp_path / "ok.txt", make_docs(20))
+    out = tmp_path / "out"
+    assert run(["--input", tmp_path / "ok.txt", "--tokenizer", byte_tok, "--out", out, "--workers", 0, "--quiet"]) == 0
+    assert prepare.read_meta(out)
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
+    assert run(["--input", tmp_path / "ok.txt", tmp_path / "bad.jsonl", "--tokenizer", byte_tok, "--out", out,
+                "--workers", 0, "--quiet"]) == 2
+    with pytest.raises(prepare.ShardError, match="interrupted"):
+        prepare.read_meta(out)
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_cli_subprocess_exit_code_and_help():
+    r = subprocess.run([sys.executable, str(ROOT / "prepare.py"), "--input", "/nonexistent.txt", "--out", "/tmp/x"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "prepare.py"), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "c4-val" in r.stdout and "--val_docs" in r.stdout
