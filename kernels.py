@@ -15,8 +15,6 @@ autograd formula, so it composes with torch.compile (the compiler sees one opaqu
     python kernels.py --bench      # each kernel vs its torch.compile'd reference (needs CUDA)
 """
 
-import math
-import os
 import sys
 
 import torch
@@ -235,7 +233,7 @@ def _require_triton(name: str):
                            f"use {name.replace('_triton', '_reference')} (the public functions fall back to it)")
 
 
-def _launch_settings(block: int) -> int:
+def _num_warps(block: int) -> int:
     """num_warps for a row of `block` elements: enough threads to cover it, at most 16."""
     return max(1, min(16, block // 256))
 
@@ -257,7 +255,7 @@ def _rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> t
     block = triton.next_power_of_2(n_cols)
     _rms_norm_fwd_kernel[(x2.shape[0],)](x2, weight if weight is not None else x2, y, rstd, n_cols, eps,
                                          HAS_WEIGHT=weight is not None, BLOCK=block,
-                                         num_warps=_launch_settings(block))
+                                         num_warps=_num_warps(block))
     return y.view(x.shape), rstd
 
 
@@ -280,7 +278,7 @@ def _rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None
     block = triton.next_power_of_2(n_cols)
     _rms_norm_bwd_kernel[(programs,)](dy2, x2, weight if weight is not None else x2, rstd, dx, dw_partial,
                                       n_rows, n_cols, rows_per_program, HAS_WEIGHT=weight is not None,
-                                      BLOCK=block, num_warps=_launch_settings(block))
+                                      BLOCK=block, num_warps=_num_warps(block))
     dw = dw_partial.sum(0).to(weight.dtype) if weight is not None else x.new_empty(0)
     return dx.view(x.shape), dw
 
@@ -379,7 +377,7 @@ def _cross_entropy_chunk(logits, targets, losses, grad_scale, softcap, ignore_in
     _softcap_cross_entropy_kernel[(n_rows,)](
         logits, logits.stride(0), targets, grad_scale if grad_scale is not None else losses, losses,
         vocab, float(softcap), ignore_index, HAS_SOFTCAP=softcap > 0, COMPUTE_GRAD=compute_grad,
-        BLOCK=block, num_warps=_launch_settings(block))
+        BLOCK=block, num_warps=_num_warps(block))
 
 
 def _accumulate(grad_w, logits_t, x_chunk):
