@@ -22,7 +22,6 @@ The API key is read from the environment variable named by --api_key_env and is 
 """
 import argparse
 import concurrent.futures
-import contextlib
 import csv
 import email.utils
 import hashlib
@@ -214,12 +213,12 @@ def retry_delay(attempt: int, retry_after: float | None, backoff: float) -> floa
 
 class ChatClient:
     def __init__(self, base_url: str, api_key: str | None, timeout: float, retries: int, backoff: float,
-                 temperature: float, max_tokens: int, stop: threading.Event | None = None):
+                 temperature: float, max_tokens: int):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.api_key = api_key
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.temperature, self.max_tokens = temperature, max_tokens
-        self.stop = stop or threading.Event()  # set when another worker hit a fatal error
+        self.stop = threading.Event()  # set when a worker hit a fatal error: the others send nothing more
 
     def redact(self, text: str) -> str:
         """Servers sometimes echo the key in error bodies; it never reaches our output."""
@@ -472,12 +471,12 @@ def generate_completions(ckpt_path: str, prompts: list[str], samples: int, max_n
         ckpt = model_lib.load_checkpoint(ckpt_path, map_location=device)
         gpt = model_lib.model_from_checkpoint(ckpt, device=device)
         enc = prepare.encoding_from_spec(ckpt["tokenizer"])
+        delimiter = prepare.delimiter_id(enc)
     except ValueError as e:
         raise JudgeError(f"--ckpt={ckpt_path}: {e}")
     gpt.eval()
-    delimiter = prepare.delimiter_id(enc)
     contexts = [[delimiter] + enc.encode_ordinary(p) for p in prompts]
-    block_size = ckpt["config"]["block_size"]
+    block_size = gpt.config.block_size
     room = block_size - max(len(c) for c in contexts)
     if room <= 0:
         raise JudgeError(f"the longest prompt is {block_size - room} tokens, not shorter than the model's "
@@ -487,14 +486,14 @@ def generate_completions(ckpt_path: str, prompts: list[str], samples: int, max_n
         max_new_tokens = room
     jobs = [(pid, s) for pid in range(len(prompts)) for s in range(samples)]
     generator = torch.Generator(device=device).manual_seed(seed)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
     items = []
+    # float32 throughout: the models are small and generation is seconds next to grading
     for i in tqdm(range(0, len(jobs), batch_size), desc="generating", unit="batch"):
         batch = jobs[i:i + batch_size]
-        with autocast:  # valid_vocab: never sample the padding rows of a padded vocabulary
-            outs = gpt.generate([contexts[pid] for pid, _ in batch], max_new_tokens, temperature=temperature,
-                                top_k=top_k, top_p=top_p, stop_token=delimiter, generator=generator,
-                                valid_vocab=enc.n_vocab)
+        # valid_vocab: never sample the padding rows of a padded vocabulary
+        outs = gpt.generate([contexts[pid] for pid, _ in batch], max_new_tokens, temperature=temperature,
+                            top_k=top_k, top_p=top_p, stop_token=delimiter, generator=generator,
+                            valid_vocab=enc.n_vocab)
         for (pid, s), out in zip(batch, outs):
             items.append({"prompt_id": pid, "sample": s, "prompt": prompts[pid], "completion": enc.decode(out),
                           "new_tokens": len(out)})
@@ -747,6 +746,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("samples", "max_new_tokens", "batch_size", "concurrency", "judge_max_tokens"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
+    if args.temperature < 0 or (args.top_k is not None and args.top_k < 1) or \
+            (args.top_p is not None and not 0 < args.top_p <= 1):
+        p.error("--temperature must be >= 0, --top_k >= 1 and --top_p in (0, 1]")
     if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
         p.error("--retries and --backoff must be >= 0 and --timeout > 0")
     return args

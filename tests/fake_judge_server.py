@@ -16,7 +16,7 @@ Models named missing* answer 404. Every request is logged as a JSON line to --lo
     python tests/fake_judge_server.py --log=server.jsonl [--require_key=K] [--retry_after=1]
         [--slow_seconds=2] [--exit_after=N] [--hang_after=N]
 It prints `port N` on its first stdout line once it listens (port 0 = any free port).
---exit_after=N: after N completed grades, stop listening (the endpoint becomes unreachable).
+--exit_after=N: exit right after the answer that completes the N-th grade (the endpoint becomes unreachable).
 --hang_after=N: after N completed grades, never answer again (so a test can kill the client mid-run).
 """
 import argparse
@@ -24,7 +24,6 @@ import hashlib
 import http.server
 import json
 import os
-import sys
 import threading
 import time
 
@@ -67,6 +66,7 @@ class State:
         self.lock = threading.Lock()
         self.attempts = {}     # (model, content sha, is_reask) -> requests seen
         self.completed = 0     # grades whose final answer was sent
+        self.answer_lock = threading.Lock()
         self.log = open(args.log, "a", buffering=1)
 
     def write_log(self, **entry):
@@ -113,17 +113,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with state.lock:
             attempt = state.attempts.get((sha, reask), 0)
             state.attempts[(sha, reask)] = attempt + 1
-            # the answer that ends a grade: the re-ask's for the kinds that need one, else the first
-            final = reask if p["kind"] in ("never_scores", "scores_on_reask") else not reask
-            limit = args.exit_after if args.exit_after is not None else args.hang_after
-            refuse = limit is not None and state.completed >= limit
-        if refuse:
-            state.write_log(event="refused", model=model, sha=sha, reask=reask)
-            if args.exit_after is not None:
-                self.close_connection = True
-                return  # no answer: the client sees the connection drop, then nothing listening
-            time.sleep(3600)
-            return
         if not reask and attempt == 0 and p["kind"] == "rate_limited":
             state.write_log(event="429", model=model, sha=sha, reask=reask, retry_after=args.retry_after)
             return self.reply(429, {"error": {"message": "Rate limit reached"}}, {"Retry-After": str(args.retry_after)})
@@ -140,16 +129,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
             answer = graded_answer(p)
         usage = {"prompt_tokens": sum(len(m["content"]) for m in messages) // 4, "completion_tokens": len(answer) // 4}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        with state.lock:
-            if final:
-                state.completed += 1
-            completed = state.completed
-        state.write_log(event="answer", model=model, sha=sha, reask=reask, final=final, usage=usage)
-        self.reply(200, {"id": "chatcmpl-fake", "object": "chat.completion", "model": model,
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                                      "finish_reason": "stop"}], "usage": usage})
-        if args.exit_after is not None and final and completed >= args.exit_after:
-            threading.Thread(target=self.server.shutdown, daemon=True).start()
+        # the answer that ends a grade: the re-ask's for the kinds that need one, else the first
+        final = reask if p["kind"] in ("never_scores", "scores_on_reask") else not reask
+        limit = args.exit_after if args.exit_after is not None else args.hang_after
+        # one answer at a time, so that "N grades completed" is exact when the server exits or hangs
+        with state.answer_lock:
+            if limit is None or state.completed < limit:
+                state.completed += final
+                state.write_log(event="answer", model=model, sha=sha, reask=reask, final=final, usage=usage)
+                self.reply(200, {"id": "chatcmpl-fake", "object": "chat.completion", "model": model,
+                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                                              "finish_reason": "stop"}], "usage": usage})
+                if args.exit_after is not None and state.completed >= args.exit_after:
+                    os._exit(0)  # the answer is sent; from now on nothing listens on the port
+                return
+        state.write_log(event="refused", model=model, sha=sha, reask=reask)
+        time.sleep(3600)  # --hang_after: never answer
 
 
 def main():
@@ -167,8 +162,6 @@ def main():
     server.state = State(args)
     print(f"port {server.server_address[1]}", flush=True)
     server.serve_forever()
-    server.server_close()  # after --exit_after: nothing listens on the port any more
-    sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ FAST = ["--backoff=0.01", "--timeout=0.6", "--retries=4"]  # tiny retry sleeps; 
 class Server:
     """The fake judge server in its own process; base_url points at its real socket."""
 
-    def __init__(self, tmp_path, name="server", *flags):
-        self.log = tmp_path / f"{name}.jsonl"
+    def __init__(self, log, *flags):
+        self.log = log
         self.proc = subprocess.Popen([sys.executable, str(SERVER), f"--log={self.log}", "--slow_seconds=1.5", *flags],
                                      stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
@@ -55,8 +55,8 @@ class Server:
 def server_factory(tmp_path):
     servers = []
 
-    def start(*flags, name="server"):
-        servers.append(Server(tmp_path, f"{name}{len(servers)}", *flags))
+    def start(*flags):
+        servers.append(Server(tmp_path / f"server{len(servers)}.jsonl", *flags))
         return servers[-1]
 
     yield start
@@ -64,15 +64,16 @@ def server_factory(tmp_path):
         s.stop()
 
 
-def run_judge(*args, env_key=KEY, cwd=None, timeout=120, wait=True):
+def run_judge(*args, env_key=KEY, wait=True):
     env = {k: v for k, v in os.environ.items() if k != "JUDGE_KEY"}
     env["HF_HUB_OFFLINE"] = "1"  # the hub loaders must fail fast and clearly, not hang, without a network
+    env["OMP_NUM_THREADS"] = "1"  # a tiny model on shared cores: extra threads only contend
     if env_key is not None:
         env["JUDGE_KEY"] = env_key
     cmd = [sys.executable, str(ROOT / "judge.py"), "--api_key_env=JUDGE_KEY", *args]
     if not wait:
-        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
 
 def assert_one_line_error(proc, *needles):
@@ -88,9 +89,8 @@ def assert_one_line_error(proc, *needles):
 def make_items(n_prompts=8, samples=3):
     items = []
     for p in range(n_prompts):
-        prompt = f"{judge.DEFAULT_PROMPTS[p]}"
         for s in range(samples):
-            items.append({"prompt": prompt, "completion": f" went to the park with friend number {p * 10 + s} and"
+            items.append({"prompt": judge.DEFAULT_PROMPTS[p], "completion": f" went to the park with friend number {p * 10 + s} and"
                                                           f" they had fun all day. The end."})
     return items
 
@@ -374,31 +374,40 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, server_factory):
 # -----------------------------------------------------------------------------
 # generation from a checkpoint
 
+BYTES_VOCAB = 257   # the 256 single bytes, then the delimiter (id 256): a tokenizer small enough for 2 cores
+
+
+def byte_tokenizer():
+    import prepare
+    spec = prepare.bpe_spec("bpe:257", prepare.SPLIT_PATTERN, {bytes([i]): i for i in range(256)})
+    return spec, prepare.encoding_from_spec(spec)
+
+
 def tiny_checkpoint(path, rig_stop_after=None):
-    """A 2-layer GPT with GPT-2's tokenizer. rig_stop_after=(prompt tokens, k): make the delimiter win
-    exactly where the greedy continuation would pick its k-th token, so generation must stop there."""
+    """A 2-layer GPT on a byte-level tokenizer. rig_stop_after=(context, k): make the delimiter win exactly
+    where the greedy continuation of context would pick its k-th token, so generation must stop there."""
     import torch
     import model as model_lib
     torch.manual_seed(0)
-    config = model_lib.GPTConfig(vocab_size=50304, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, block_size=96,
-                                 zero_init=False)
+    config = model_lib.GPTConfig(vocab_size=model_lib.padded_vocab_size(BYTES_VOCAB), n_layer=2, n_head=2,
+                                 n_kv_head=1, n_embd=32, block_size=128, zero_init=False)
     gpt = model_lib.GPT(config)
+    delimiter = BYTES_VOCAB - 1
     if rig_stop_after is not None:
         context, k = rig_stop_after
-        target = greedy_reference(gpt, context, k + 1, stop=None, n_vocab=50257)[k]
-        with torch.no_grad():  # the delimiter's row a hair longer than the target's: it wins where the target would
-            gpt.lm_head.weight[50256] = gpt.lm_head.weight[target] * 1.05
-    model_lib.save_checkpoint(path, gpt, config, {"name": "gpt2"}, step=1)
+        target = greedy_reference(gpt, context, k + 1, stop=None)[k]
+        with torch.no_grad():  # the delimiter's row a little longer than the target's: it wins where the target would
+            gpt.lm_head.weight[delimiter] = gpt.lm_head.weight[target] * 1.05
+    model_lib.save_checkpoint(path, gpt, config, byte_tokenizer()[0], step=1)
     return gpt
 
 
-def greedy_reference(gpt, context, max_new, stop, n_vocab):
+def greedy_reference(gpt, context, max_new, stop):
     """Greedy decoding the slow, obvious way: a full forward pass per token, no KV cache, no batching."""
     import torch
     tokens, out = list(context), []
     for _ in range(max_new):
-        logits = gpt(torch.tensor([tokens]))[0, -1, :n_vocab]
-        nxt = int(logits.argmax())
+        nxt = int(gpt(torch.tensor([tokens]))[0, -1, :BYTES_VOCAB].argmax())
         if nxt == stop:
             break
         out.append(nxt)
@@ -406,11 +415,21 @@ def greedy_reference(gpt, context, max_new, stop, n_vocab):
     return out
 
 
-def test_generation_samples_start_after_prompt_and_stop_at_delimiter_or_cap(tmp_path, gpt2_available):
-    import tiktoken
-    enc = tiktoken.get_encoding("gpt2")
+@pytest.fixture
+def one_thread():
+    """A tiny model on 2 shared cores runs 30x faster on one thread than fighting for two."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_generation_samples_start_after_prompt_and_stop_at_delimiter_or_cap(tmp_path, one_thread):
+    _, enc = byte_tokenizer()
+    delimiter = BYTES_VOCAB - 1
     prompts = ["Once upon a time, there was a little dog who", "Mia said, \"Can we go to the"]
-    contexts = [[50256] + enc.encode_ordinary(p) for p in prompts]
+    contexts = [[delimiter] + enc.encode_ordinary(p) for p in prompts]
     ckpt = tmp_path / "tiny.pt"
     gpt = tiny_checkpoint(ckpt, rig_stop_after=(contexts[0], 3))
 
@@ -418,7 +437,7 @@ def test_generation_samples_start_after_prompt_and_stop_at_delimiter_or_cap(tmp_
     items = judge.generate_completions(str(ckpt), prompts, samples=2, max_new_tokens=12, temperature=0.0, top_k=None,
                                        top_p=None, seed=1, batch_size=3, device="cpu")
     assert [(it["prompt_id"], it["sample"]) for it in items] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    refs = [greedy_reference(gpt, c, 12, stop=50256, n_vocab=50257) for c in contexts]
+    refs = [greedy_reference(gpt, c, 12, stop=delimiter) for c in contexts]
     assert len(refs[0]) == 3                    # the rigged delimiter ends prompt 0 early ...
     assert len(refs[1]) == 12                   # ... prompt 1 runs to the cap
     for it in items:
@@ -434,7 +453,7 @@ def test_generation_samples_start_after_prompt_and_stop_at_delimiter_or_cap(tmp_
     assert len({it["completion"] for it in a if it["prompt_id"] == 1}) > 1
 
 
-def test_judge_a_checkpoint_end_to_end_and_reuse(tmp_path, server_factory, gpt2_available):
+def test_judge_a_checkpoint_end_to_end_and_reuse(tmp_path, server_factory, one_thread):
     ckpt = tmp_path / "tiny.pt"
     tiny_checkpoint(ckpt)
     prompts = tmp_path / "prompts.csv"
