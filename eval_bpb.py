@@ -9,9 +9,12 @@ Bits per byte (BPB) of a checkpoint on an eval set: the score of every track.
 --data is one of
   - an official eval set by name (tinystories-valid, c4-en-val, fineweb-edu-val): data/eval/<name>/,
     written by prepare.py;
-  - a folder prepared by prepare.py: its val shards (the checkpoint's tokenizer must be the folder's);
+  - a folder prepared by prepare.py: its val shards (the checkpoint's tokenizer must be the folder's, or
+    --retokenize decodes the shards' text and tokenizes it with the checkpoint's; automatic for the
+    official sets, which prepare.py tokenizes once for everybody);
   - raw text: a .txt/.jsonl file (or any format prepare.py reads) or a quoted glob of them, split into
-    documents exactly as prepare.py splits them and tokenized with the checkpoint's own tokenizer.
+    documents and cleaned by prepare.py's own readers (no de-duplication) and tokenized with the
+    checkpoint's own tokenizer.
 
 The definition (DESIGN.md, "Bits per byte"), computed by evaluate_bpb, which train.py's validation
 calls too, so there is one definition:
@@ -29,10 +32,11 @@ i*T+T+1], with T = seq_len; the windows do not overlap and the last, partial one
 every token after the first is predicted exactly once. Rank r of W scores windows r, r+W, r+2W, ...;
 the sums do not depend on batch_size or W.
 
-Document boundaries: windows are fixed slices of the stream, not aligned to documents, and attention
-is plain causal attention over the whole window. A prediction near the start of a document sees the
-delimiter and the end of the previous document in its context, exactly as train.py trains (its
-sequences are contiguous slices of the same stream with no document mask). The delimiter is input
+Document boundaries: attention is plain causal attention over the whole window, across documents,
+as in train.py (whose sequences start at a document start and run on into the next documents, with
+no document mask). A prediction near the start of a document sees the delimiter and the end of the
+previous document in its context. Unlike training, windows here are fixed slices of the stream, not
+aligned to documents: that is what lets every token be scored exactly once. The delimiter is input
 only: its prediction is not scored. A model trained with a document mask would need one here too.
 
 The fingerprint is the SHA-256 of the scored text: the UTF-8 bytes of every scored token with one
@@ -40,6 +44,7 @@ The fingerprint is the SHA-256 of the scored text: the UTF-8 bytes of every scor
 through two tokenizers gets the same fingerprint; leaderboard.py ranks together only runs that share it.
 """
 import argparse
+import contextlib
 import glob
 import hashlib
 import json
@@ -53,13 +58,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import prepare
+from model import CheckpointError, load_checkpoint, model_from_checkpoint
+
 ROOT = pathlib.Path(__file__).resolve().parent
 EVAL_DIR = ROOT / "data" / "eval"
-# The official eval sets; prepare.py writes each as the val split of data/eval/<id>/.
+# The official eval sets: the val split of data/eval/<id>/, and how to make it. Each is tokenized once;
+# a checkpoint with another tokenizer gets the same text re-tokenized (same bytes, same fingerprint).
 OFFICIAL_EVAL_SETS = {
-    "tinystories-valid": "TinyStoriesV2-GPT4 validation",
-    "c4-en-val": "C4 English validation",
-    "fineweb-edu-val": "FineWeb-Edu held-out set",
+    "tinystories-valid": ("TinyStoriesV2-GPT4 validation", "python prepare.py --dataset tinystories-valid "
+                          "--tokenizer data/tinystories --out data/eval/tinystories-valid"),
+    "c4-en-val": ("C4 English validation", "python prepare.py --dataset c4-val --out data/eval/c4-en-val"),
+    "fineweb-edu-val": ("FineWeb-Edu held-out set", "prepare.py has no held-out FineWeb-Edu dataset yet: write "
+                        "one with --all_val into data/eval/fineweb-edu-val"),
 }
 DOCUMENT_BOUNDARY = b"\xff"  # stands for a scored special token in the fingerprint; never occurs in UTF-8 text
 RESULT_KEYS = ("bpb", "loss", "tokens", "bytes", "fingerprint")
@@ -160,8 +171,7 @@ def evaluate_bpb(model, tokens, token_bytes, seq_len: int, batch_size: int, devi
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(tokens) - 1, unit="tok", unit_scale=True, desc="eval bpb", disable=rank != 0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        device.type, enabled=False)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     try:
         for i in range(0, len(my_windows), rows):
             batch_windows = my_windows[i:i + rows]
@@ -221,17 +231,23 @@ def eval_fingerprint(tokens, token_bytes, enc) -> str:
 # -----------------------------------------------------------------------------
 # The eval set
 
+def is_official(data: str) -> bool:
+    """A name from OFFICIAL_EVAL_SETS (a folder of that name in the working directory wins)."""
+    return data in OFFICIAL_EVAL_SETS and not pathlib.Path(data).exists()
+
+
 def resolve_eval_data(data: str) -> tuple[str, pathlib.Path | list[pathlib.Path]]:
     """("dir", folder) for a prepared folder or an official eval set's name, ("text", [files]) for raw text."""
     path = pathlib.Path(data)
-    if path.is_dir():
-        return "dir", path
-    if data in OFFICIAL_EVAL_SETS:
+    if is_official(data):
         folder = EVAL_DIR / data
         if not folder.is_dir():
-            raise EvalError(f"the official eval set '{data}' ({OFFICIAL_EVAL_SETS[data]}) is not prepared: "
-                            f"{folder} does not exist; make it with prepare.py (see data/README.md)")
+            about, how = OFFICIAL_EVAL_SETS[data]
+            raise EvalError(f"the official eval set '{data}' ({about}) is not prepared: {folder} does not exist; "
+                            f"make it with: {how}")
         return "dir", folder
+    if path.is_dir():
+        return "dir", path
     files = [pathlib.Path(p) for p in sorted(glob.glob(data))] if glob.has_magic(data) else [path]
     files = [f for f in files if f.is_file()]
     if not files:
@@ -243,7 +259,7 @@ def resolve_eval_data(data: str) -> tuple[str, pathlib.Path | list[pathlib.Path]
 def default_eval_id(data: str) -> str | None:
     """The id a result is recorded under when --eval_id is not given: the official name, else the folder or
     file name; None for a glob (several files need a name chosen on purpose)."""
-    if data in OFFICIAL_EVAL_SETS and not pathlib.Path(data).exists():
+    if is_official(data):
         return data
     if glob.has_magic(data):
         return None
@@ -263,7 +279,6 @@ def tokenizer_mismatch(ckpt_spec: dict, data_spec: dict) -> str | None:
 
 
 def load_shard_tokens(data_dir: pathlib.Path, enc, max_tokens: int | None) -> np.ndarray:
-    import prepare
     meta_vocab = prepare.read_meta(data_dir).get("tokenizer", {}).get("vocab_size")
     if meta_vocab is not None and meta_vocab != enc.n_vocab:
         raise EvalError(f"tokenizer mismatch: {data_dir / 'meta.json'} says vocab_size {meta_vocab} but the "
@@ -285,7 +300,6 @@ def load_text_tokens(files: list[pathlib.Path], enc, max_tokens: int | None) -> 
     """Raw text split into documents by prepare.py's own readers and cleaned as it cleans them (strip, drop
     empty, TinyStories' mojibake repaired for files named *tinystories*; no de-duplication: an eval set is
     scored as given), each document preceded by the delimiter as in prepare.py's shards."""
-    import prepare
     delim = prepare.delimiter_id(enc)
     parts, have = [], 0
     for path in files:
@@ -305,7 +319,6 @@ def retokenize(tokens: np.ndarray, from_enc, to_enc) -> np.ndarray:
     """The same documents in another tokenizer: decode each document with the tokenizer that wrote the
     shards and encode its text with `to_enc` (byte-level BPEs are lossless, so the text, and with it the
     bytes and the fingerprint, are unchanged)."""
-    import prepare
     src_delim, dst_delim = prepare.delimiter_id(from_enc), prepare.delimiter_id(to_enc)
     starts = np.flatnonzero(np.asarray(tokens) == src_delim).tolist() + [len(tokens)]
     docs = [from_enc.decode_bytes(np.asarray(tokens[a + 1:b]).tolist()).decode("utf-8")
@@ -358,10 +371,16 @@ def write_eval_to_record(record_dir, eval_id: str, result: dict) -> None:
 # -----------------------------------------------------------------------------
 # Command line
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints the whole usage first; one line says more
+        print(f"error: {message} (see python eval_bpb.py --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         description="Tokenizer-agnostic bits-per-byte of a checkpoint on an eval set (single process or torchrun).",
-        epilog="Named eval sets: " + ", ".join(f"{k} ({v})" for k, v in OFFICIAL_EVAL_SETS.items())
+        epilog="Named eval sets: " + ", ".join(f"{k} ({v[0]})" for k, v in OFFICIAL_EVAL_SETS.items())
                + "; each lives in data/eval/<name>/, prepared by prepare.py.")
     parser.add_argument("--ckpt", required=True, help="checkpoint .pt written by train.py")
     parser.add_argument("--data", required=True,
@@ -370,7 +389,8 @@ def parse_args(argv=None):
     parser.add_argument("--max_tokens", type=int, default=None, help="evaluate only the first N tokens of the set")
     parser.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass per process")
     parser.add_argument("--retokenize", action="store_true",
-                        help="shards made with another tokenizer: decode their text and tokenize it with the checkpoint's")
+                        help="shards made with another tokenizer: decode their text and tokenize it with the "
+                             "checkpoint's (automatic for the named official eval sets)")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--record", default=None, help="record folder: write the result into its results.json")
@@ -398,9 +418,6 @@ def check_positive(name: str, value: int | None) -> None:
 
 
 def run(args) -> None:
-    import prepare
-    from model import load_checkpoint, model_from_checkpoint
-
     for name in ("seq_len", "max_tokens", "batch_size"):
         check_positive(name, getattr(args, name))
     eval_id = args.eval_id or default_eval_id(args.data)
@@ -422,11 +439,13 @@ def run(args) -> None:
     kind, where = resolve_eval_data(args.data)
     data_spec = prepare.tokenizer_spec(where) if kind == "dir" else spec
     mismatch = tokenizer_mismatch(spec, data_spec)
-    if mismatch and not args.retokenize:
+    if mismatch and not (args.retokenize or is_official(args.data)):
         raise EvalError(f"tokenizer mismatch: {mismatch} ({where / 'meta.json'}); pass --retokenize to decode the "
                         f"shards' text and tokenize it with the checkpoint's tokenizer (same text, same fingerprint), "
                         f"or pass raw .txt/.jsonl files")
     if mismatch:
+        if rank == 0:
+            print(f"re-tokenizing {where} with the checkpoint's tokenizer ({mismatch})", file=sys.stderr)
         data_enc = prepare.encoding_from_spec(data_spec)
         tokens = retokenize(load_eval_tokens(where, data_enc), data_enc, enc)
     else:
@@ -456,8 +475,6 @@ def run(args) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    import prepare
-    from model import CheckpointError
     try:
         run(args)
     except (EvalError, prepare.ShardError, prepare.PrepareError, CheckpointError) as e:

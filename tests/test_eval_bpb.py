@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import tiktoken
 import torch
-import torch.nn.functional as F
 
 import eval_bpb
 import prepare
@@ -300,10 +299,10 @@ def test_cli_matches_library_and_writes_record(gpt2_setup, gpt2, capsys, tmp_pat
     assert sorted(p.name for p in record.iterdir()) == ["results.json"]  # no temp file left behind
 
 
-def test_cli_on_prepare_output(gpt2, bpe_spec, tmp_path, capsys):
+def test_cli_on_prepare_output(gpt2, bpe_spec, tmp_path, capsys, monkeypatch):
     """A folder written by prepare.py itself: the bytes scored are the val bytes its meta.json counted."""
     txt = write_txt(tmp_path / "stories.txt", DOCS)
-    data = tmp_path / "prepared"
+    data = tmp_path / "eval" / "c4-en-val"
     assert prepare.main(["--input", str(txt), "--tokenizer", "gpt2", "--out", str(data), "--all_val",
                          "--workers", "0", "--quiet"]) == 0
     ckpt = make_checkpoint(tmp_path / "ckpt.pt", GPT2_SPEC, gpt2.n_vocab)
@@ -311,13 +310,17 @@ def test_cli_on_prepare_output(gpt2, bpe_spec, tmp_path, capsys):
     meta = prepare.read_meta(data)
     assert out["bytes"] == meta["splits"]["val"]["bytes"] == sum(len(d.encode()) for d in DOCS)
     assert out["tokens"] == meta["splits"]["val"]["tokens"] - meta["splits"]["val"]["docs"]
-    assert out["eval_id"] == "prepared"
+    assert out["eval_id"] == "c4-en-val"
 
-    # the same text through a BPE checkpoint, by re-tokenizing the gpt2 shards
+    # The same text through a BPE checkpoint: the gpt2 shards re-tokenized, on request for a folder,
+    # automatically for an official eval set by name. Same bytes, same fingerprint.
     bpe_ckpt = make_checkpoint(tmp_path / "bpe.pt", bpe_spec, 300)
     moved = run_cli_json(capsys, "--ckpt", str(bpe_ckpt), "--data", str(data), "--seq_len", "16", "--retokenize")
     assert (moved["bytes"], moved["fingerprint"]) == (out["bytes"], out["fingerprint"])
     assert moved["tokens"] != out["tokens"]
+    monkeypatch.setattr(eval_bpb, "EVAL_DIR", tmp_path / "eval")
+    by_name = run_cli_json(capsys, "--ckpt", str(bpe_ckpt), "--data", "c4-en-val", "--seq_len", "16")
+    assert by_name == {**moved, "seconds": by_name["seconds"], "tokens_per_second": by_name["tokens_per_second"]}
 
 
 def test_two_gloo_processes_match_one(bpe, bpe_spec, tmp_path, capsys):
@@ -413,6 +416,8 @@ def test_other_bad_inputs(gpt2_setup, tmp_path, capsys, monkeypatch):
     assert "block_size 32" in err
     err = cli_error(capsys, "--ckpt", str(ckpt), "--data", str(data), "--batch_size", "0")
     assert "--batch_size" in err
+    err = cli_error(capsys, "--ckpt", str(ckpt), "--data", str(data), "--seq_len", "1k")
+    assert "--seq_len" in err
     err = cli_error(capsys, "--ckpt", str(tmp_path / "missing.pt"), "--data", str(data))
     assert "missing.pt" in err
     err = cli_error(capsys, "--ckpt", str(ckpt), "--data", str(data), "--record", str(tmp_path))
