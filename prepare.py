@@ -565,8 +565,9 @@ def doc_hash(data: bytes) -> int:
 _worker = {}
 
 
-def init_worker(spec: dict | None, mojibake: str, dtype: str) -> None:
+def init_worker(spec: dict | None, mojibake: str, dtype: str, gpt4_only: bool = False) -> None:
     _worker["enc"] = encoding_from_spec(spec) if spec is not None else None
+    _worker["gpt4_only"] = gpt4_only
     _worker["mojibake"] = mojibake
     _worker["dtype"] = np.dtype(dtype)
 
@@ -617,7 +618,7 @@ def json_text(record, where: str, index: int) -> str:
         for key in ("text", "story"):
             if isinstance(record.get(key), str):
                 if _worker.get("gpt4_only") and record.get("source") not in (None, "GPT-4"):
-                    return ""
+                    return None  # counted as not_gpt4
                 return record[key]
     raise PrepareError(f"{line_location(where, index)}: a record needs a string 'text' (or 'story') field")
 
@@ -631,10 +632,13 @@ def task_size(task) -> int:
 def process_task(task) -> dict:
     """Worker: documents -> cleaned, hashed, optionally tokenized (each preceded by the delimiter)."""
     mode, enc = _worker["mojibake"], _worker["enc"]
-    counts = {"read": 0, "empty": 0, "mojibake_repaired": 0, "mojibake_dropped": 0}
+    counts = {"read": 0, "not_gpt4": 0, "empty": 0, "mojibake_repaired": 0, "mojibake_dropped": 0}
     texts, hashes, nbytes = [], [], []
     for doc in task_documents(task):
         counts["read"] += 1
+        if doc is None:
+            counts["not_gpt4"] += 1
+            continue
         doc = doc.strip()
         if not doc:
             counts["empty"] += 1
@@ -664,18 +668,17 @@ def process_task(task) -> dict:
     return out
 
 
-def run_tasks(tasks, workers: int, initargs: tuple, gpt4_only: bool = False):
+def run_tasks(tasks, workers: int, initargs: tuple):
     """Results of process_task in task order, on `workers` processes (0: in this process), with a
     bounded number of tasks in flight so memory does not grow with the input."""
     from collections import deque
     if workers <= 0:
         init_worker(*initargs)
-        _worker["gpt4_only"] = gpt4_only
         for task in tasks:
             yield process_task(task)
         return
     import multiprocessing as mp
-    with mp.get_context().Pool(workers, initializer=_init_pool_worker, initargs=(initargs, gpt4_only)) as pool:
+    with mp.get_context().Pool(workers, initializer=init_worker, initargs=initargs) as pool:
         pending = deque()
         for task in tasks:
             pending.append(pool.apply_async(process_task, (task,)))
@@ -683,11 +686,6 @@ def run_tasks(tasks, workers: int, initargs: tuple, gpt4_only: bool = False):
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
-
-
-def _init_pool_worker(initargs, gpt4_only):
-    init_worker(*initargs)
-    _worker["gpt4_only"] = gpt4_only
 
 
 # -----------------------------------------------------------------------------
@@ -878,7 +876,9 @@ def plan_sources(datasets: list[str], inputs: list[str], revision: str | None, g
             yield from stream_tasks(docs, name)
         for p in paths:
             yield from file_tasks(p)
-    total = sum(p.stat().st_size for p in downloaded + paths) if not streamed else None
+    # the bar counts input bytes: known in advance only for uncompressed text files
+    plain = all(input_kind(p) in (".txt", ".jsonl", ".json") for p in downloaded + paths)
+    total = sum(p.stat().st_size for p in downloaded + paths) if plain and not streamed else None
     return open_tasks, sources, total
 
 
@@ -976,7 +976,7 @@ def prepare(args) -> dict:
     tok_arg = args.tokenizer or (DATASETS[datasets[0]]["tokenizer"] if datasets else "gpt2")
     tok = resolve_tokenizer(tok_arg)
     if isinstance(tok, int) and all_val:
-        raise PrepareError(f"--tokenizer {tok_arg}: an all-val eval set has no train split to train a BPE on; "
+        raise PrepareError(f"--tokenizer {tok_arg} would train a BPE, but an all-val eval set has no train split; "
                            "reuse the training folder's tokenizer, e.g. --tokenizer data/tinystories")
     vocab = vocab_size_of(tok)
     if vocab > 2**16 and args.dtype != "uint32":
@@ -1003,7 +1003,7 @@ def prepare(args) -> dict:
     trained_on = None
     if isinstance(tok, int):  # pass 1: train the BPE on (a prefix of) the train split
         trained_on = {"docs": 0, "chars": 0, "sampled": False}
-        results = run_tasks(open_tasks(), workers, (None, mojibake, "uint16"), args.gpt4_only)
+        results = run_tasks(open_tasks(), workers, (None, mojibake, "uint16", args.gpt4_only))
         texts = documents_for_bpe(results, new_splitter(), args.dedup, args.bpe_train_chars, trained_on)
         print(f"training a byte-level BPE of {tok} tokens on the train split "
               f"(up to {args.bpe_train_chars:,} characters)...", file=sys.stderr)
@@ -1024,11 +1024,11 @@ def prepare(args) -> dict:
     dtype = np.dtype("uint32" if args.dtype == "uint32" else "uint16")
 
     writers = {s: ShardWriter(out, s, args.shard_tokens, enc.n_vocab, dtype) for s in ("train", "val")}
-    counts = dict.fromkeys(("read", "empty", "mojibake_repaired", "mojibake_dropped", "duplicates"), 0)
+    counts = dict.fromkeys(("read", "not_gpt4", "empty", "mojibake_repaired", "mojibake_dropped", "duplicates"), 0)
     t0 = time.time()
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing ({spec['name']})",
               disable=args.quiet) as progress:
-        results = run_tasks(open_tasks(), workers, (spec, mojibake, dtype.name), args.gpt4_only)
+        results = run_tasks(open_tasks(), workers, (spec, mojibake, dtype.name, args.gpt4_only))
         tokenize_and_write(results, new_splitter(), writers, args.dedup, counts, progress)
     for w in writers.values():
         w.flush()
@@ -1097,34 +1097,64 @@ def build_benchmark_input(inputs: list[str], path: pathlib.Path, megabytes: floa
     return docs
 
 
-def benchmark(args) -> None:
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. /proc's VmHWM starts afresh at exec; getrusage's
+    ru_maxrss would include the launching process's memory on Linux."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
+
+
+def children_cpu_seconds() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def benchmark(args) -> None:
+    """For each size: build a distinct-document input, then alternate `rounds` times between the bare
+    tiktoken call and the whole prepare.py command (a fresh process), and report the medians."""
+    import statistics
     import subprocess
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     enc = encoding_from_spec({"name": "gpt2"})
-    print("| input MB | docs | tiktoken encode_ordinary_batch s | prepare.py s | prepare.py MB/s | ratio | "
-          "peak RSS main MB | peak RSS worker MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start; medians of "
+          f"{args.benchmark_rounds} alternating rounds; --shard_tokens {args.shard_tokens:,}\n")
+    print("| input MB | docs kept | tiktoken wall s | prepare.py wall s | prepare.py MB/s | wall ratio | "
+          "tiktoken CPU s | prepare.py CPU s | CPU ratio | peak RSS main MB | peak RSS worker MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for mb in args.benchmark_mb:
         path = out / f"bench_{mb:g}MB.txt"
         docs = build_benchmark_input(args.input, path, mb)
         nbytes = path.stat().st_size
-        t0 = time.perf_counter()
-        enc.encode_ordinary_batch(docs)
-        t_tiktoken = time.perf_counter() - t0
-        del docs
         cmd = [sys.executable, __file__, "--input", str(path), "--tokenizer", "gpt2", "--out", str(out / "shards"),
-               "--quiet", "--report_rss"]
-        t0 = time.perf_counter()
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        t_prepare = time.perf_counter() - t0
-        if run.returncode != 0:
-            raise PrepareError(f"--benchmark: prepare.py failed: {run.stderr.strip().splitlines()[-1]}")
-        rss = json.loads(run.stdout.strip().splitlines()[-1])
-        print(f"| {nbytes / 1e6:.1f} | {read_meta(out / 'shards')['cleaning']['counts']['kept']:,} | {t_tiktoken:.2f} | "
-              f"{t_prepare:.2f} | {nbytes / 1e6 / t_prepare:.2f} | {t_prepare / t_tiktoken:.2f} | "
-              f"{rss['main_mb']:.0f} | {rss['worker_mb']:.0f} |", flush=True)
+               "--shard_tokens", str(args.shard_tokens), "--quiet", "--report_rss"]
+        t_tiktoken, t_prepare, cpu_tiktoken, cpu_prepare, rss = [], [], [], [], []
+        for _ in range(args.benchmark_rounds):
+            t0, c0 = time.perf_counter(), time.process_time()
+            enc.encode_ordinary_batch(docs)
+            t_tiktoken.append(time.perf_counter() - t0)
+            cpu_tiktoken.append(time.process_time() - c0)
+            t0, c0 = time.perf_counter(), children_cpu_seconds()
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            t_prepare.append(time.perf_counter() - t0)
+            cpu_prepare.append(children_cpu_seconds() - c0)
+            if run.returncode != 0:
+                raise PrepareError(f"--benchmark: prepare.py failed: {(run.stderr.strip().splitlines() or [''])[-1]}")
+            rss.append(json.loads(run.stdout.strip().splitlines()[-1]))
+        tt, tp = statistics.median(t_tiktoken), statistics.median(t_prepare)
+        kept = read_meta(out / "shards")["cleaning"]["counts"]["kept"]
+        ct, cp = statistics.median(cpu_tiktoken), statistics.median(cpu_prepare)
+        print(f"| {nbytes / 1e6:.1f} | {kept:,} | {tt:.2f} | {tp:.2f} | {nbytes / 1e6 / tp:.2f} | **{tp / tt:.2f}** | "
+              f"{ct:.2f} | {cp:.2f} | {cp / ct:.2f} | {max(r['main_mb'] for r in rss):.0f} | "
+              f"{max(r['worker_mb'] for r in rss):.0f} |", flush=True)
+        del docs
         path.unlink()
 
 
@@ -1138,8 +1168,14 @@ def make_parser():
         def error(self, message):
             raise PrepareError(f"{message} (see python prepare.py --help)")
 
-    def positive_int(s):
-        return int(float(s)) if re.fullmatch(r"[0-9_.eE+]+", s) else int(s)
+    def count(s):  # 100000000, 100_000_000 or 1e8
+        try:
+            n = int(s.replace("_", "")) if re.fullmatch(r"[0-9_]+", s) else int(float(s))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+        if n < 0:
+            raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
+        return n
 
     datasets = "\n".join(f"  {k:18s} {v['repo']}: {v['about']} (default tokenizer {v['tokenizer']})"
                          for k, v in DATASETS.items())
@@ -1154,7 +1190,7 @@ def make_parser():
                                        "included) | a prepared folder or tokenizer.json to reuse; "
                                        "default: the dataset's, gpt2 for --input")
     p.add_argument("--val_fraction", type=float, default=0.005, help="share of documents in val (by hash)")
-    p.add_argument("--val_docs", type=positive_int, help="exactly N documents in val (the N smallest hashes)")
+    p.add_argument("--val_docs", type=count, help="exactly N documents in val (the N smallest hashes)")
     p.add_argument("--all_val", action="store_true",
                    help="every document goes to val (an official eval set; automatic for c4-val, tinystories-valid)")
     p.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=True, help="exact de-duplication")
@@ -1163,17 +1199,18 @@ def make_parser():
     p.add_argument("--gpt4_only", action="store_true", help="tinystories-all: keep only the GPT-4 stories")
     p.add_argument("--revision", help="Hugging Face dataset revision (commit) to pin; default: the latest, "
                                       "recorded in meta.json")
-    p.add_argument("--shard_tokens", type=positive_int, default=100_000_000, help="tokens per shard")
+    p.add_argument("--shard_tokens", type=count, default=100_000_000, help="tokens per shard")
     p.add_argument("--dtype", choices=("uint16", "uint32"), default="uint16",
                    help="token format; uint32 (llm.c magic 20240801) for vocabularies over 65,536")
-    p.add_argument("--bpe_train_chars", type=positive_int, default=2_000_000_000,
+    p.add_argument("--bpe_train_chars", type=count, default=2_000_000_000,
                    help="train the BPE on at most this many characters of the train split")
     p.add_argument("--workers", type=int, default=-1, help="tokenizer processes (default: all cores; 0: in-process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--benchmark", action="store_true",
                    help="time prepare.py against a bare tiktoken encode_ordinary_batch on a distinct-document "
                         "input built from --input, of each --benchmark_mb size")
-    p.add_argument("--benchmark_mb", type=float, nargs="+", default=[20.0, 40.0])
+    p.add_argument("--benchmark_mb", type=float, nargs="+", default=[20.0, 40.0], help="input sizes to time")
+    p.add_argument("--benchmark_rounds", type=int, default=3, help="timings per size (median reported)")
     p.add_argument("--report_rss", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -1197,11 +1234,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; the output folder has no meta.json and will not be trusted, re-run", file=sys.stderr)
         return 130
-    if args.report_rss:
+    if args.report_rss:  # for --benchmark; workers are forked (no exec), so ru_maxrss is theirs
         import resource
-        main_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(json.dumps({"main_mb": main_mb, "worker_mb": worker_mb}))
+        print(json.dumps({"main_mb": peak_rss_mb(), "worker_mb": worker_mb}))
     return 0
 
 

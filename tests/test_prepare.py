@@ -34,7 +34,7 @@ def byte_tok(tmp_path) -> str:
     return str(path)
 
 
-def run(argv, capsys=None) -> int:
+def run(argv) -> int:
     return prepare.main([str(a) for a in argv])
 
 
@@ -213,6 +213,16 @@ def test_every_input_format_gives_the_same_documents(tmp_path, byte_tok):
         assert meta["splits"]["val"]["docs"] == 5 and meta["splits"]["train"]["docs"] == 35
 
 
+def test_gpt4_only_keeps_gpt4_records(tmp_path, byte_tok):
+    records = [{"story": f"story {i}", "source": "GPT-4" if i % 3 else "GPT-3.5"} for i in range(12)]
+    (tmp_path / "data00.json").write_text(json.dumps(records))
+    out = tmp_path / "out"
+    assert run(["--input", tmp_path / "data00.json", "--tokenizer", byte_tok, "--out", out, "--workers", 0,
+                "--quiet", "--all_val", "--gpt4_only"]) == 0
+    assert sorted(byte_docs(out, "val")) == sorted(r["story"] for r in records if r["source"] == "GPT-4")
+    assert prepare.read_meta(out)["cleaning"]["counts"]["not_gpt4"] == 4
+
+
 def test_blank_line_and_chunk_boundaries(tmp_path, byte_tok, monkeypatch):
     """Tasks are cut at document boundaries: a tiny task size must not change any document."""
     docs = make_docs(30) + ["a long one " * 200]
@@ -313,7 +323,7 @@ def test_all_val_eval_set(tmp_path, byte_tok):
     out = tmp_path / "eval"
     assert run(["--input", tmp_path / "valid.txt", "--tokenizer", byte_tok, "--out", out, "--workers", 0,
                 "--quiet", "--all_val"]) == 0
-    assert byte_docs(out, "val") == sorted(docs, key=lambda d: docs.index(d))  # input order kept
+    assert byte_docs(out, "val") == docs  # input order kept
     meta = prepare.read_meta(out)
     assert meta["splits"]["train"] == {"docs": 0, "tokens": 0, "bytes": 0, "shards": 0}
     assert meta["split"]["all_val"] and meta["bytes_per_token"]["train"] is None
