@@ -20,7 +20,6 @@ Layers are counted as applied (n_layer), so layer reuse saves parameters but not
     python flops.py --preset=small --tokens=1e9 --device="H100 SXM" --mfu=0.4
     python flops.py --n_layer=6 --n_embd=384 --n_head=6 --vocab_size=8192 --seq_len=512
 """
-import math
 import re
 import sys
 import time

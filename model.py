@@ -15,7 +15,6 @@ attention, ReLU^2 / GELU / SwiGLU MLP, no biases, zero-initialised output projec
 soft-capping, tied or untied embeddings, layer reuse and value embeddings (modded-nanogpt style).
 The file knows nothing about data files or distributed training.
 """
-import math
 import os
 import sys
 from dataclasses import asdict, dataclass, fields
@@ -121,20 +120,22 @@ class Norm(nn.Module):
 
     def __init__(self, dim, config: GPTConfig):
         super().__init__()
-        self.kind, self.use_kernels = config.norm, config.use_kernels
+        self.config = config  # shared with GPT: flipping config.use_kernels flips every module
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if config.bias and config.norm == "layernorm" else None
 
     def forward(self, x):
-        if self.kind == "layernorm":
+        if self.config.norm == "layernorm":
             return F.layer_norm(x, (x.size(-1),), self.weight, self.bias, 1e-5)
-        return _rms_norm(x, self.weight, 1e-6, self.use_kernels)
+        return _rms_norm(x, self.weight, 1e-6, self.config.use_kernels)
 
 
-def rope_tables(head_dim, length, base):
-    """cos and sin of the rotary angles, (length, head_dim/2), computed in float32."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+def rope_angles(positions, head_dim, base):
+    """cos and sin of the rotary angles for integer positions (B or 1, T), shaped (B or 1, T, head_dim/2).
+    Computed in float32 at every call (a few thousand numbers) rather than stored as buffers, so
+    model.to(bfloat16) cannot round them."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
+    angles = positions.float()[..., None] * inv_freq
     return angles.cos(), angles.sin()
 
 
@@ -183,7 +184,7 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.kind, self.use_kernels = config.mlp, config.use_kernels
+        self.config = config
         d, b = config.n_embd, config.bias
         self.c_fc = nn.Linear(d, config.d_ff, bias=b)
         self.c_gate = nn.Linear(d, config.d_ff, bias=b) if config.mlp == "swiglu" else None
@@ -191,11 +192,11 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.c_fc(x)
-        if self.kind == "swiglu":
+        if self.config.mlp == "swiglu":
             h = F.silu(self.c_gate(x)) * h
-        elif self.kind == "gelu":
+        elif self.config.mlp == "gelu":
             h = F.gelu(h, approximate="tanh")
-        elif self.use_kernels and kernels is not None:
+        elif self.config.use_kernels and kernels is not None:
             h = kernels.relu2(h)
         else:
             h = F.relu(h).square()
@@ -245,10 +246,6 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
-        if config.rope:
-            cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_base)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         if config.zero_init:  # each block starts as the identity; an untied head starts at uniform logits
             for block in unique:
@@ -270,7 +267,7 @@ class GPT(nn.Module):
         if not self.config.rope:
             return None
         positions = positions if positions.dim() == 2 else positions[None]
-        return self.rope_cos[positions], self.rope_sin[positions]
+        return rope_angles(positions, self.config.head_dim, self.config.rope_base)
 
     def hidden_states(self, idx, positions=None, attn_mask=None, cache=None):
         """The final normalised hidden states (B, T, n_embd), before lm_head."""
@@ -339,12 +336,12 @@ class GPT(nn.Module):
         slot = torch.arange(total, device=device)
         positions = (slot[None, :] - pad[:, None]).clamp(min=0)       # real tokens start at position 0
         key_is_real = slot[None, :] >= pad[:, None]                    # (B, total)
-        cache = KVCache(self.config, B, total, device, self.transformer.wte.weight.dtype)
+        cache = KVCache(self.config, B, total)
 
         out = [[] for _ in range(B)]
-        done = torch.zeros(B, dtype=torch.bool, device=device)
+        done = [False] * B
         pos = 0
-        for step in range(max_new_tokens):
+        for _ in range(max_new_tokens):
             T = idx.size(1)
             q_slots = slot[pos:pos + T]
             causal = slot[None, :pos + T] <= q_slots[:, None]                        # (T, keys)
@@ -356,15 +353,14 @@ class GPT(nn.Module):
                 logits[:, valid_vocab:] = -float("inf")
             nxt = sample_next_token(logits, temperature, top_k, top_p, generator)
             pos += T
-            for b in range(B):
+            for b, token in enumerate(nxt.tolist()):  # one device sync per step, not one per row
                 if done[b]:
                     continue
-                token = int(nxt[b])
-                if stop_token is not None and token == stop_token:
+                if token == stop_token:
                     done[b] = True
                 else:
                     out[b].append(token)
-            if bool(done.all()):
+            if all(done):
                 break
             idx = nxt[:, None]
         return out
@@ -385,19 +381,23 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
         sorted_logits = sorted_logits.masked_fill(drop, -float("inf"))
         logits = torch.full_like(logits, -float("inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
+    if generator is not None and generator.device != probs.device:  # a CPU generator seeding GPU decoding
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 class KVCache:
     """Keys and values of every applied layer (a reused block gets one slot per application)."""
 
-    def __init__(self, config: GPTConfig, batch, length, device, dtype):
-        shape = (config.n_layer, batch, config.n_kv_head, length, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+    def __init__(self, config: GPTConfig, batch, length):
+        self.shape = (config.n_layer, batch, config.n_kv_head, length, config.head_dim)
+        self.k = self.v = None
         self.length = [0] * config.n_layer
 
     def update(self, layer, k, v):
+        if self.k is None:  # allocated at first use, in the dtype the keys come in (bf16 under autocast)
+            self.k = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
+            self.v = torch.zeros(self.shape, device=v.device, dtype=v.dtype)
         start, end = self.length[layer], self.length[layer] + k.size(2)
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
@@ -416,6 +416,8 @@ _VIEW_NODES = {"TBackward0", "ViewBackward0", "UnsafeViewBackward0", "ReshapeAli
 # Nodes that cut a weight into parts (a fused QKV matrix split in three is still used once).
 _SPLIT_NODES = {"SplitBackward0", "SplitWithSizesBackward0", "UnbindBackward0"}
 _SLICE_NODES = {"SliceBackward0", "SelectBackward0"}
+# Row lookups with data indices (an embedding, written either way).
+_LOOKUP_NODES = {"EmbeddingBackward0", "EmbeddingDenseBackward0", "IndexSelectBackward0", "IndexBackward0"}
 
 
 def _autograd_consumers(root):
@@ -460,7 +462,7 @@ def _max(pairs):
 def _edge_uses(consumer, consumers):
     """(embedding uses, other uses) that one consumer makes of a weight (or of a view of it)."""
     name = consumer.name()
-    if name in ("EmbeddingBackward0", "EmbeddingDenseBackward0"):
+    if name in _LOOKUP_NODES:
         return 1, 0
     if name in _VIEW_NODES or name in _SLICE_NODES:
         return _uses(consumer, consumers)
@@ -493,6 +495,8 @@ def count_params(model, seq_len: int = 16) -> dict:
     used through a functional call counts too). A tied embedding/lm_head matrix counts once: each
     embedding lookup of a matrix pairs with one output use of it. GQA is not sharing (one k/v projection
     is one use). Every unique weight counts at least once. Works on a model built on the meta device.
+    Limit: a weight is followed through views, casts, splits and slices only; a weight transformed
+    otherwise (say scaled) and the result then used twice counts once, at the transform.
 
     Returns {"counted", "unique", "embedding", "non_embedding"}: embedding = counted weights that are
     looked up as embeddings (token and value embeddings); non_embedding = counted - embedding."""
@@ -650,8 +654,13 @@ def parse_overrides(argv, config_fields):
                 if value.lower() not in ("true", "false", "1", "0"):
                     raise ValueError
                 out[key] = value.lower() in ("true", "1")
-            elif kind is int:
-                out[key] = int(float(value)) if float(value).is_integer() else int(value)
+            elif kind is int:  # "1e9" is accepted when it is a whole number
+                try:
+                    out[key] = int(value)
+                except ValueError:
+                    if not float(value).is_integer():
+                        raise
+                    out[key] = int(float(value))
             elif kind is float:
                 out[key] = float(value)
             else:
