@@ -236,7 +236,8 @@ class DataLoader:
         self.files, self.seq_len, self.batch_size, self.grad_accum = list(files), seq_len, batch_size, grad_accum
         self.delimiter, self.rank, self.world_size, self.pin_memory = delimiter, rank, world_size, pin_memory
         self.position = dict(position) if position else {"shard": 0, "start": -1, "epoch": 0}
-        if not any(prepare.read_shard_header(f)[1] > seq_len for f in self.files):
+        sizes = [prepare.read_shard_header(f)[1] for f in self.files]  # every shard checked now, not when reached
+        if max(sizes) <= seq_len:
             raise prepare.ShardError(f"{pathlib.Path(self.files[0]).parent}: no train shard holds seq_len + 1 = "
                                      f"{seq_len + 1} tokens; lower --seq_len or prepare more data")
         self._queue = queue.Queue(maxsize=prefetch)
@@ -346,6 +347,8 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             params = group["params"]
             for p in params:  # momentum: cheap and elementwise, on every rank
+                if p.grad is None:
+                    continue
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
@@ -353,7 +356,7 @@ class Muon(torch.optim.Optimizer):
             for base in range(0, len(params), self.world_size):
                 chunk = params[base:base + self.world_size]
                 mine = base + self.rank
-                if mine < len(params):
+                if mine < len(params) and params[mine].grad is not None:
                     update = self.orthogonalised_update(params[mine], group)
                 else:  # this rank has no matrix in the last chunk: send something of the right shape
                     update = torch.zeros_like(params[base])
@@ -519,6 +522,9 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
+MEASURED_PEAKS: dict[str, float] = {}
+
+
 def peak_flops_per_device(device: torch.device, name: str) -> tuple[float, str]:
     """(peak FLOP/s, "datasheet" | "measured"): the table's bf16 figure for a known GPU, else a measured
     matmul peak (CPUs, consumer cards), which the record flags. Measured on rank 0 and shared, so every
@@ -529,7 +535,9 @@ def peak_flops_per_device(device: torch.device, name: str) -> tuple[float, str]:
     if peak is None:
         dtype = torch.bfloat16 if device.type == "cuda" else None
         if not dist.is_initialized() or dist.get_rank() == 0:
-            peak = flops.measure_matmul_peak(device=str(device), dtype=dtype)
+            if str(device) not in MEASURED_PEAKS:  # about a second: once per process
+                MEASURED_PEAKS[str(device)] = flops.measure_matmul_peak(device=str(device), dtype=dtype)
+            peak = MEASURED_PEAKS[str(device)]
         if dist.is_initialized():
             shared = [peak]
             dist.broadcast_object_list(shared, src=0)
@@ -747,6 +755,10 @@ def _train(hp, rank, world_size, device, master) -> dict:
         progress = resume_ckpt["progress"]
         step, tokens, train_seconds = progress["step"], progress["tokens"], progress["train_seconds"]
         position, run_date, out_dir = resume_ckpt["data_state"], progress["date"], progress["out_dir"]
+    out_dir = pathlib.Path(hp.out_dir or out_dir or ROOT / "records" / hp.track / f"{run_date}_{hp.name}")
+    if resume_ckpt is None and (out_dir / "results.json").exists():
+        raise UsageError(f"train.py: {out_dir} already holds a record (results.json); choose another --name "
+                         f"or --out_dir, or delete it")
     for opt in optimizers:  # the learning rates of this command line, also on resume
         for group in opt.param_groups:
             group["initial_lr"] = {"embed": hp.embed_lr, "head": hp.head_lr,
@@ -759,7 +771,6 @@ def _train(hp, rank, world_size, device, master) -> dict:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
 
     # the record folder and its log (rank 0 writes)
-    out_dir = pathlib.Path(hp.out_dir or out_dir or ROOT / "records" / hp.track / f"{run_date}_{hp.name}")
     sources = project_sources()
     digests = {name: hashlib.sha256(text).hexdigest() for name, text in sources.items()}
     software = software_versions()
@@ -767,9 +778,6 @@ def _train(hp, rank, world_size, device, master) -> dict:
     peak, peak_source = peak_flops_per_device(device, device_label)
     log_file = None
     if master:
-        if resume_ckpt is None and (out_dir / "results.json").exists():
-            raise UsageError(f"train.py: {out_dir} already holds a record (results.json); choose another --name "
-                             f"or --out_dir, or delete it")
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         log_file = open(out_dir / "train.log", "a" if resume_ckpt is not None else "w", encoding="utf-8")
@@ -804,7 +812,7 @@ def _train(hp, rank, world_size, device, master) -> dict:
             import wandb
         except ImportError:
             raise UsageError("train.py: --wandb=1 but wandb is not installed; pip install wandb") from None
-        wandb_run = wandb.init(project=hp.wandb_project, name=hp.name, config=asdict(hp), resume="allow")
+        wandb_run = wandb.init(project=hp.wandb_project, name=hp.name, config=asdict(hp))
 
     loader = DataLoader(train_files, hp.seq_len, hp.batch_size, grad_accum, delimiter, rank, world_size,
                         position=position, pin_memory=on_cuda)
@@ -820,8 +828,11 @@ def _train(hp, rank, world_size, device, master) -> dict:
         raw_model.zero_grad(set_to_none=True)
         torch.cuda.synchronize(device)
 
+    val_fingerprint = eval_bpb.eval_fingerprint(val_tokens, token_bytes.numpy(), enc)  # once: the val set is fixed
+
     def validate() -> dict:
-        result = eval_bpb.evaluate_bpb(model, val_tokens, token_bytes, hp.seq_len, hp.batch_size, device, enc=enc)
+        result = eval_bpb.evaluate_bpb(model, val_tokens, token_bytes, hp.seq_len, hp.batch_size, device)
+        result["fingerprint"] = val_fingerprint
         log(f"step {step} val bpb {result['bpb']:.6f} loss {result['loss']:.6f} ({result['tokens']:,} tokens, "
             f"{result['bytes']:,} bytes)")
         if wandb_run is not None:
@@ -888,11 +899,15 @@ def _train(hp, rank, world_size, device, master) -> dict:
                     stats /= world_size
                 train_loss, interrupted, norm = stats.tolist()
                 dt = time.perf_counter() - t0
+                if world_size > 1:  # one clock for all ranks: time budgets and the schedule must agree everywhere
+                    clock = torch.tensor([dt], dtype=torch.float64, device=device)
+                    dist.all_reduce(clock)
+                    dt = clock.item() / world_size
                 step += 1
                 if not (math.isfinite(train_loss) and math.isfinite(norm)):
                     what, value = ("loss", train_loss) if not math.isfinite(train_loss) else ("gradient norm", norm)
                     message = (f"train.py: the {what} is {value} at step {step}; stopped. The last good checkpoint "
-                               f"is {last_saved or 'none (none was written yet)'}; lower the learning rates and "
+                               f"is {last_saved or 'none: none was written yet'}; lower the learning rates and "
                                f"resume with --resume=1")
                     log(message, console=False)
                     raise TrainingDiverged(message)
@@ -936,8 +951,9 @@ def _train(hp, rank, world_size, device, master) -> dict:
                           final_eval, target, compute, software, digests)
     if master:
         write_json_atomic(out_dir / "results.json", record)
-        log(f"done: {step} steps, {tokens:,} tokens, {train_seconds:.1f} s of training, stopped by {stopped_by}, "
-            f"val bpb {final_eval['bpb']:.4f}, MFU {100 * compute['mfu']:.2f}% -> {out_dir / 'results.json'}")
+        log(f"done: {step} steps, {tokens:,} tokens in {train_seconds:.1f} s of training "
+            f"({tokens / max(train_seconds, 1e-9):,.0f} tokens/s, MFU {100 * compute['mfu']:.2f}%), "
+            f"stopped by {stopped_by}, val bpb {final_eval['bpb']:.4f} -> {out_dir / 'results.json'}")
         log_file.close()
         if wandb_run is not None:
             wandb_run.finish()

@@ -1,0 +1,415 @@
+"""Tests for train.py on CPU: a tiny model on synthetic shards learns, resume is exact, 2 gloo processes equal
+1 process with grad_accum=2, budgets stop where they should, and the record is complete and consistent."""
+import hashlib
+import json
+import math
+import os
+import pathlib
+import random
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import flops  # noqa: E402
+import prepare  # noqa: E402
+import train  # noqa: E402
+
+DELIM = 256  # byte-level tokenizer: ids 0..255 are bytes, 256 is <|endoftext|>
+TINY = ["--preset=tiny", "--n_layer=2", "--n_embd=32", "--n_head=2", "--seq_len=32", "--batch_size=4",
+        "--val_tokens=2048", "--warmup_steps=2", "--seed=7"]
+
+# DESIGN.md's record schema, field by field
+SCHEMA = {
+    "schema": None, "name": None, "track": None, "date": None, "description": None,
+    "author": {"name", "affiliation", "url"},
+    "code": {"sha256", "git_commit"},
+    "data": {"dataset", "tokenizer", "vocab_size", "fingerprint"},
+    "model": None,
+    "params": {"counted", "unique", "embedding", "weight_class"},
+    "training": {"steps", "tokens", "batch_tokens", "seq_len", "seed", "world_size", "stopped_by"},
+    "compute": {"flops_convention", "flops_per_token", "model_flops", "hardware_flops", "mfu", "device",
+                "device_count", "peak_flops_per_device", "train_seconds"},
+    "eval": None, "target": None, "judge": None,
+    "software": {"python", "torch", "cuda", "triton"},
+}
+
+
+# -----------------------------------------------------------------------------
+# Synthetic data: short template stories, byte-level tokens, each document after the delimiter
+
+
+def synthetic_stories(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    names, things = ["Tom", "Mia", "Ben", "Lily", "Sam"], ["ball", "cat", "kite", "cake", "boat"]
+    colors = ["red", "blue", "green", "big", "little"]
+    docs = []
+    for _ in range(n):
+        name, thing, color = rng.choice(names), rng.choice(things), rng.choice(colors)
+        docs.append(f"{name} had a {color} {thing}. {name} loved the {thing}. The {thing} was {color}. "
+                    f"One day {name} lost the {thing} and was sad." * rng.randint(1, 2))
+    return docs
+
+
+def write_dataset(out: pathlib.Path, train_docs, val_docs, shard_tokens: int) -> pathlib.Path:
+    out.mkdir(parents=True, exist_ok=True)
+    spec = prepare.bpe_spec("bpe:257", prepare.SPLIT_PATTERN, {bytes([i]): i for i in range(256)})
+    (out / "tokenizer.json").write_text(json.dumps(spec))
+    splits = {}
+    for split, docs in (("train", train_docs), ("val", val_docs)):
+        tokens = np.concatenate([np.array([DELIM] + list(d.encode()), dtype=np.uint16) for d in docs])
+        shards = [tokens[i:i + shard_tokens] for i in range(0, len(tokens), shard_tokens)]
+        for i, shard in enumerate(shards):
+            prepare.write_shard(out / f"{split}_{i:06d}.bin", shard)
+        splits[split] = {"docs": len(docs), "tokens": len(tokens), "bytes": sum(len(d.encode()) for d in docs),
+                         "shards": len(shards)}
+    meta = {"dataset": "synthetic-stories", "tokenizer": {"name": "bpe:257", "file": "tokenizer.json",
+                                                          "vocab_size": 257, "delimiter_id": DELIM},
+            "splits": splits}
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+    # several train shards, so the loader crosses shard boundaries; shards start with a delimiter
+    return write_dataset(tmp_path_factory.mktemp("data"), synthetic_stories(600, 0), synthetic_stories(40, 1),
+                         shard_tokens=40_000)
+
+
+def run_train(tmp: pathlib.Path, data_dir: pathlib.Path, *args: str) -> dict:
+    argv = [f"--data_dir={data_dir}", f"--out_dir={tmp / 'record'}", f"--ckpt_dir={tmp / 'ckpt'}", *TINY, *args]
+    return train.train(train.parse_args(argv))
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, data_dir) -> tuple[pathlib.Path, dict]:
+    """40 steps with a checkpoint every 20: the run that learns, the record, and the resume reference."""
+    tmp = tmp_path_factory.mktemp("straight")
+    return tmp, run_train(tmp, data_dir, "--max_steps=40", "--val_every=20", "--checkpoint_every=20",
+                          "--name=straight", "--description=tiny test run")
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def test_parse_args_types_overrides_and_errors():
+    hp = train.parse_args(["--n_layer=3", "--matrix_lr=0.5", "--resume=true", "--max_tokens=1e6", "--name=x=y"])
+    assert (hp.n_layer, hp.matrix_lr, hp.resume, hp.max_tokens, hp.name) == (3, 0.5, True, 1_000_000, "x=y")
+    assert hp.preset == "small" and hp.track == "tinystories" and hp.data_dir == "data/tinystories"
+    for bad in (["--n_layer=2.5"], ["--n_layr=2"], ["--compile=maybe"], ["n_layer=2"], ["--max_seconds=nan"],
+                ["--batch_size=0"], ["--max_steps=0"]):
+        with pytest.raises(train.UsageError, match="train.py"):
+            train.parse_args(bad)
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, data_dir):
+    cases = [(["--n_layer=abc"], "n_layer"),
+             ([f"--data_dir={tmp_path / 'nowhere'}"], "nowhere"),
+             ([f"--data_dir={data_dir}", f"--ckpt_dir={tmp_path / 'empty'}", "--resume=1", *TINY], "empty"),
+             ([f"--data_dir={data_dir}", "--preset=huge", *TINY[1:]], "huge")]
+    for argv, named in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and err.startswith("error: ") and "\n" not in err and named in err, err
+
+
+def test_corrupt_shard_is_named(tmp_path, capsys, data_dir):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in data_dir.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    shard = broken / "train_000001.bin"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([f"--data_dir={broken}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={tmp_path / 'c'}",
+                    "--max_steps=200", *TINY])
+    assert exit_info.value.code == 2 and "train_000001.bin" in capsys.readouterr().err
+
+
+def test_global_batch_and_indivisible_batch_tokens():
+    hp = train.parse_args(["--batch_size=4", "--seq_len=32", "--batch_tokens=1024"])
+    assert train.global_batch(hp, 1) == (8, 1024)
+    assert train.global_batch(hp, 2) == (4, 1024)  # same global batch on 2 processes: half the accumulation
+    assert train.global_batch(train.parse_args(["--batch_size=4", "--seq_len=32", "--grad_accum=3"]), 2) == (3, 768)
+    with pytest.raises(train.UsageError, match="not a multiple"):
+        train.global_batch(hp, 3)
+    with pytest.raises(train.UsageError, match="contradicts"):
+        train.global_batch(train.parse_args(["--batch_size=4", "--seq_len=32", "--batch_tokens=1024",
+                                             "--grad_accum=2"]), 1)
+
+
+# -----------------------------------------------------------------------------
+# Muon and the schedule
+
+
+def test_newton_schulz_is_the_quintic_applied_to_singular_values():
+    # independent oracle: X = U S V^T, so each iteration maps X to U p(S) V^T with p(s) = a s + b s^3 + c s^5
+    torch.manual_seed(0)
+    for shape in [(16, 48), (48, 16)]:
+        G = torch.randn(*shape, dtype=torch.float64)
+        U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+        s = S / S.square().sum().sqrt()
+        for _ in range(5):
+            s = 3.4445 * s - 4.7750 * s ** 3 + 2.0315 * s ** 5
+        expected = U @ torch.diag(s) @ Vh
+        got = train.zeropower_via_newtonschulz5(G.float())
+        assert got.shape == G.shape
+        torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
+        assert 0.6 < float(s.min()) and float(s.max()) < 1.25  # orthogonal-ish, as Muon needs
+
+
+def test_muon_step_by_hand():
+    torch.manual_seed(1)
+    p = torch.nn.Parameter(torch.randn(8, 4))
+    start = p.detach().clone()
+    grads = [torch.randn(8, 4), torch.randn(8, 4)]
+    opt = train.Muon([p], lr=0.1, momentum=0.9, weight_decay=0.01)
+    buf = torch.zeros(8, 4)
+    expected = start.clone()
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+        buf = 0.9 * buf + 0.1 * g                # momentum as lerp: buf + (1 - m) (g - buf)
+        nesterov = 0.9 * buf + 0.1 * g
+        expected = expected * (1 - 0.1 * 0.01) - 0.1 * math.sqrt(8 / 4) * train.zeropower_via_newtonschulz5(nesterov)
+    torch.testing.assert_close(p.detach(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_parameters_split_between_muon_and_adamw():
+    hp = train.parse_args(["--preset=tiny", "--seq_len=16"])
+    model = train.GPT(train.build_model_config(hp, 257))
+    groups = train.split_parameters(model)
+    assert model.lm_head.weight is model.transformer.wte.weight  # the tiny preset ties them
+    assert any(p is model.lm_head.weight for p in groups["head"]) and not groups["embed"]
+    assert all(p.ndim == 2 for p in groups["matrix"]) and all(p.ndim < 2 for p in groups["scalar"])
+    n = sum(p.numel() for g in groups.values() for p in g)
+    assert n == sum(p.numel() for p in model.parameters())  # each unique parameter exactly once
+
+
+def test_warmup_stable_decay():
+    hp = train.parse_args(["--warmup_steps=4", "--cooldown_frac=0.5", "--final_lr_frac=0.1", "--max_steps=100"])
+    assert train.lr_multiplier(0, 0.0, hp) == pytest.approx(0.25)
+    assert train.lr_multiplier(3, 0.03, hp) == pytest.approx(1.0)
+    assert train.lr_multiplier(30, 0.3, hp) == 1.0
+    assert train.lr_multiplier(75, 0.75, hp) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert train.lr_multiplier(100, 1.0, hp) == pytest.approx(0.1)
+    assert train.schedule_progress(10, 100, 5.0, hp) == pytest.approx(0.1)
+    timed = train.parse_args(["--max_seconds=20"])
+    assert train.schedule_progress(10, 100, 5.0, timed) == pytest.approx(0.25)  # the budget spent furthest
+
+
+def test_planned_steps_never_exceed_a_budget():
+    hp = train.parse_args(["--max_steps=50", "--max_tokens=1000", "--max_flops=0"])
+    assert train.planned_steps(hp, 256, 10**6) == (3, "max_tokens")
+    hp = train.parse_args(["--max_steps=50", "--max_flops=5.5e6"])
+    assert train.planned_steps(hp, 256, 10**6) == (5, "max_flops")
+    assert train.planned_steps(train.parse_args(["--max_steps=0", "--max_seconds=9"]), 256, 1) == (None, None)
+    with pytest.raises(train.UsageError, match="allows no step"):
+        train.planned_steps(train.parse_args(["--max_tokens=100"]), 256, 1)
+
+
+# -----------------------------------------------------------------------------
+# The data loader
+
+
+def test_next_window_start():
+    starts = np.array([0, 10, 40, 45, 90])
+    assert train.next_window_start(starts, 0, 50) == 45   # the last document start in the second half
+    assert train.next_window_start(starts, 45, 50) == 90  # 90 is exactly the window's end
+    assert train.next_window_start(np.array([0, 10]), 0, 50) == 50  # a long document continues
+    # walking a stream: windows never leave a gap (every token is trained on) and repeat under half a window
+    rng = np.random.default_rng(0)
+    starts = np.cumsum(rng.integers(1, 80, size=400))
+    start = int(starts[0])
+    for _ in range(100):
+        following = train.next_window_start(starts, start, 64)
+        assert start + 32 < following <= start + 64
+        assert following == start + 64 or following in set(starts.tolist())
+        start = following
+
+
+def loader_batches(data_dir, n_steps, seq_len=32, **kw):
+    loader = train.DataLoader(prepare.list_shards(data_dir, "train"), seq_len, 3, delimiter=DELIM, **kw)
+    try:
+        batches = [loader.next_batch() for _ in range(n_steps)]
+        return batches, loader.position
+    finally:
+        loader.close()
+
+
+def test_loader_splits_ranks_like_micro_steps(data_dir):
+    one, _ = loader_batches(data_dir, 30, grad_accum=2)
+    rank0, _ = loader_batches(data_dir, 30, grad_accum=1, rank=0, world_size=2)
+    rank1, _ = loader_batches(data_dir, 30, grad_accum=1, rank=1, world_size=2)
+    for b1, b0, b_1 in zip(one, rank0, rank1):
+        assert torch.equal(b1[0], b0[0]) and torch.equal(b1[1], b_1[0])  # 2 ranks = 2 micro-steps of 1 process
+    assert not torch.equal(rank0[0], rank1[0])  # each rank its own sequences
+
+
+def test_loader_windows_start_at_document_starts(data_dir):
+    # the synthetic documents are at most ~220 bytes: shorter than half of a 512-token window
+    batches, _ = loader_batches(data_dir, 5, seq_len=512, grad_accum=2)
+    rows = torch.cat([b.reshape(-1, 513) for b in batches])
+    assert bool((rows[:, 0] == DELIM).all())
+    stream = np.concatenate([prepare.open_shard(f) for f in prepare.list_shards(data_dir, "train")])
+    assert rows[0].tolist() == stream[:513].tolist()  # the first window is the stream's start
+    delims = np.flatnonzero(stream[:513] == DELIM)
+    second = int(delims[delims > 256].max())  # the last document start in the second half of the first window
+    assert rows[1].tolist() == stream[second:second + 513].tolist()
+
+
+def test_loader_position_resumes_exactly(data_dir):
+    full, _ = loader_batches(data_dir, 12, grad_accum=2)
+    first, position = loader_batches(data_dir, 5, grad_accum=2)
+    rest, _ = loader_batches(data_dir, 7, grad_accum=2, position=position)
+    assert all(torch.equal(a, b) for a, b in zip(full, first + rest))
+
+
+def test_loader_crosses_shards_and_wraps(data_dir):
+    batches, position = loader_batches(data_dir, 120, grad_accum=4)
+    assert position["shard"] > 0 or position["epoch"] > 0
+    assert all(int(b.max()) <= DELIM for b in batches)
+
+
+# -----------------------------------------------------------------------------
+# Training runs
+
+
+def read_log_losses(log: pathlib.Path) -> list[float]:
+    return [float(m.group(1)) for m in re.finditer(r"^step \d+(?:/\d+)? loss (\S+)", log.read_text(), re.M)]
+
+
+def test_tiny_model_learns(straight_run):
+    _, result = straight_run
+    vals = result["validations"]
+    assert [v["step"] for v in vals] == [0, 20, 40]
+    assert vals[0]["bpb"] > 7.0  # about log2(320) at initialisation
+    assert vals[-1]["bpb"] < 0.6 * vals[0]["bpb"] and vals[-1]["bpb"] < vals[1]["bpb"]
+    assert np.mean(result["losses"][-5:]) < np.mean(result["losses"][:5]) - 1.0
+
+
+def test_record_has_every_field_and_consistent_numbers(straight_run, data_dir):
+    tmp, result = straight_run
+    record = json.loads((tmp / "record" / "results.json").read_text())
+    assert set(record) == set(SCHEMA)
+    for key, sub in SCHEMA.items():
+        if sub:
+            assert sub <= set(record[key]), (key, sub - set(record[key]))
+    assert record["schema"] == "speedrun-record/1" and record["judge"] is None and record["target"] is None
+    assert record["description"] == "tiny test run" and record["training"]["stopped_by"] == "max_steps"
+    training, compute = record["training"], record["compute"]
+    assert training["steps"] == 40 and training["tokens"] == 40 * 4 * 32 == 40 * training["batch_tokens"]
+    # what leaderboard.py recomputes, from independent pieces
+    assert compute["flops_convention"] == "marin"
+    assert compute["model_flops"] == 3 * flops.forward_flops_per_token(record["model"], 32) * training["tokens"]
+    assert compute["hardware_flops"] == pytest.approx(
+        compute["train_seconds"] * compute["device_count"] * compute["peak_flops_per_device"], rel=1e-12)
+    assert compute["mfu"] == pytest.approx(compute["model_flops"] / compute["hardware_flops"])
+    assert compute["peak_flops_source"] == "measured" and compute["device"].startswith("cpu")
+    counted = train.count_params(train.GPT(train.GPTConfig(**record["model"])))["counted"]
+    assert record["params"]["counted"] == counted and record["params"]["weight_class"] == "small"
+    [(eval_id, ev)] = record["eval"].items()
+    assert ev == {k: result["validations"][-1][k] for k in ("bpb", "loss", "tokens", "bytes", "fingerprint")}
+    assert len(ev["fingerprint"]) == 64 and ev["bytes"] > 0
+    assert record["data"]["fingerprint"] == hashlib.sha256((data_dir / "meta.json").read_bytes()).hexdigest()
+    for name, digest in record["code"]["sha256"].items():
+        assert hashlib.sha256((ROOT / name).read_bytes()).hexdigest() == digest
+    assert {"train.py", "model.py", "flops.py", "eval_bpb.py", "prepare.py"} <= set(record["code"]["sha256"])
+
+
+def test_train_log_starts_with_train_py_source(straight_run):
+    tmp, _ = straight_run
+    log = (tmp / "record" / "train.log").read_text()
+    source = (ROOT / "train.py").read_text()
+    first_line, rest = log.split("\n", 1)
+    assert first_line.split()[1] == "train.py"
+    assert first_line.split()[2] == "sha256=" + hashlib.sha256(source.encode()).hexdigest()
+    assert rest.startswith(source)
+    losses = read_log_losses(tmp / "record" / "train.log")
+    assert len(losses) == 40
+    assert re.search(r"^step 40/40 loss \S+ lr \S+ tokens 5120 ms/step \S+ tok/s \d+ mfu \S+%$", log, re.M)
+
+
+def test_resume_is_exact(straight_run, data_dir, tmp_path):
+    tmp, straight = straight_run
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "step_000020.pt").write_bytes((tmp / "ckpt" / "step_000020.pt").read_bytes())
+    assert sorted(p.name for p in (tmp / "ckpt").iterdir()) == ["step_000020.pt", "step_000040.pt"]
+    resumed = train.train(train.parse_args([
+        f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'record'}", f"--ckpt_dir={ckpt}", *TINY,
+        "--max_steps=40", "--val_every=20", "--checkpoint_every=20", "--resume=1", "--name=straight"]))
+    assert len(resumed["losses"]) == 20
+    np.testing.assert_allclose(resumed["losses"], straight["losses"][20:], rtol=0, atol=1e-6)
+    assert resumed["validations"][-1]["bpb"] == pytest.approx(straight["validations"][-1]["bpb"], abs=1e-6)
+    assert resumed["record"]["training"]["tokens"] == straight["record"]["training"]["tokens"]
+
+
+def test_two_gloo_processes_equal_one_process_with_grad_accum(data_dir, tmp_path):
+    common = [f"--data_dir={data_dir}", *TINY, "--max_steps=6", "--val_every=0", "--val_tokens=256"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+           *common, f"--out_dir={tmp_path / 'ddp'}", f"--ckpt_dir={tmp_path / 'ddp_ckpt'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp_losses = read_log_losses(tmp_path / "ddp" / "train.log")
+    single = train.train(train.parse_args([*common, "--grad_accum=2", f"--out_dir={tmp_path / 'one'}",
+                                           f"--ckpt_dir={tmp_path / 'one_ckpt'}"]))
+    assert len(ddp_losses) == 6
+    np.testing.assert_allclose(ddp_losses, single["losses"], rtol=0, atol=1e-4)
+    ddp_record = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert ddp_record["training"]["world_size"] == 2 and ddp_record["compute"]["device_count"] == 2
+    assert ddp_record["training"]["batch_tokens"] == single["record"]["training"]["batch_tokens"] == 256
+    assert ddp_record["eval"] and next(iter(ddp_record["eval"].values()))["bpb"] == pytest.approx(
+        next(iter(single["record"]["eval"].values()))["bpb"], abs=1e-4)
+
+
+@pytest.mark.parametrize("budget, steps, stopped_by", [
+    ("--max_tokens=1000", 7, "max_tokens"),                 # 128 tokens a step: 7 fit, never 8
+    ("--max_flops=FLOPS_FOR_5.5_STEPS", 5, "max_flops"),
+    ("--max_steps=4", 4, "max_steps"),
+])
+def test_budgets_stop_where_they_should(data_dir, tmp_path, budget, steps, stopped_by):
+    if "FLOPS_FOR" in budget:
+        config = train.build_model_config(train.parse_args(TINY), 257)
+        budget = f"--max_flops={5.5 * 128 * 3 * flops.forward_flops_per_token(config, 32)}"
+    result = run_train(tmp_path, data_dir, "--max_steps=50", budget, "--val_every=0")
+    training = result["record"]["training"]
+    assert (training["steps"], training["stopped_by"], len(result["losses"])) == (steps, stopped_by, steps)
+
+
+def test_time_and_target_budgets(data_dir, tmp_path):
+    timed = run_train(tmp_path / "a", data_dir, "--max_steps=0", "--max_seconds=0.5", "--val_every=0")
+    assert timed["record"]["training"]["stopped_by"] == "max_seconds"
+    assert timed["record"]["compute"]["train_seconds"] >= 0.5 and 0 < timed["record"]["training"]["steps"] < 10_000
+    # a target every model reaches at the first validation after step 0 would be too easy: use one met at step 5
+    target = run_train(tmp_path / "b", data_dir, "--max_steps=50", "--val_every=5", "--target_bpb=7.0")
+    t = target["record"]["target"]
+    assert target["record"]["training"]["stopped_by"] == "target_bpb" and t["reached"] and t["value"] == 7.0
+    assert target["record"]["training"]["steps"] % 5 == 0 and target["validations"][-1]["bpb"] <= 7.0
+    assert all(v["bpb"] > 7.0 for v in target["validations"][:-1])
+    assert 0 < t["seconds"] <= target["record"]["compute"]["train_seconds"]
+
+
+def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={tmp_path / 'c'}", *TINY,
+                    "--warmup_steps=0", "--max_steps=20", "--val_every=0", "--checkpoint_every=1",
+                    "--keep_checkpoints=50", "--matrix_lr=1e30", "--scalar_lr=1e30", "--head_lr=1e30"])
+    err = capsys.readouterr().err
+    match = re.search(r"at step (\d+); stopped\. The last good checkpoint is ", err)
+    assert exit_info.value.code == 1 and match, err
+    bad_step = int(match.group(1))
+    kept = sorted(p.name for p in (tmp_path / "c").glob("step_*.pt"))
+    assert kept == [f"step_{s:06d}.pt" for s in range(1, bad_step)]
+    assert (kept[-1] if kept else "none") in err
+    assert not (tmp_path / "r" / "results.json").exists()
