@@ -85,8 +85,8 @@ class Hyperparameters:
     # optimizers and schedule
     matrix_lr: float = 0.02             # Muon, hidden 2-D matrices
     muon_momentum: float = 0.95         # Nesterov momentum of Muon
-    embed_lr: float = 0.3               # AdamW, token and value embeddings
-    head_lr: float = 0.004              # AdamW, lm_head (and a tied embedding)
+    embed_lr: float = 0.05              # AdamW, token and value embeddings
+    head_lr: float = 0.01               # AdamW, lm_head (and a tied embedding)
     scalar_lr: float = 0.02             # AdamW, norm weights, gains and other non-matrix parameters
     adam_beta1: float = 0.8
     adam_beta2: float = 0.95
