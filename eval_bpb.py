@@ -59,7 +59,7 @@ import torch
 import torch.distributed as dist
 
 import prepare
-from model import CheckpointError, load_checkpoint, model_from_checkpoint
+from model import CheckpointError, load_checkpoint, model_from_checkpoint, resolve_device
 
 ROOT = pathlib.Path(__file__).resolve().parent
 EVAL_DIR = ROOT / "data" / "eval"
@@ -183,7 +183,9 @@ def evaluate_bpb(model, tokens, token_bytes, seq_len: int, batch_size: int, devi
             with autocast:
                 nats = model(x, y, reduction="none")
             nats = torch.where(y >= 0, nats.float(), 0.0)  # do not trust what a model puts at ignored positions
-            nats_sum += nats.sum(dtype=torch.float64).to(acc_device)
+            # float64 from the batch sum on (MPS has no float64: its batch sums are float32, then accumulated in float64)
+            batch_nats = nats.sum(dtype=torch.float64) if acc_device == device else nats.sum().to(acc_device)
+            nats_sum += batch_nats.to(acc_device, torch.float64)
             counts += torch.stack([(y >= 0).sum(), nbytes.sum()]).to(acc_device)
             if bar is not None:
                 # targets in this rank's windows, times world: an estimate of the global rate on rank 0
@@ -306,7 +308,7 @@ def load_text_tokens(files: list[pathlib.Path], enc, max_tokens: int | None) -> 
         prepare.check_input_file(path)
         mojibake = prepare.default_mojibake([], [str(path)])
         for task in prepare.file_tasks(path):
-            docs = [prepare.fix_mojibake(d.strip(), mojibake)[0] for d in prepare.task_documents(task)]
+            docs = [prepare.clean_document(d, mojibake)[0] for d in prepare.task_documents(task)]
             for ids in enc.encode_ordinary_batch([d for d in docs if d]):
                 parts.append(np.array([delim] + ids, dtype=np.uint32))
                 have += len(ids) + 1
@@ -345,7 +347,7 @@ def read_record(record_dir) -> tuple[pathlib.Path, dict]:
     if not path.is_file():
         raise EvalError(f"{path} does not exist: --record takes a record folder written by train.py")
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise EvalError(f"{path} is not readable JSON ({e}); fix or regenerate the record") from None
     if not isinstance(record, dict):
@@ -363,9 +365,7 @@ def write_eval_to_record(record_dir, eval_id: str, result: dict) -> None:
     if not isinstance(record.get("eval"), dict):
         record["eval"] = {}
     record["eval"][eval_id] = {k: result[k] for k in RESULT_KEYS}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)  # a crash leaves the old file or the new one, never half of one
+    prepare.write_json_atomic(path, record)  # a crash leaves the old file or the new one, never half of one
 
 
 # -----------------------------------------------------------------------------
@@ -401,9 +401,10 @@ def parse_args(argv=None):
 def setup_device(requested: str | None) -> tuple[torch.device, bool]:
     """The device for this process, and whether this process is one of a torchrun group."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if requested is None:
-        requested = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    device = torch.device(requested)
+    try:
+        device = resolve_device(requested)
+    except ValueError as e:
+        raise EvalError(f"--device: {e}") from None
     if distributed:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -479,6 +480,9 @@ def main(argv=None) -> None:
         run(args)
     except (EvalError, prepare.ShardError, prepare.PrepareError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a record folder that cannot be written, a file that vanished mid-run
+        print(f"error: {e.filename or ''}: {e.strerror or e}; check the path and its permissions", file=sys.stderr)
         sys.exit(2)
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -23,7 +23,7 @@ Layers are counted as applied (n_layer), so layer reuse saves parameters but not
 import re
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import torch
 
@@ -248,8 +248,7 @@ def main(argv=None):
               "--mfu (default 0.4), and any GPTConfig field (--n_layer=8 ...)")
         print("devices: " + ", ".join(PEAK_BF16_FLOPS))
         return 0
-    types = {f.name: {"int": int, "float": float, "bool": bool, "str": str}.get(f.type, f.type)
-             if isinstance(f.type, str) else f.type for f in fields(model_lib.GPTConfig)}
+    types = model_lib.config_field_types()
     extra = {"preset": str, "seq_len": int, "tokens": int, "device": str, "mfu": float}
     try:
         opts = model_lib.parse_overrides(argv, {**types, **extra})

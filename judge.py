@@ -41,6 +41,8 @@ import urllib.request
 
 from tqdm import tqdm
 
+import prepare  # write_file_atomic, and the tokenizer of a checkpoint (numpy only: no torch at startup)
+
 # -----------------------------------------------------------------------------
 # The default prompt set: story beginnings written for this project, in words a 3-4 year old knows,
 # each cut mid-sentence so the judge can check that the completion finishes the sentence.
@@ -465,9 +467,12 @@ def generate_completions(ckpt_path: str, prompts: list[str], samples: int, max_n
     preceded by the delimiter, as every training document is, and generation stops at the delimiter."""
     import torch
     import model as model_lib
-    import prepare
 
-    try:  # model.py and prepare.py say what is wrong with a checkpoint or its tokenizer in one line
+    try:  # model.py and prepare.py say what is wrong with a device, a checkpoint or its tokenizer in one line
+        device = model_lib.resolve_device(device)
+    except ValueError as e:
+        raise JudgeError(f"--device: {e}")
+    try:
         ckpt = model_lib.load_checkpoint(ckpt_path, map_location=device)
         gpt = model_lib.model_from_checkpoint(ckpt, device=device)
         enc = prepare.encoding_from_spec(ckpt["tokenizer"])
@@ -511,27 +516,17 @@ def saved_or_generated_completions(args, prompts: list[str], cache_dir: pathlib.
         if lines and json.loads(lines[0]).get("generation") == settings:
             print(f"reusing {len(lines) - 1} saved completions from {path}")
             return [json.loads(line) for line in lines[1:]], {"generation": settings, "completions_file": str(path)}
-    device = args.device if args.device != "auto" else _default_device()
     items = generate_completions(args.ckpt, prompts, args.samples, args.max_new_tokens, args.temperature,
-                                 args.top_k, args.top_p, args.seed, args.batch_size, device)
+                                 args.top_k, args.top_p, args.seed, args.batch_size, args.device)
     write_atomic(path, "".join(json.dumps(row) + "\n" for row in [{"generation": settings}] + items))
     print(f"saved {len(items)} completions to {path}")
     return items, {"generation": settings, "completions_file": str(path)}
 
 
-def _default_device() -> str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def write_atomic(path: pathlib.Path, text: str) -> None:
+    """UTF-8 text, atomically and on disk (prepare.py's one atomic writer), creating the folder if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    prepare.write_file_atomic(path, text.encode("utf-8"))
 
 
 # -----------------------------------------------------------------------------
@@ -654,8 +649,13 @@ def record_block(report: dict) -> dict:
 
 
 def write_record(record_dir: pathlib.Path, block: dict) -> None:
-    """Set results.json's `judge` and keep everything else; atomic, so a crash never leaves half a file."""
+    """Set results.json's `judge` and keep everything else; atomic, so a crash never leaves half a file.
+    A block without a single parsed grade has no scores (null means), which leaderboard.py would reject
+    together with the whole record: it is refused here instead."""
     path = record_dir / "results.json"
+    if block["n"] < 1:
+        raise JudgeError(f"no item got parseable grades from any judge, so there is no score to put into {path}; "
+                         f"read the answers in judge.json, then try another --model")
     results = read_results(path)
     results["judge"] = block
     write_atomic(path, json.dumps(results, indent=2) + "\n")
@@ -749,6 +749,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.temperature < 0 or (args.top_k is not None and args.top_k < 1) or \
             (args.top_p is not None and not 0 < args.top_p <= 1):
         p.error("--temperature must be >= 0, --top_k >= 1 and --top_p in (0, 1]")
+    if not re.match(r"https?://[^/\s]+", args.base_url):
+        p.error(f"--base_url={args.base_url}: expected an http:// or https:// URL ending in /v1, e.g. http://localhost:8000/v1")
     if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
         p.error("--retries and --backoff must be >= 0 and --timeout > 0")
     return args
@@ -808,6 +810,9 @@ def main(argv=None) -> None:
         run(args)
     except JudgeError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a cache folder, report or record that cannot be written
+        print(f"error: {e.filename or ''}: {e.strerror or e}; check the path and its permissions", file=sys.stderr)
         sys.exit(2)
 
 

@@ -19,7 +19,10 @@ A record folder is one row of a table; when it holds several runs the row shows 
 spread and the one-sided t-test p-value of the mean against the runs' target (modded-nanogpt's rule).
 
 What is checked, beyond types (a mismatch beyond 1% is an error; counts must match exactly):
+- training tokens = steps x batch_tokens (a count),
 - model FLOPs = 3 x flops.forward_flops_per_token(model, seq_len) x tokens (Marin's convention),
+- each eval's BPB = loss x tokens / (ln 2 x bytes) (to rounding: the four come from one evaluation), and the
+  judge block's overall = the mean of its four category scores, inside its ci95,
 - counted/unique/embedding params and the weight class, recounted by building model.GPT on the meta device,
 - hardware FLOPs = train_seconds x device_count x peak, the peak being flops.py's datasheet figure for a
   known device unless the record says it measured it; MFU = model FLOPs / hardware FLOPs,
@@ -44,7 +47,8 @@ import os
 import pathlib
 import re
 import sys
-import tempfile
+
+import prepare  # write_file_atomic; numpy only, no torch (flops.py and model.py are imported when needed)
 
 ROOT = pathlib.Path(__file__).resolve().parent
 SCHEMA = "speedrun-record/1"
@@ -55,6 +59,7 @@ PRIMARY_EVAL_PREFIX = {"tinystories": "tinystories", "tinystories-wiki": "tinyst
 PRIMARY_EVAL_NAME = {"tinystories": "TinyStories valid BPB", "c4": "C4-EN valid BPB"}
 WEIGHT_CLASSES = ("small", "medium", "large", "open")
 TOLERANCE = 0.01  # recomputed figures may differ from the record's by at most 1%
+EXACT = 1e-6       # figures computed from the record's own numbers (BPB from loss, tokens, bytes): rounding only
 START_MARKER = "<!-- leaderboard:start -->"
 END_MARKER = "<!-- leaderboard:end -->"
 RESULTS_NAME = "results.json"
@@ -235,7 +240,11 @@ RECORD_FIELDS = {
 }
 EVAL_FIELDS = {"bpb": "number", "loss": "number", "tokens": "int", "bytes": "int", "fingerprint": "str"}
 TARGET_FIELDS = {"metric": "str", "value": "number", "reached": "bool", "seconds": "number?"}
-JUDGE_FIELDS = {"n": "int", "overall": "number"}
+# the block judge.py writes: the four category means over the n judged items, their mean, and the 95% interval
+# of the overall mean ([low, high], null for a single item)
+JUDGE_FIELDS = {"judges": "list", "n": "int", "grammar": "number", "creativity": "number", "consistency": "number",
+                "plot": "number", "overall": "number", "ci95": "list?"}
+JUDGE_CATEGORIES = ("grammar", "creativity", "consistency", "plot")
 MARIN_FIELDS = {
     MARIN_BPB_KEY: "number", "model_flops": "number", "model_size": "int", "total_tokens": "int",
     "training_time": "number", "training_hardware_flops": "number", "model_config": "dict",
@@ -296,12 +305,11 @@ def recount_params(model_config):
 
 
 def datasheet_peak(device):
-    """flops.py's peak for a device name, or None when flops.py does not know the device."""
+    """flops.py's peak for a device name (a table key or a GPU's name), or None when flops.py has no
+    datasheet number for it."""
     import flops
-    peak, source = flops.device_peak_flops(device)
-    if source == "datasheet" and peak:
-        return float(peak)
-    return flops.PEAK_BF16_FLOPS.get(device)
+    peak, _ = flops.device_peak_flops(device)
+    return float(peak) if peak is not None else None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -372,7 +380,7 @@ def primary_evals(track, evals):
 def load_speedrun_record(path, track):
     """Validate a results.json of schema speedrun-record/1; return ([run], [problems])."""
     try:
-        rec = json.loads(pathlib.Path(path).read_text())
+        rec = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return [], [RecordInvalid(path, "(file)", f"not readable JSON: {e}")]
     if not isinstance(rec, dict):
@@ -418,15 +426,48 @@ def load_speedrun_record(path, track):
     return [run], []
 
 
+def check_eval_entry(path, eval_id, entry):
+    """BPB = loss x tokens / (ln 2 x bytes): loss is nats per scored token, so the three give the BPB again."""
+    field = f"eval.{eval_id}"
+    if entry["tokens"] < 1 or entry["bytes"] < 1:
+        return [RecordInvalid(path, field, "tokens and bytes must be positive (the scored text tokens and their bytes)")]
+    bpb = entry["loss"] * entry["tokens"] / (math.log(2) * entry["bytes"])
+    if relative_gap(entry["bpb"], bpb) > EXACT:
+        return [RecordInvalid(path, f"{field}.bpb", f"{entry['bpb']:.9g} but loss × tokens / (ln 2 × bytes) gives "
+                                                    f"{bpb:.9g}; the four numbers come from one evaluation")]
+    return []
+
+
+def check_judge_block(path, judge):
+    """The judge block as judge.py writes it: overall is the mean of the four category means (the same items),
+    and the interval, when there is one, holds it."""
+    problems = []
+    if judge["n"] < 1 or not judge["judges"] or not all(isinstance(j, str) for j in judge["judges"]):
+        problems.append(RecordInvalid(path, "judge", "n must be >= 1 and judges a non-empty list of model names"))
+    overall = sum(judge[c] for c in JUDGE_CATEGORIES) / len(JUDGE_CATEGORIES)
+    if abs(judge["overall"] - overall) > EXACT * max(1.0, abs(overall)):
+        problems.append(RecordInvalid(path, "judge.overall", f"{judge['overall']:.6g} but the mean of the four "
+                                                             f"category scores is {overall:.6g}"))
+    ci = judge.get("ci95")
+    if ci is not None and not (len(ci) == 2 and all(is_number(v) for v in ci) and ci[0] <= judge["overall"] <= ci[1]):
+        problems.append(RecordInvalid(path, "judge.ci95", f"expected [low, high] around overall, got {json.dumps(ci)[:60]}"))
+    return problems
+
+
 def recompute_speedrun_record(path, rec):
     """Everything in the record that can be computed again from its own config, compared to what it says."""
     import flops
     import model as model_lib
     problems = []
     model_config, training, compute, params = rec["model"], rec["training"], rec["compute"], rec["params"]
+    for eval_id, entry in rec["eval"].items():
+        problems += check_eval_entry(path, eval_id, entry)
+    if rec["judge"] is not None:
+        problems += check_judge_block(path, rec["judge"])
 
-    problems.append(check_close(path, "training.tokens", training["tokens"], training["steps"] * training["batch_tokens"],
-                                "training.steps × training.batch_tokens"))
+    if training["tokens"] != training["steps"] * training["batch_tokens"]:  # a count: exact, as train.py counts it
+        problems.append(RecordInvalid(path, "training.tokens", f"{training['tokens']:,} but training.steps × "
+                                      f"training.batch_tokens is {training['steps'] * training['batch_tokens']:,}"))
     try:
         forward = flops.forward_flops_per_token(model_config, training["seq_len"])
     except (TypeError, KeyError, ValueError) as e:
@@ -509,7 +550,7 @@ def load_marin_record(path, track, folder_name):
     import flops
     import model as model_lib
     try:
-        data = json.loads(pathlib.Path(path).read_text())
+        data = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return [], [RecordInvalid(path, "(file)", f"not readable JSON: {e}")]
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or not data["runs"]:
@@ -901,11 +942,8 @@ def make_server(records_dir, link_base, port):
 # Command line
 
 def write_atomically(path, text):
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """UTF-8, newlines as given (a CRLF README stays CRLF), through prepare.py's one atomic writer."""
+    prepare.write_file_atomic(path, text.encode("utf-8"))
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -956,7 +994,7 @@ def main(argv=None):
         n_rows = sum(len(t["rows"]) for t in tables)
         if args.check:
             stale = [str(readme)] if new != old else []
-            if args.plot and (not pathlib.Path(args.plot).is_file() or pathlib.Path(args.plot).read_text() != svg):
+            if args.plot and (not pathlib.Path(args.plot).is_file() or pathlib.Path(args.plot).read_bytes() != svg.encode("utf-8")):
                 stale.append(args.plot)
             if stale:
                 print(f"error: leaderboard out of date in {', '.join(stale)}; run python leaderboard.py"
@@ -975,6 +1013,9 @@ def main(argv=None):
         return 0
     except LeaderboardError as e:
         print(str(e), file=sys.stderr)
+        return 2
+    except OSError as e:  # a README or plot path that cannot be written
+        print(f"error: {e.filename or ''}: {e.strerror or e}; check the path and its permissions", file=sys.stderr)
         return 2
 
 

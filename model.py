@@ -67,10 +67,13 @@ class GPTConfig:
         return self.n_unique_layers or self.n_layer
 
     def __post_init__(self):
+        if min(self.vocab_size, self.n_layer, self.n_head, self.n_kv_head, self.n_embd, self.block_size) < 1:
+            # checked first: the divisibility checks below would divide by zero
+            raise ValueError("GPTConfig: vocab_size, n_layer, n_head, n_kv_head, n_embd and block_size must be positive")
         problems = []
         if self.n_embd % self.n_head:
             problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
+        if self.n_head % self.n_kv_head:
             problems.append(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         if self.rope and self.head_dim % 2:
             problems.append(f"RoPE needs an even head_dim, got {self.head_dim}")
@@ -84,8 +87,10 @@ class GPTConfig:
             problems.append(f"value_embeds must be between 0 and n_layer ({self.n_layer})")
         if self.logit_softcap < 0:
             problems.append("logit_softcap must be >= 0 (0 disables it)")
-        if min(self.vocab_size, self.n_layer, self.n_embd, self.block_size) < 1:
-            problems.append("vocab_size, n_layer, n_embd and block_size must be positive")
+        if self.d_ff < 1:
+            problems.append(f"mlp_ratio ({self.mlp_ratio}) must give d_ff = round(mlp_ratio * n_embd) >= 1")
+        if self.rope and not self.rope_base > 0:
+            problems.append(f"rope_base must be > 0, got {self.rope_base}")
         if problems:
             raise ValueError("GPTConfig: " + "; ".join(problems))
 
@@ -562,6 +567,26 @@ def preset_config(name: str, vocab_size: int, block_size: int) -> GPTConfig:
 # Checkpoints
 
 
+def resolve_device(name: str | None = None) -> torch.device:
+    """The device to run a model on: `name` (cpu, cuda, cuda:N, mps), or the best available one for None or
+    "auto". ValueError with the fix when it is not a device name or this machine does not have it."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else
+                            "mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a device name; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        available = torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    else:
+        available = device.type == "cpu" or (device.type == "mps" and torch.backends.mps.is_available())
+    if not available:
+        raise ValueError(f"device {name!r} is not available on this machine (CUDA devices: "
+                         f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}); use cpu or leave it unset")
+    return device
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit its model; the message says which file and why."""
 
@@ -586,7 +611,10 @@ def save_checkpoint(path, model, config, tokenizer: dict, step: int, **extra) ->
                       tokenizer=tokenizer, step=int(step), **extra)
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        torch.save(checkpoint, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, so a power cut cannot leave an empty file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -639,6 +667,12 @@ def model_from_checkpoint(ckpt: dict, device="cpu") -> GPT:
 # Command line: print a configuration and its parameter count
 
 
+def config_field_types() -> dict:
+    """GPTConfig field -> its type (int, float, bool, str), for typing --key=value overrides."""
+    names = {"int": int, "float": float, "bool": bool, "str": str}
+    return {f.name: names.get(f.type, f.type) if isinstance(f.type, str) else f.type for f in fields(GPTConfig)}
+
+
 def parse_overrides(argv, config_fields):
     """--key=value pairs, typed by the field they set; a SystemExit-free ValueError on bad input."""
     out = {}
@@ -666,7 +700,7 @@ def parse_overrides(argv, config_fields):
             else:
                 out[key] = value
         except ValueError:
-            raise ValueError(f"--{key}={value}: expected a {kind.__name__}") from None
+            raise ValueError(f"--{key}={value}: expected {'an' if kind is int else 'a'} {kind.__name__}") from None
     return out
 
 
@@ -676,8 +710,7 @@ def main(argv=None):
         print(__doc__)
         print("settings: --preset=NAME (" + ", ".join(PRESETS) + "), --vocab_size, --block_size, and any GPTConfig field")
         return 0
-    types = {f.name: {"int": int, "float": float, "bool": bool, "str": str}.get(f.type, f.type)
-             if isinstance(f.type, str) else f.type for f in fields(GPTConfig)}
+    types = config_field_types()
     try:
         opts = parse_overrides(argv, {**types, "preset": str})
         preset = opts.pop("preset", None)

@@ -17,7 +17,7 @@ version 7 with uint32 tokens. Every document is preceded by the delimiter token 
 
 As a module it is the one place that reads shards and tokenizers (train.py, eval_bpb.py, judge.py):
 write_shard, open_shard, list_shards, read_meta, tokenizer_spec, encoding_from_spec, delimiter_id,
-token_byte_lengths.
+token_byte_lengths; and write_file_atomic / write_json_atomic, which the other scripts' outputs use too.
 """
 from __future__ import annotations
 
@@ -79,17 +79,30 @@ def write_shard(path, tokens: np.ndarray, *, vocab_size: int | None = None, dtyp
         version, dtype_ = FORMATS[magic]
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = magic, version, tokens.size
+    write_file_atomic(path, header, np.ascontiguousarray(tokens, dtype=dtype_))
+
+
+def write_file_atomic(path, *chunks) -> None:
+    """Write `chunks` (bytes, or contiguous arrays) to `path` so that a crash leaves the old file or the new
+    one, never half of one: a temp file in the same folder, flushed to disk, renamed over `path`. The one
+    atomic writer of the repository's data files (shards, meta.json, results.json, judge.json, README)."""
+    path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(header.tobytes())
-            f.write(tokens.astype(dtype_, copy=False).tobytes())
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
+        if tmp.exists():  # only after a failure: the rename consumed it otherwise
             tmp.unlink()
+
+
+def write_json_atomic(path, obj) -> None:
+    """`obj` as indented UTF-8 JSON, atomically (write_file_atomic)."""
+    write_file_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def read_shard_header(path) -> tuple[np.dtype, int]:
@@ -553,6 +566,18 @@ def fix_mojibake(text: str, mode: str) -> tuple[str | None, str | None]:
     return fixed, "repaired"
 
 
+def clean_document(doc: str, mojibake: str) -> tuple[str | None, str | None]:
+    """The cleaning every document gets (prepare.py's shards and eval_bpb.py's raw text alike): strip, drop
+    empty, and with mojibake "repair"/"drop" the TinyStories repair. (text or None if dropped, what happened:
+    None | "empty" | "repaired" | "dropped"). With "off" the text is kept byte for byte."""
+    doc = doc.strip()
+    if not doc:
+        return None, "empty"
+    if mojibake == "off":
+        return doc, None
+    return fix_mojibake(doc, mojibake)
+
+
 def doc_hash(data: bytes) -> int:
     """64-bit hash of a document's UTF-8 bytes: decides de-duplication and the train/val split."""
     import hashlib
@@ -639,16 +664,11 @@ def process_task(task) -> dict:
         if doc is None:
             counts["not_gpt4"] += 1
             continue
-        doc = doc.strip()
-        if not doc:
-            counts["empty"] += 1
+        doc, what = clean_document(doc, mode)
+        if what:
+            counts["empty" if what == "empty" else "mojibake_" + what] += 1
+        if doc is None:
             continue
-        if mode != "off":
-            doc, what = fix_mojibake(doc, mode)
-            if what:
-                counts["mojibake_" + what] += 1
-            if doc is None:
-                continue
         data = doc.encode("utf-8")
         texts.append(doc)
         hashes.append(doc_hash(data))
@@ -806,12 +826,6 @@ class ShardWriter:
 
     def summary(self) -> dict:
         return {"docs": self.docs, "tokens": self.tokens, "bytes": self.bytes, "shards": self.shards}
-
-
-def write_json_atomic(path: pathlib.Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def clear_previous_output(out: pathlib.Path) -> None:

@@ -235,6 +235,16 @@ def test_raw_text_read_as_prepare_reads_it(gpt2, tmp_path):
                           encode_docs(gpt2, DOCS)[:30])
 
 
+def test_raw_text_mojibake_repair_only_for_tinystories_files(gpt2, tmp_path):
+    # "É»" is also what the mojibake of "ɻ" looks like: repaired in TinyStories' files, kept as written elsewhere,
+    # exactly as prepare.py does, so a raw file and its prepared shards score the same text
+    docs = ["Le CAFÉ» est ouvert.", "Second doc."]
+    assert np.array_equal(eval_bpb.load_eval_tokens(write_txt(tmp_path / "french.txt", docs), gpt2),
+                          encode_docs(gpt2, docs))
+    repaired = eval_bpb.load_eval_tokens(write_txt(tmp_path / "tinystories_sample.txt", docs), gpt2)
+    assert np.array_equal(repaired, encode_docs(gpt2, ["Le CAF\u027b est ouvert.", "Second doc."]))
+
+
 def test_retokenize_keeps_text_bytes_and_fingerprint(gpt2, bpe):
     moved = eval_bpb.retokenize(encode_docs(gpt2, DOCS), gpt2, bpe)
     assert np.array_equal(moved, encode_docs(bpe, DOCS))
@@ -422,3 +432,9 @@ def test_other_bad_inputs(gpt2_setup, tmp_path, capsys, monkeypatch):
     assert "missing.pt" in err
     err = cli_error(capsys, "--ckpt", str(ckpt), "--data", str(data), "--record", str(tmp_path))
     assert "results.json" in err
+    # a device that is not a name, or not on this machine: said in one line before any work
+    for device in ("gpu0", "cuda:99"):
+        with pytest.raises(SystemExit) as exit_info:
+            eval_bpb.main(["--ckpt", str(ckpt), "--data", str(data), "--device", device])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and err.startswith("error: --device") and device in err and "\n" not in err

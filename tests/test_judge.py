@@ -364,11 +364,31 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, server_factory):
     assert_one_line_error(run_judge(*common), "exactly one of --ckpt")
     assert_one_line_error(run_judge(f"--completions={items}", "--samples=0", *common), "--samples")
     assert_one_line_error(run_judge(f"--ckpt={tmp_path / 'nope.pt'}", *common), "nope.pt")
+    # not a URL; a cache folder that cannot be made (a file is in the way)
+    assert_one_line_error(run_judge(f"--completions={items}", "--base_url=localhost:8000/v1", *common), "--base_url")
+    proc = run_judge(f"--completions={items}", f"--base_url={server.base_url}", "--model=judge-a", *FAST,
+                     f"--cache_dir={no_col}/cache")
+    assert_one_line_error(proc, "sub.csv")
+    # a bad --device says so (not that the checkpoint is corrupt)
+    ckpt = tmp_path / "tiny.pt"
+    tiny_checkpoint(ckpt)
+    assert_one_line_error(run_judge(f"--ckpt={ckpt}", "--device=gpu0", *common), "--device", "gpu0")
     # a local server that needs no key: name the variable empty
     keyless = server_factory()
     proc = run_judge(f"--completions={items}", f"--base_url={keyless.base_url}", *common, "--api_key_env=",
                      f"--out={tmp_path / 'j.json'}", env_key=None)
     assert proc.returncode == 0, proc.stderr
+    # no item graded: judge.json is written, but no score-less block goes into the record
+    unparsable = [it for it in make_items(40, 1) if planned("judge-a", it)["kind"] == "never_scores"][:1]
+    assert unparsable, "the fake server's plan should give some never_scores items"
+    record = tmp_path / "record"
+    record.mkdir()
+    (record / "results.json").write_text('{"judge": null}')
+    proc = run_judge(f"--completions={write_jsonl(tmp_path / 'bad.jsonl', unparsable)}", f"--base_url={keyless.base_url}",
+                     *common, "--api_key_env=", f"--record={record}", env_key=None)
+    assert_one_line_error(proc, "no item got parseable grades")
+    assert json.loads((record / "results.json").read_text()) == {"judge": None}
+    assert json.loads((record / "judge.json").read_text())["n"] == 0
 
 
 # -----------------------------------------------------------------------------

@@ -280,6 +280,24 @@ def wrong_track(r):
     r["track"] = "open"
 
 
+def understate_tokens(r):  # a few steps fewer than ran, with FLOPs and MFU made consistent: under 1%, still caught
+    r["training"]["tokens"] -= 3 * r["training"]["batch_tokens"]
+    r["compute"]["model_flops"] = 3 * r["compute"]["flops_per_token"] * r["training"]["tokens"]
+    r["compute"]["mfu"] = r["compute"]["model_flops"] / r["compute"]["hardware_flops"]
+
+
+def better_bpb(r):  # a BPB typed by hand, no longer the one the eval's loss, tokens and bytes give
+    r["eval"]["tinystories-valid"]["bpb"] -= 0.0001
+
+
+def better_judge_overall(r):
+    r["judge"]["overall"] += 0.5
+
+
+def judge_interval_as_a_number(r):  # judge.py writes [low, high]
+    r["judge"]["ci95"] = 0.3
+
+
 @pytest.mark.parametrize("folder,change,field", [
     ("2025-01-10_baseline", halve_model_flops, "compute.model_flops"),
     ("2025-01-10_baseline", understate_params, "params.counted"),
@@ -289,6 +307,10 @@ def wrong_track(r):
     ("2025-01-10_baseline", wrong_peak, "compute.peak_flops_per_device"),
     ("2025-01-12_muon_3seeds/seed1", halve_model_flops, "compute.model_flops"),
     ("2025-01-15_cheap", wrong_track, "track"),
+    ("2025-01-10_baseline", understate_tokens, "training.tokens"),
+    ("2025-01-15_cheap", better_bpb, "eval.tinystories-valid.bpb"),
+    ("2025-01-10_baseline", better_judge_overall, "judge.overall"),
+    ("2025-01-10_baseline", judge_interval_as_a_number, "judge.ci95"),
 ])
 def test_tampered_record_is_caught(repo, capsys, folder, change, field):
     path = repo / "records" / "tinystories" / folder / "results.json"

@@ -220,6 +220,24 @@ def test_bad_configs_are_rejected_with_the_reason():
         GPTConfig(mlp="relu")
     with pytest.raises(ValueError, match="unknown GPTConfig"):
         M.config_from_dict({"n_layers": 3})
+    for zero in ("n_head", "n_kv_head", "n_layer", "n_embd"):  # a clear error, not a ZeroDivisionError
+        with pytest.raises(ValueError, match="must be positive"):
+            GPTConfig(**{zero: 0})
+    with pytest.raises(ValueError, match="d_ff"):
+        GPTConfig(mlp_ratio=0.0)  # an MLP of width 0 would silently drop the MLP
+
+
+def test_resolve_device():
+    assert M.resolve_device("cpu") == torch.device("cpu")
+    assert M.resolve_device(None).type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="not a device name"):
+        M.resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="not available"):
+            M.resolve_device("cuda")
+    else:
+        with pytest.raises(ValueError, match="not available"):
+            M.resolve_device(f"cuda:{torch.cuda.device_count()}")
 
 
 # ----------------------------------------------------------------------------- forward and losses
