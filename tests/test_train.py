@@ -110,6 +110,16 @@ def test_parse_args_types_overrides_and_errors():
             train.parse_args(bad)
 
 
+def test_help_prints_the_block_with_every_setting_the_issue_names(capsys):
+    train.main(["--help"])
+    out = capsys.readouterr().out
+    assert "class Hyperparameters" in out
+    for name in ("data_dir out_dir track name device n_layer n_head n_kv_head n_embd seq_len batch_size grad_accum "
+                 "max_steps max_tokens max_flops max_seconds target_bpb val_every val_tokens batch_tokens "
+                 "checkpoint_every ckpt_dir resume seed compile wandb preset").split():
+        assert re.search(rf"^    {name}: \w+ = ", out, re.M), name
+
+
 def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, data_dir):
     cases = [(["--n_layer=abc"], "n_layer"),
              ([f"--data_dir={tmp_path / 'nowhere'}"], "nowhere"),
