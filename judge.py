@@ -26,6 +26,7 @@ import csv
 import email.utils
 import hashlib
 import http.client
+import io
 import json
 import math
 import os
@@ -523,6 +524,21 @@ def saved_or_generated_completions(args, prompts: list[str], cache_dir: pathlib.
     return items, {"generation": settings, "completions_file": str(path)}
 
 
+def write_completions_file(path: pathlib.Path, items: list[dict]) -> None:
+    """The submission format that --completions reads back: CSV or JSONL with `prompt` and `completion`."""
+    rows = [{"prompt": it["prompt"], "completion": it["completion"]} for it in items]
+    if path.suffix.lower() == ".csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["prompt", "completion"])
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(path, buffer.getvalue())
+    elif path.suffix.lower() == ".jsonl":
+        write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        raise JudgeError(f"--generate_only={path}: use a .csv or .jsonl file name")
+
+
 def write_atomic(path: pathlib.Path, text: str) -> None:
     """UTF-8 text, atomically and on disk (prepare.py's one atomic writer), creating the folder if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -736,12 +752,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--out", default=None, help="report file (default judge.json, or DIR/judge.json with --record)")
     out.add_argument("--record", default=None, help="record folder whose results.json gets the `judge` block")
     out.add_argument("--cache_dir", default="data/judge_cache", help="saved completions and the grade cache")
+    out.add_argument("--generate_only", metavar="FILE", default=None, help="with --ckpt: write the completions to "
+                     "FILE (.csv or .jsonl, the submission format --completions reads) and stop; no judge is called")
     args = p.parse_args(argv)
     if bool(args.ckpt) == bool(args.completions):
         p.error("give exactly one of --ckpt (generate completions) and --completions (judge a file)")
     if args.completions and args.prompts != "default":
         p.error("--prompts has no effect with --completions (the file holds its prompts); drop one of them")
-    if not args.model:
+    if args.generate_only and not args.ckpt:
+        p.error("--generate_only needs --ckpt (it writes the completions a checkpoint generates)")
+    if not args.model and not args.generate_only:
         p.error("no judge: give --model=NAME (repeat it for several judges)")
     for name in ("samples", "max_new_tokens", "batch_size", "concurrency", "judge_max_tokens"):
         if getattr(args, name) < 1:
@@ -768,6 +788,13 @@ def api_key_from_env(name: str) -> str | None:
 
 
 def run(args) -> dict:
+    if args.generate_only:  # a submission file, or sample stories for a record: no judge, no key
+        if not os.path.isfile(args.ckpt):
+            raise JudgeError(f"--ckpt={args.ckpt}: no such file")
+        items, _ = saved_or_generated_completions(args, load_prompts(args.prompts), pathlib.Path(args.cache_dir))
+        write_completions_file(pathlib.Path(args.generate_only), items)
+        print(f"wrote {len(items)} completions to {args.generate_only}")
+        return {"items": items}
     api_key = api_key_from_env(args.api_key_env)
     cache_dir = pathlib.Path(args.cache_dir)
     record_dir = pathlib.Path(args.record) if args.record else None

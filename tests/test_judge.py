@@ -498,3 +498,28 @@ def test_judge_a_checkpoint_end_to_end_and_reuse(tmp_path, server_factory, one_t
     proc = run_judge(*[a for a in args if a != "--samples=3"], "--samples=1", f"--base_url={server.base_url}")
     assert proc.returncode == 0, proc.stderr
     assert len(list(cache_dir.glob("completions_*.jsonl"))) == 2
+
+
+def test_generate_only_writes_a_submission_file_that_judges_back(tmp_path, server_factory, one_thread):
+    ckpt = tmp_path / "tiny.pt"
+    tiny_checkpoint(ckpt)
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text('prompt\n"Tom had a red ball, and he"\n"The cat sat by the door and"\n')
+    common = [f"--ckpt={ckpt}", f"--prompts={prompts}", "--samples=2", "--max_new_tokens=8",
+              f"--cache_dir={tmp_path / 'cache'}", "--device=cpu"]
+    # no judge, no key, no endpoint: only the completions, in the format --completions reads
+    for name in ("subm.csv", "subm.jsonl"):
+        proc = run_judge(*common, f"--generate_only={tmp_path / name}", env_key=None)
+        assert proc.returncode == 0, proc.stderr
+        items = judge.load_completions(tmp_path / name)
+        assert [(it["prompt_id"], it["sample"]) for it in items] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        assert {it["prompt"] for it in items} == {"Tom had a red ball, and he", "The cat sat by the door and"}
+    assert judge.load_completions(tmp_path / "subm.csv") == judge.load_completions(tmp_path / "subm.jsonl")
+    # the file judges like any submission
+    server = server_factory()
+    proc = run_judge(f"--completions={tmp_path / 'subm.csv'}", "--model=judge-a", f"--base_url={server.base_url}",
+                     f"--cache_dir={tmp_path / 'cache'}", f"--out={tmp_path / 'judge.json'}", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads((tmp_path / "judge.json").read_text())["items"]) == 4
+    # a file name that is neither CSV nor JSONL: one clear line
+    assert_one_line_error(run_judge(*common, f"--generate_only={tmp_path / 'subm.txt'}", env_key=None), ".csv or .jsonl")
