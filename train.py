@@ -49,7 +49,7 @@ import eval_bpb
 import flops
 import prepare
 from model import GPT, CheckpointError, GPTConfig, count_params, load_checkpoint, preset_config, \
-    save_checkpoint, weight_class
+    resolve_device, save_checkpoint, weight_class
 
 ROOT = pathlib.Path(__file__).resolve().parent
 RECORD_SCHEMA = "speedrun-record/1"
@@ -450,27 +450,22 @@ def schedule_progress(step: int, total_steps: int | None, train_seconds: float, 
 
 def setup_distributed(hp: Hyperparameters):
     """(rank, world_size, device). torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; NCCL on CUDA, gloo on CPU."""
-    if hp.device == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    else:
-        kind = hp.device
-    if kind not in ("cpu", "cuda", "mps") and not kind.startswith("cuda:"):
-        raise UsageError(f"train.py: --device={hp.device} is not one of auto, cpu, cuda, mps")
-    if kind.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("train.py: --device=cuda but torch sees no CUDA device; use --device=cpu")
+    try:
+        device = resolve_device(hp.device)
+    except ValueError as e:
+        raise UsageError(f"train.py: --device={hp.device}: {e}") from None
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if not distributed:
-        return 0, 1, torch.device(kind)
+        return 0, 1, device
     rank, world_size, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    if kind.startswith("cuda"):
+    if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
-    elif kind == "cpu":
-        device = torch.device("cpu")
+    elif device.type == "cpu":
         dist.init_process_group("gloo")
     else:
-        raise UsageError(f"train.py: torchrun needs CUDA (NCCL) or CPU (gloo), not {kind}")
+        raise UsageError(f"train.py: torchrun needs CUDA (NCCL) or CPU (gloo), not {device.type}")
     return rank, world_size, device
 
 
@@ -599,12 +594,6 @@ def environment_lines(software: dict, device: torch.device, name: str, world_siz
             smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20)
             lines += smi.stdout.rstrip().splitlines()
     return lines
-
-
-def write_json_atomic(path: pathlib.Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def build_record(hp, run, config, params, meta, meta_fingerprint, tokenizer_name, vocab_size, eval_id, final_eval,
@@ -950,7 +939,7 @@ def _train(hp, rank, world_size, device, master) -> dict:
     record = build_record(hp, run, config, params, meta, meta_fingerprint, tokenizer["name"], enc.n_vocab, eval_id,
                           final_eval, target, compute, software, digests)
     if master:
-        write_json_atomic(out_dir / "results.json", record)
+        prepare.write_json_atomic(out_dir / "results.json", record)
         log(f"done: {step} steps, {tokens:,} tokens in {train_seconds:.1f} s of training "
             f"({tokens / max(train_seconds, 1e-9):,.0f} tokens/s, MFU {100 * compute['mfu']:.2f}%), "
             f"stopped by {stopped_by}, val bpb {final_eval['bpb']:.4f} -> {out_dir / 'results.json'}")
