@@ -848,7 +848,7 @@ def svg_panel(table, y0):
     def y_of(bpb):
         return bottom - (bpb - b_lo) / (b_hi - b_lo) * (bottom - top)
 
-    out = [f'<text x="{left}" y="{y0 + 22}" font-size="13" font-weight="bold">{html.escape(table_title(table).replace("`", ""))}</text>',
+    out = [f'<text x="12" y="{y0 + 22}" font-size="13" font-weight="bold">{html.escape(table_title(table).replace("`", ""))}</text>',
            f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#888"/>']
     for e in range(x_lo, x_hi + 1):  # a tick per decade
         x = x_of(10.0 ** e)
