@@ -779,7 +779,11 @@ def byte_level_decoder() -> dict[str, int]:
 
 
 def train_bpe_tokenizers(texts, vocab_size: int, name: str) -> dict:
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    try:
+        from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    except ImportError:
+        raise PrepareError(f"--tokenizer {name}: training a BPE needs rustbpe or tokenizers; "
+                           f"pip install rustbpe (it is in requirements.txt)") from None
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),

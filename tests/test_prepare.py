@@ -163,6 +163,7 @@ def test_gpt2_token_bytes_sum_to_text_bytes(gpt2_available):
 
 @pytest.mark.parametrize("backend", ["rustbpe", "tokenizers"])
 def test_train_bpe_round_trip(backend, monkeypatch):
+    pytest.importorskip(backend)  # rustbpe is in requirements.txt; tokenizers, the fallback, is optional
     if backend == "tokenizers":
         monkeypatch.setitem(sys.modules, "rustbpe", None)  # import fails: the fallback runs
     docs = make_docs(300)
@@ -176,6 +177,13 @@ def test_train_bpe_round_trip(backend, monkeypatch):
         assert enc.decode_bytes(ids) == d.encode("utf-8")
         assert prepare.token_byte_lengths(enc)[ids].sum() == len(d.encode("utf-8"))
     assert len(enc.encode_ordinary(" ".join(docs[:20]))) < 0.6 * len(" ".join(docs[:20]).encode())  # it merged
+
+
+def test_train_bpe_without_a_trainer_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "rustbpe", None)
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    with pytest.raises(prepare.PrepareError, match="pip install rustbpe"):
+        prepare.train_bpe(iter(make_docs(10)), 300, "bpe:300")
 
 
 def test_spec_survives_weights_only_checkpoint(tmp_path):
