@@ -109,6 +109,7 @@ class Hyperparameters:
     resume: bool = False                # continue exactly from the newest checkpoint in ckpt_dir
     seed: int = 1337
     compile: bool = True                # torch.compile the model on CUDA (CPU and MPS run eager)
+    kernels: bool = True                # kernels.py's fused Triton ops on CUDA (0 = plain PyTorch everywhere)
     wandb: bool = False                 # log to Weights & Biases (WANDB_MODE=offline works without an account)
     wandb_project: str = "speedrun"
 
@@ -673,6 +674,7 @@ def build_model_config(hp: Hyperparameters, n_vocab: int) -> GPTConfig:
     try:
         config = asdict(preset_config(hp.preset, n_vocab, hp.seq_len))
         config.update({key: getattr(hp, key) for key in ("n_layer", "n_head", "n_embd") if getattr(hp, key)})
+        config["use_kernels"] = hp.kernels
         if hp.n_kv_head or hp.n_head:  # a new head count without a kv count means plain multi-head attention
             config["n_kv_head"] = hp.n_kv_head or hp.n_head
         return GPTConfig(**config)

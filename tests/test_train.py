@@ -145,6 +145,14 @@ def test_corrupt_shard_is_named(tmp_path, capsys, data_dir):
     assert exit_info.value.code == 2 and "train_000001.bin" in capsys.readouterr().err
 
 
+def test_model_config_from_preset_overrides_and_kernel_switch():
+    hp = train.parse_args(["--preset=tiny", "--n_layer=3", "--n_head=2", "--kernels=0"])
+    config = train.build_model_config(hp, n_vocab=300)
+    assert (config.n_layer, config.n_head, config.n_kv_head, config.use_kernels) == (3, 2, 2, False)
+    assert config.vocab_size % 64 == 0 and config.vocab_size >= 300  # padded, never smaller than the tokenizer
+    assert train.build_model_config(train.parse_args(["--preset=tiny"]), 300).use_kernels
+
+
 def test_global_batch_and_indivisible_batch_tokens():
     hp = train.parse_args(["--batch_size=4", "--seq_len=32", "--batch_tokens=1024"])
     assert train.global_batch(hp, 1) == (8, 1024)
