@@ -390,6 +390,15 @@ def _accumulate(grad_w, logits_t, x_chunk):
 
 def _chunked_linear_cross_entropy(x, weight, targets, grad_scale, softcap, ignore_index, chunk_size, compute_grad):
     """Per-token losses (fp32) and, when compute_grad, grad_x and grad_w of sum(grad_scale * losses)."""
+    # An ambient autocast still reaches the matmuls inside a custom op and would change their dtypes under
+    # the preallocated outputs (a bf16 product into an fp32 grad_x): the dtypes here are decided by x alone.
+    with torch.autocast(x.device.type, enabled=False):
+        return _chunked_linear_cross_entropy_exact(x, weight, targets, grad_scale, softcap, ignore_index, chunk_size,
+                                                   compute_grad)
+
+
+def _chunked_linear_cross_entropy_exact(x, weight, targets, grad_scale, softcap, ignore_index, chunk_size,
+                                        compute_grad):
     n_rows, n_embd = x.shape
     w = weight.to(x.dtype)  # the head's matmul runs in the activations' dtype, as autocast would
     losses = torch.empty(n_rows, dtype=torch.float32, device=x.device)

@@ -307,7 +307,10 @@ class GPT(nn.Module):
             raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
         B, T, d = h.shape
         if self.config.use_kernels and kernels is not None:
-            # fused head + loss: the full (B*T, V) float32 logits are never materialised
+            # fused head + loss: the full (B*T, V) float32 logits are never materialised. Autocast does not
+            # cast a custom op's inputs, so the residual stream (fp32) is cast here: the head runs in bf16.
+            if torch.is_autocast_enabled(h.device.type):
+                h = h.to(torch.get_autocast_dtype(h.device.type))
             loss = kernels.linear_cross_entropy(h.reshape(B * T, d), self.lm_head.weight, targets.reshape(B * T),
                                                 softcap=self.config.logit_softcap, ignore_index=-1,
                                                 reduction=reduction)

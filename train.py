@@ -212,7 +212,7 @@ def global_batch(hp: Hyperparameters, world_size: int) -> tuple[int, int]:
 #
 # The global stream of windows is the same for any world size: window k of a step goes to micro-step
 # k // (world * batch_size) and rank (k // batch_size) % world, so 2 processes see exactly the sequences
-# that 1 process sees with grad_accum=2, and a position saved in a checkpoint resumes on any world size.
+# that 1 process sees with grad_accum=2, and a saved data position does not depend on the world size.
 # Each rank reads the tokens of its own windows only.
 
 
@@ -669,6 +669,17 @@ class TrainingDiverged(RuntimeError):
     """A NaN/inf loss or gradient; the message names the step and the last good checkpoint."""
 
 
+def check_resume_matches(progress: dict, batch_tokens: int, hardware: str, ckpt_dir: pathlib.Path) -> None:
+    """A resumed run must keep the global batch (or the training changes) and the hardware (a record's
+    hardware FLOPs are train_seconds x devices x one device's peak)."""
+    if progress.get("batch_tokens", batch_tokens) != batch_tokens:
+        raise UsageError(f"train.py: the run in {ckpt_dir} used {progress['batch_tokens']:,} tokens per step, these "
+                         f"settings give {batch_tokens:,}; resume with --batch_tokens={progress['batch_tokens']}")
+    if progress.get("hardware", hardware) != hardware and progress["train_seconds"] > 0:
+        raise UsageError(f"train.py: the run in {ckpt_dir} trained on {progress['hardware']}, this is {hardware}; a "
+                         f"record's hardware FLOPs assume one kind of hardware, so resume on the same devices")
+
+
 def build_model_config(hp: Hyperparameters, n_vocab: int) -> GPTConfig:
     """The preset's config with the explicit overrides; GPTConfig checks the combination."""
     try:
@@ -767,12 +778,17 @@ def _train(hp, rank, world_size, device, master) -> dict:
     software = software_versions()
     device_label = device_name(device)
     peak, peak_source = peak_flops_per_device(device, device_label)
+    hardware = f"{world_size} x {device_label}"
+    if resume_ckpt is not None:
+        check_resume_matches(resume_ckpt["progress"], batch_tokens, hardware, ckpt_dir)
     log_file = None
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        log_file = open(out_dir / "train.log", "a" if resume_ckpt is not None else "w", encoding="utf-8")
-        if resume_ckpt is None or resume_ckpt.get("code_sha256") != digests:
+        log_path = out_dir / "train.log"
+        continuing = resume_ckpt is not None and log_path.is_file() and log_path.stat().st_size > 0
+        log_file = open(log_path, "a" if continuing else "w", encoding="utf-8")
+        if not continuing or resume_ckpt.get("code_sha256") != digests:
             log_file.write(record_header(sources, digests))  # resumed with changed code: the new code is logged too
 
     def log(line: str, console: bool = True):
@@ -808,9 +824,10 @@ def _train(hp, rank, world_size, device, master) -> dict:
     loader = DataLoader(train_files, hp.seq_len, hp.batch_size, grad_accum, delimiter, rank, world_size,
                         position=position, pin_memory=on_cuda)
 
-    # torch.compile compiles on the first forward/backward: do that before the clock starts, on random
-    # tokens (not the loader's, which would move the data position); gradients are discarded.
-    if model is not raw_model:
+    # The first CUDA forward/backward compiles (torch.compile, Triton's JIT) and sets up cuBLAS and SDPA: do
+    # that before the clock starts, on random tokens (not the loader's, which would move the data position);
+    # gradients are discarded.
+    if on_cuda:
         warmup = torch.randint(0, enc.n_vocab, (hp.batch_size, hp.seq_len + 1), device=device,
                                generator=torch.Generator(device=device).manual_seed(0))
         for _ in range(2):
@@ -837,9 +854,12 @@ def _train(hp, rank, world_size, device, master) -> dict:
                             optimizers=[opt.state_dict() for opt in optimizers], rng=rng_states(device),
                             data_state=dict(loader.position), hparams=asdict(hp), code_sha256=digests,
                             progress={"step": at_step, "tokens": tokens, "train_seconds": train_seconds,
-                                      "date": run_date, "out_dir": str(out_dir)})
+                                      "date": run_date, "out_dir": str(out_dir), "batch_tokens": batch_tokens,
+                                      "hardware": hardware})
             for old in sorted(ckpt_dir.glob("step_*.pt"))[:-hp.keep_checkpoints]:
                 old.unlink()
+        if world_size > 1:
+            dist.barrier()  # the other ranks wait here, not inside their next timed step
         return path
 
     losses, validations, last_saved, last_val = [], [], None, None

@@ -258,6 +258,22 @@ def test_interp_linear_cross_entropy_bf16_activations_fp32_head():
 
 
 @needs_interpreter
+def test_interp_linear_cross_entropy_under_autocast():
+    # train.py runs the model under bf16 autocast: an fp32 input must still give fp32-consistent results
+    # (autocast must not change the dtypes of the matmuls inside the op under its preallocated outputs)
+    x, w, t = make_ce_inputs(n_rows=10)
+    want = kernels.linear_cross_entropy_reference(x, w, t, 15.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = kernels.linear_cross_entropy_triton(x, w, t, 15.0, chunk_size=4)
+        gx, gw = grads(got, (x, w))
+    wx, ww = grads(want, (x, w))
+    assert gx.dtype == torch.float32 and gw.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gx, wx, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gw, ww, atol=1e-5, rtol=1e-5)
+
+
+@needs_interpreter
 def test_interp_custom_ops_pass_opcheck():
     # torch.library's own checks: schema, fake (meta) implementations, autograd registration
     x, w, t = make_ce_inputs(n_rows=6, vocab=20)

@@ -473,3 +473,24 @@ def test_cli(capsys):
     assert capsys.readouterr().err.startswith("error: model.py:")
     out = subprocess.run([sys.executable, "model.py", "--bogus=1"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_fused_head_runs_in_the_autocast_dtype(monkeypatch):
+    # autocast does not cast a custom op's inputs: the model hands the head bf16 activations itself,
+    # so on a GPU the LM head's matmuls run in bf16, not fp32
+    torch.manual_seed(0)
+    model = GPT(tiny_config(zero_init=False))
+    idx = torch.randint(0, model.config.vocab_size, (2, 8))
+    seen = []
+    fused = M.kernels.linear_cross_entropy
+
+    def spy(x, *args, **kwargs):
+        seen.append(x.dtype)
+        return fused(x, *args, **kwargs)
+
+    monkeypatch.setattr(M.kernels, "linear_cross_entropy", spy)
+    plain = model(idx, idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(idx, idx)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert mixed.dtype == torch.float32 and mixed.item() == pytest.approx(plain.item(), rel=2e-2)

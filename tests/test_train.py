@@ -370,6 +370,13 @@ def test_resume_is_exact(straight_run, data_dir, tmp_path):
     np.testing.assert_allclose(resumed["losses"], straight["losses"][20:], rtol=0, atol=1e-6)
     assert resumed["validations"][-1]["bpb"] == pytest.approx(straight["validations"][-1]["bpb"], abs=1e-6)
     assert resumed["record"]["training"]["tokens"] == straight["record"]["training"]["tokens"]
+    # resumed into a new record folder: its train.log is complete, sources first, as leaderboard.py needs
+    assert (tmp_path / "record" / "train.log").read_text().startswith("=" * 20 + " train.py sha256=")
+    # a resume that would change the global batch is refused, naming the batch it needs
+    with pytest.raises(train.UsageError, match="--batch_tokens="):
+        train.train(train.parse_args([
+            f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'record2'}", f"--ckpt_dir={ckpt}", *TINY,
+            "--batch_size=1", "--max_steps=60", "--resume=1", "--name=straight"]))
 
 
 def test_two_gloo_processes_equal_one_process_with_grad_accum(data_dir, tmp_path):
