@@ -550,8 +550,14 @@ def checkpoint_path(ckpt_dir: pathlib.Path, step: int) -> pathlib.Path:
     return ckpt_dir / f"step_{step:06d}.pt"
 
 
+def checkpoints_by_step(ckpt_dir: pathlib.Path) -> list[pathlib.Path]:
+    """step_*.pt files, oldest first: by step number, not by name (step_1000000 sorts before step_999999)."""
+    found = ckpt_dir.glob("step_*.pt") if ckpt_dir.is_dir() else []
+    return sorted((p for p in found if p.stem[len("step_"):].isdigit()), key=lambda p: int(p.stem[len("step_"):]))
+
+
 def latest_checkpoint(ckpt_dir: pathlib.Path) -> pathlib.Path | None:
-    found = sorted(ckpt_dir.glob("step_*.pt")) if ckpt_dir.is_dir() else []
+    found = checkpoints_by_step(ckpt_dir)
     return found[-1] if found else None
 
 
@@ -761,10 +767,14 @@ def _train(hp, rank, world_size, device, master) -> dict:
     if resume_ckpt is None and (out_dir / "results.json").exists():
         raise UsageError(f"train.py: {out_dir} already holds a record (results.json); choose another --name "
                          f"or --out_dir, or delete it")
-    for opt in optimizers:  # the learning rates of this command line, also on resume
+    for opt in optimizers:  # this command line's settings, also on resume (load_state_dict restored the saved ones)
         for group in opt.param_groups:
             group["initial_lr"] = {"embed": hp.embed_lr, "head": hp.head_lr,
                                    "scalar": hp.scalar_lr}.get(group.get("name"), hp.matrix_lr)
+            if isinstance(opt, Muon):
+                group.update(momentum=hp.muon_momentum, weight_decay=hp.weight_decay)
+            else:
+                group["betas"] = (hp.adam_beta1, hp.adam_beta2)
 
     model = raw_model
     if hp.compile and on_cuda:
@@ -856,7 +866,7 @@ def _train(hp, rank, world_size, device, master) -> dict:
                             progress={"step": at_step, "tokens": tokens, "train_seconds": train_seconds,
                                       "date": run_date, "out_dir": str(out_dir), "batch_tokens": batch_tokens,
                                       "hardware": hardware})
-            for old in sorted(ckpt_dir.glob("step_*.pt"))[:-hp.keep_checkpoints]:
+            for old in checkpoints_by_step(ckpt_dir)[:-hp.keep_checkpoints]:
                 old.unlink()
         if world_size > 1:
             dist.barrier()  # the other ranks wait here, not inside their next timed step

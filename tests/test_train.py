@@ -438,3 +438,13 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, 
     assert kept == [f"step_{s:06d}.pt" for s in range(1, bad_step)]
     assert (kept[-1] if kept else "none") in err
     assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_checkpoints_are_ordered_by_step_not_by_name(tmp_path):
+    for step in (999_999, 1_000_000, 20):
+        train.checkpoint_path(tmp_path, step).write_bytes(b"")
+    (tmp_path / "step_notes.pt").write_bytes(b"")  # not a checkpoint of this run
+    assert [p.name for p in train.checkpoints_by_step(tmp_path)] == [
+        "step_000020.pt", "step_999999.pt", "step_1000000.pt"]
+    assert train.latest_checkpoint(tmp_path).name == "step_1000000.pt"
+    assert train.latest_checkpoint(tmp_path / "absent") is None
