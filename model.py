@@ -15,6 +15,7 @@ attention, ReLU^2 / GELU / SwiGLU MLP, no biases, zero-initialised output projec
 soft-capping, tied or untied embeddings, layer reuse and value embeddings (modded-nanogpt style).
 The file knows nothing about data files or distributed training.
 """
+import difflib
 import os
 import sys
 from dataclasses import asdict, dataclass, fields
@@ -684,7 +685,9 @@ def parse_overrides(argv, config_fields):
             raise ValueError(f"argument {arg!r} is not of the form --key=value")
         key, value = arg[2:].split("=", 1)
         if key not in config_fields:
-            raise ValueError(f"unknown setting --{key}; known: {', '.join(sorted(config_fields))}")
+            close = difflib.get_close_matches(key, config_fields, n=1)
+            raise ValueError(f"unknown setting --{key}; " + (f"did you mean --{close[0]}?" if close else
+                                                              f"known: {', '.join(sorted(config_fields))}"))
         kind = config_fields[key]
         try:
             if kind is bool:

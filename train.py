@@ -48,8 +48,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import eval_bpb
 import flops
 import prepare
-from model import GPT, CheckpointError, GPTConfig, count_params, load_checkpoint, preset_config, \
-    resolve_device, save_checkpoint, weight_class
+from model import GPT, CheckpointError, GPTConfig, count_params, load_checkpoint, parse_overrides, \
+    preset_config, resolve_device, save_checkpoint, weight_class
 
 ROOT = pathlib.Path(__file__).resolve().parent
 RECORD_SCHEMA = "speedrun-record/1"
@@ -118,45 +118,18 @@ class UsageError(ValueError):
     """Bad command-line input or settings; the message names the field and the fix."""
 
 
-def parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
-
-
-def parse_int(text: str) -> int:
-    """Integers, also written 1e6 or 1_000_000 (budgets are long numbers), but never rounded."""
-    try:
-        return int(text)
-    except ValueError:
-        value = float(text)
-        if not value.is_integer():
-            raise
-        return int(value)
-
-
-PARSERS = {"str": str, "int": parse_int, "float": float, "bool": parse_bool}
-
-
 def parse_args(argv: list[str]) -> Hyperparameters:
-    """--key=value overrides of the Hyperparameters block, each converted to the field's type."""
+    """--key=value overrides of the Hyperparameters block, each converted to the field's type by the
+    parser model.py and flops.py use (integers may be written 1e6, never rounded)."""
     hp = Hyperparameters()
-    types = {f.name: f.type for f in fields(Hyperparameters)}  # annotations are strings: "int", "float", ...
-    for arg in argv:
-        if not arg.startswith("--") or "=" not in arg:
-            raise UsageError(f"train.py: expected --key=value, got {arg!r} (python train.py --help lists the keys)")
-        key, text = arg[2:].split("=", 1)
-        if key not in types:
-            raise UsageError(f"train.py: unknown hyperparameter {key!r} (python train.py --help lists the keys)")
-        try:
-            value = PARSERS[types[key]](text)
-        except ValueError:
-            raise UsageError(f"train.py: --{key}={text!r} is not a valid {types[key]}") from None
+    types = {f.name: {"int": int, "float": float, "bool": bool, "str": str}[f.type] for f in fields(Hyperparameters)}
+    try:
+        overrides = parse_overrides(argv, types)
+    except ValueError as e:
+        raise UsageError(f"train.py: {e} (python train.py --help lists the keys)") from None
+    for key, value in overrides.items():
         if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"train.py: --{key}={text} must be a finite number")
+            raise UsageError(f"train.py: --{key}={value} must be a finite number")
         setattr(hp, key, value)
     check_hyperparameters(hp)
     return hp
