@@ -824,6 +824,11 @@ def _train(hp, rank, world_size, device, master) -> dict:
     def validate() -> dict:
         result = eval_bpb.evaluate_bpb(model, val_tokens, token_bytes, hp.seq_len, hp.batch_size, device)
         result["fingerprint"] = val_fingerprint
+        if not math.isfinite(result["bpb"]):  # a record must never carry NaN (it is not even valid JSON)
+            message = (f"train.py: the validation BPB is {result['bpb']} at step {step}; stopped, no record written "
+                       f"(checkpoints in {ckpt_dir}); lower the learning rates")
+            log(message, console=False)
+            raise TrainingDiverged(message)
         log(f"step {step} val bpb {result['bpb']:.6f} loss {result['loss']:.6f} ({result['tokens']:,} tokens, "
             f"{result['bytes']:,} bytes)")
         if wandb_run is not None:

@@ -440,6 +440,21 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, 
     assert not (tmp_path / "r" / "results.json").exists()
 
 
+def test_non_finite_validation_stops_without_a_record(data_dir, tmp_path, capsys, monkeypatch):
+    real = train.eval_bpb.evaluate_bpb
+
+    def nan_bpb(*args, **kwargs):
+        return {**real(*args, **kwargs), "bpb": float("nan")}
+
+    monkeypatch.setattr(train.eval_bpb, "evaluate_bpb", nan_bpb)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={tmp_path / 'c'}", *TINY,
+                    "--max_steps=4", "--val_every=2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "validation BPB is nan at step 0" in err, err
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
 def test_checkpoints_are_ordered_by_step_not_by_name(tmp_path):
     for step in (999_999, 1_000_000, 20):
         train.checkpoint_path(tmp_path, step).write_bytes(b"")
