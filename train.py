@@ -891,7 +891,7 @@ def _train(hp, rank, world_size, device, master) -> dict:
                     opt.step()
                 raw_model.zero_grad(set_to_none=True)
                 # one sync per step: the mean loss over ranks and micro-steps, and the stop flag of any rank
-                stats = torch.stack([loss_sum / grad_accum, torch.tensor(float(stop.requested), device=device),
+                stats = torch.stack([loss_sum / grad_accum, torch.full((), float(stop.requested), device=device),
                                      grad_norm.float().to(device)])
                 if world_size > 1:
                     dist.all_reduce(stats)  # a sum: the mean loss, any rank's stop flag; the norm is the same on all
