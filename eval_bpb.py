@@ -398,19 +398,22 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def setup_device(requested: str | None) -> tuple[torch.device, bool]:
-    """The device for this process, and whether this process is one of a torchrun group."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    try:
-        device = resolve_device(requested)
-    except ValueError as e:
-        raise EvalError(f"--device: {e}") from None
-    if distributed:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return device, distributed
+def setup_distributed(requested: str | None) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device) of this process; train.py uses it too. Under torchrun (RANK and WORLD_SIZE
+    set) the process joins the group: NCCL on CUDA (device cuda:LOCAL_RANK), gloo on CPU. ValueError says
+    what is wrong with the device."""
+    device = resolve_device(requested)
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    elif device.type == "cpu":
+        dist.init_process_group("gloo")
+    else:
+        raise ValueError(f"torchrun needs CUDA (NCCL) or CPU (gloo), not {device.type}")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def check_positive(name: str, value: int | None) -> None:
@@ -426,8 +429,10 @@ def run(args) -> None:
         if not eval_id:
             raise EvalError(f"--data {args.data} is a glob: name the eval set for the record with --eval_id")
         read_record(args.record)
-    device, distributed = setup_device(args.device)
-    rank = dist.get_rank() if distributed else 0
+    try:
+        rank, world, device = setup_distributed(args.device)
+    except ValueError as e:
+        raise EvalError(f"--device: {e}") from None
 
     ckpt = load_checkpoint(args.ckpt)
     spec = ckpt["tokenizer"]
@@ -456,7 +461,6 @@ def run(args) -> None:
     result = evaluate_bpb(model, tokens, prepare.token_byte_lengths(enc), seq_len, args.batch_size, device,
                           max_tokens=args.max_tokens, progress=rank == 0, enc=enc)
     seconds = time.perf_counter() - t0
-    world = dist.get_world_size() if distributed else 1
     scored = min(len(tokens), args.max_tokens or len(tokens)) - 1  # positions run through the model
     if rank != 0:
         return

@@ -674,7 +674,7 @@ def write_record(record_dir: pathlib.Path, block: dict) -> None:
                          f"read the answers in judge.json, then try another --model")
     results = read_results(path)
     results["judge"] = block
-    write_atomic(path, json.dumps(results, indent=2) + "\n")
+    prepare.write_json_atomic(path, results)
 
 
 def read_results(path: pathlib.Path) -> dict:

@@ -49,7 +49,7 @@ import eval_bpb
 import flops
 import prepare
 from model import GPT, CheckpointError, GPTConfig, count_params, load_checkpoint, parse_overrides, \
-    preset_config, resolve_device, save_checkpoint, weight_class
+    preset_config, save_checkpoint, weight_class
 
 ROOT = pathlib.Path(__file__).resolve().parent
 RECORD_SCHEMA = "speedrun-record/1"
@@ -423,24 +423,11 @@ def schedule_progress(step: int, total_steps: int | None, train_seconds: float, 
 
 
 def setup_distributed(hp: Hyperparameters):
-    """(rank, world_size, device). torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; NCCL on CUDA, gloo on CPU."""
+    """(rank, world_size, device): eval_bpb's, which joins torchrun's group (NCCL on CUDA, gloo on CPU)."""
     try:
-        device = resolve_device(hp.device)
+        return eval_bpb.setup_distributed(hp.device)
     except ValueError as e:
         raise UsageError(f"train.py: --device={hp.device}: {e}") from None
-    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    if not distributed:
-        return 0, 1, device
-    rank, world_size, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
-    elif device.type == "cpu":
-        dist.init_process_group("gloo")
-    else:
-        raise UsageError(f"train.py: torchrun needs CUDA (NCCL) or CPU (gloo), not {device.type}")
-    return rank, world_size, device
 
 
 def project_sources() -> dict[str, bytes]:
