@@ -201,8 +201,8 @@ def describe(config, seq_len: int) -> dict:
 
 def presets_table(vocab_size=8192, seq_len=1024, names=("small", "medium", "large")) -> str:
     """The Markdown table of the weight-class presets (what README.md shows)."""
-    lines = [f"| preset | layers x width (heads/kv) | counted params | unique | embedding | class | "
-             f"FLOPs/token fwd (Marin) | training FLOPs/token (3x) | fwd, causal-halved |",
+    lines = ["| preset | layers x width (heads/kv) | counted params | unique | embedding | class | "
+             "FLOPs/token fwd (Marin) | training FLOPs/token (3x) | fwd, causal-halved |",
              "|---|---|---:|---:|---:|---|---:|---:|---:|"]
     for name in names:
         c = model_lib.preset_config(name, vocab_size, seq_len)

@@ -902,7 +902,7 @@ def plan_sources(datasets: list[str], inputs: list[str], revision: str | None, g
 
 def documents_for_bpe(results, splitter: Splitter, dedup: bool, max_chars: int, info: dict):
     """Pass 1: the cleaned, de-duplicated train documents (up to max_chars) for the BPE trainer."""
-    seen, chars = set(), 0
+    seen = set()
     for r in results:
         for text, h in zip(r["texts"], r["hashes"]):
             if dedup:
