@@ -323,9 +323,55 @@ SECTION_LINE = re.compile(rb"^={20} \S+( sha256=[0-9a-f]{64})? ={20}$", re.M)
 
 
 def source_block(name, source: bytes) -> bytes:
-    """One source block of train.log as train.py writes it (used by the tests to make logs)."""
+    """One source block of train.log: a header line with the file's sha256, then the file (plus a newline
+    when it lacks one)."""
     sha = hashlib.sha256(source).hexdigest()
     return f"{'=' * 20} {name} sha256={sha} {'=' * 20}\n".encode() + source + (b"" if source.endswith(b"\n") else b"\n")
+
+
+def log_header(sources: dict[str, bytes]) -> str:
+    """train.log's beginning: the full source of every project file that ran, each in a source_block whose
+    sha256 is the one results.json's code.sha256 holds."""
+    return b"".join(source_block(name, text) for name, text in sources.items()).decode("utf-8")
+
+
+# ----------------------------------------------------------------------------------------------------
+# results.json: the one reader and the one writer (train.py writes it, eval_bpb.py and judge.py complete it)
+
+
+def read_record(record_dir) -> tuple[pathlib.Path, dict]:
+    """(path of RECORD_DIR/results.json, its content), or a ValueError naming the file and the fix."""
+    path = pathlib.Path(record_dir) / RESULTS_NAME
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: a record folder is one that train.py wrote")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{path} is not readable JSON ({e}); fix or regenerate the record") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} does not hold a JSON object; fix or regenerate the record")
+    return path, record
+
+
+def write_results(out_dir, record: dict) -> pathlib.Path:
+    """Write RECORD_DIR/results.json atomically (a crash leaves the old file or the new one)."""
+    path = pathlib.Path(out_dir) / RESULTS_NAME
+    prepare.write_json_atomic(path, record)
+    return path
+
+
+def update_record(record_dir, key: str, value) -> pathlib.Path:
+    """Set one entry of an existing results.json and keep the rest: `key` is a dotted path ("judge",
+    "eval.tinystories-valid"); missing or non-object parents become objects."""
+    path, record = read_record(record_dir)
+    *parents, last = key.split(".")
+    node = record
+    for name in parents:
+        if not isinstance(node.get(name), dict):
+            node[name] = {}
+        node = node[name]
+    node[last] = value
+    return write_results(record_dir, record)
 
 
 def read_logged_sources(log_path):

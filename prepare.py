@@ -21,8 +21,12 @@ token_byte_lengths; and write_file_atomic / write_json_atomic, which the other s
 """
 from __future__ import annotations
 
+import argparse
 import base64
+import dataclasses
+import difflib
 import json
+import math
 import os
 import pathlib
 import re
@@ -30,6 +34,93 @@ import sys
 import time
 
 import numpy as np
+
+# -----------------------------------------------------------------------------
+# Command lines: the one option-parsing helper of every script. A user's mistake raises ValueError (the
+# message names the file or flag and the fix); run_main turns it into one `error:` line and exit 2.
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes raise ValueError instead of printing usage and exiting, so the script's
+    run_main reports them like every other bad input. Prefixes of flags are not guessed."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        unknown = re.search(r"unrecognized arguments: (--[^=\s]+)", message)
+        if unknown:
+            known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+            close = difflib.get_close_matches(unknown.group(1), known, n=1)
+            if close:
+                message += f"; did you mean {close[0]}?"
+        raise ValueError(f"{message} (python {self.prog} --help lists the options)")
+
+
+def parse_count(text: str) -> int:
+    """A whole number written 100000000, 100_000_000 or 1e8 (never rounded: 1.5e0 is refused)."""
+    try:
+        return int(text.replace("_", ""))
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not math.isfinite(value) or not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
+def parse_finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() not in ("1", "0", "true", "false"):
+        raise argparse.ArgumentTypeError(f"expected 1/0/true/false, got {text!r}")
+    return text.lower() in ("1", "true")
+
+
+FIELD_PARSERS = {int: parse_count, float: parse_finite, bool: parse_bool, str: str,
+                 "int": parse_count, "float": parse_finite, "bool": parse_bool, "str": str}
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
+    """One `--field=value` flag per field of the dataclass `cls`, typed by the field (defaults left unset,
+    so the caller can tell a given flag from a default: parse with argument_default=SUPPRESS)."""
+    for field in dataclasses.fields(cls):
+        if field.name not in skip:
+            parser.add_argument(f"--{field.name}", type=FIELD_PARSERS[field.type], default=argparse.SUPPRESS,
+                                metavar=str(field.type if isinstance(field.type, str) else field.type.__name__).upper())
+
+
+def run_main(script: str, run, argv=None) -> int:
+    """Call run(argv); a ValueError (bad input) or OSError (a file that cannot be read or written, a full
+    disk) becomes one `error: SCRIPT: ...` line and exit 2; Ctrl-C exit 130. Other errors are bugs and keep
+    their traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return run(argv) or 0
+    except ValueError as e:
+        message = str(e)
+    except OSError as e:
+        message = f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
+    except KeyboardInterrupt:
+        print(f"error: {script}: interrupted", file=sys.stderr)
+        return 130
+    prefix = f"{script}: "
+    print(f"error: {prefix if not message.startswith(prefix) else ''}{message}", file=sys.stderr)
+    return 2
+
 
 # -----------------------------------------------------------------------------
 # Shard format (llm.c / modded-nanogpt)
