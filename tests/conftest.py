@@ -30,3 +30,13 @@ def gpt2_available() -> bool:
         return True
     except Exception:
         pytest.skip("GPT-2 tokenizer files unavailable offline")
+
+
+def byte_spec(delimiter_id: int = 256) -> dict:
+    """The tests' tokenizer: a byte-level BPE with no merges (token i is byte i, the delimiter after them), so
+    a document's tokens are its UTF-8 bytes and expected tokens need no tokenizer library.
+    Import it with `from conftest import byte_spec`."""
+    import prepare
+    spec = prepare.bpe_spec("bpe:257", prepare.SPLIT_PATTERN, {bytes([i]): i for i in range(256)})
+    spec["special_tokens"] = {prepare.DELIMITER: delimiter_id}
+    return spec

@@ -1,8 +1,9 @@
 """Tests for prepare.py: shard format, readers, tokenizers, every input format, cleaning, the split,
 and bad input. Core tests use synthetic data and a pure byte-level tokenizer (token = UTF-8 byte),
 so the expected tokens are computed independently of any tokenizer library."""
-import base64
+import errno
 import gzip
+import os
 import json
 import pathlib
 import random
@@ -13,19 +14,13 @@ import numpy as np
 import pytest
 
 import prepare
+from conftest import byte_spec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 # -----------------------------------------------------------------------------
 # helpers
-
-def byte_spec(delimiter_id=256) -> dict:
-    """A BPE with no merges: token i is byte i, so a document's tokens are its UTF-8 bytes."""
-    return {"name": "bytes", "pattern": prepare.SPLIT_PATTERN,
-            "ranks": [base64.b64encode(bytes([i])).decode() for i in range(256)],
-            "special_tokens": {"<|endoftext|>": delimiter_id}}
-
 
 @pytest.fixture
 def byte_tok(tmp_path) -> str:
@@ -93,7 +88,7 @@ def test_header_layout_uint32(tmp_path):
     prepare.write_shard(tmp_path / "c.bin", np.array([1, 2]), vocab_size=100277)
     for name in ("b.bin", "c.bin"):
         assert prepare.open_shard(tmp_path / name).dtype == np.uint32
-    with pytest.raises(prepare.ShardError, match="uint16"):
+    with pytest.raises(ValueError, match="uint16"):
         prepare.write_shard(tmp_path / "d.bin", np.array([70000]), dtype="uint16")
 
 
@@ -110,10 +105,10 @@ def test_open_shard_rejects_bad_files(tmp_path):
     for problem, data in cases.items():
         path = tmp_path / f"bad_{problem.replace(' ', '_')}.bin"
         path.write_bytes(data)
-        with pytest.raises(prepare.ShardError, match=problem) as e:
+        with pytest.raises(ValueError, match=problem) as e:
             prepare.open_shard(path)
         assert str(path) in str(e.value)
-    with pytest.raises(prepare.ShardError, match="not found"):
+    with pytest.raises(ValueError, match="not found"):
         prepare.open_shard(tmp_path / "missing.bin")
 
 
@@ -123,17 +118,17 @@ def test_list_shards_and_read_meta(tmp_path):
     names = [p.name for p in prepare.list_shards(tmp_path, "train")]
     assert names == ["fineweb_train_000002.bin", "train_000000.bin", "train_000001.bin"]
     assert [p.name for p in prepare.list_shards(tmp_path, "val")] == ["val_000000.bin"]
-    with pytest.raises(prepare.ShardError, match="no test_NNNNNN.bin"):
+    with pytest.raises(ValueError, match="no test_NNNNNN.bin"):
         prepare.list_shards(tmp_path, "test")
-    with pytest.raises(prepare.ShardError, match="meta.json: not found"):
+    with pytest.raises(ValueError, match="meta.json: not found"):
         prepare.read_meta(tmp_path)
     (tmp_path / "meta.json").write_text("{not json")
-    with pytest.raises(prepare.ShardError, match="not valid JSON"):
+    with pytest.raises(ValueError, match="not valid JSON"):
         prepare.read_meta(tmp_path)
     # meta.json says 1 val shard: a leftover second one from another run is caught
     (tmp_path / "meta.json").write_text(json.dumps({"splits": {"val": {"shards": 1}}}))
     prepare.write_shard(tmp_path / "val_000001.bin", np.arange(3))
-    with pytest.raises(prepare.ShardError, match="mixes two runs"):
+    with pytest.raises(ValueError, match="mixes two runs"):
         prepare.list_shards(tmp_path, "val")
 
 
@@ -148,7 +143,7 @@ def test_spec_encoding_delimiter_and_token_bytes():
     lengths = prepare.token_byte_lengths(enc)
     assert lengths.dtype == np.int32 and lengths.shape == (257,)
     assert lengths[:256].tolist() == [1] * 256 and lengths[256] == 0
-    with pytest.raises(prepare.TokenizerError):
+    with pytest.raises(ValueError):
         prepare.encoding_from_spec({"name": "bpe:9", "ranks": "nope"})
 
 
@@ -182,7 +177,7 @@ def test_train_bpe_round_trip(backend, monkeypatch):
 def test_train_bpe_without_a_trainer_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "rustbpe", None)
     monkeypatch.setitem(sys.modules, "tokenizers", None)
-    with pytest.raises(prepare.PrepareError, match="pip install rustbpe"):
+    with pytest.raises(ValueError, match="pip install rustbpe"):
         prepare.train_bpe(iter(make_docs(10)), 300, "bpe:300")
 
 
@@ -278,7 +273,7 @@ def test_meta_counts_bytes_and_bytes_per_token(tmp_path, byte_tok):
         assert s["tokens"] == len(read_split(out, split)) == s["bytes"] + s["docs"]
         assert s["shards"] == len(prepare.list_shards(out, split)) == -(-s["tokens"] // 500)
         assert meta["bytes_per_token"][split] == pytest.approx(1.0)  # one byte per token, delimiters excluded
-    assert meta["tokenizer"] == {"name": "bytes", "file": "tokenizer.json", "vocab_size": 257, "delimiter_id": 256,
+    assert meta["tokenizer"] == {"name": "bpe:257", "file": "tokenizer.json", "vocab_size": 257, "delimiter_id": 256,
                                  "pattern": prepare.SPLIT_PATTERN, "trained_on": None}
     assert meta["format"] == {"magic": 20240520, "version": 1, "dtype": "uint16", "header_bytes": 1024,
                               "shard_tokens": 500, "delimiter": "precedes every document"}
@@ -335,7 +330,7 @@ def test_all_val_eval_set(tmp_path, byte_tok):
     meta = prepare.read_meta(out)
     assert meta["splits"]["train"] == {"docs": 0, "tokens": 0, "bytes": 0, "shards": 0}
     assert meta["split"]["all_val"] and meta["bytes_per_token"]["train"] is None
-    with pytest.raises(prepare.ShardError):
+    with pytest.raises(ValueError):
         prepare.list_shards(out, "train")
 
 
@@ -477,17 +472,132 @@ def test_vocab_over_uint16_uses_uint32_format(tmp_path, byte_tok, capsys):
     assert sorted(bytes(d).decode() for d in split_docs(np.asarray(shard), 70000)) == sorted(make_docs(10))
 
 
-def test_failed_run_leaves_folder_untrusted(tmp_path, byte_tok):
-    write_txt(tmp_path / "ok.txt", make_docs(20))
+# -----------------------------------------------------------------------------
+# a failed or killed run never costs the folder it would replace (issue 13: items 5 and 13)
+
+def snapshot(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(pathlib.Path(folder).iterdir())}
+
+
+def temp_folders(out) -> list:
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+@pytest.fixture
+def prepared(tmp_path, byte_tok):
+    """A good folder (3 train shards, val, meta.json, tokenizer.json, and a user's own file), and the
+    arguments that made it."""
+    write_txt(tmp_path / "ok.txt", make_docs(40))
     out = tmp_path / "out"
-    assert run(["--input", tmp_path / "ok.txt", "--tokenizer", byte_tok, "--out", out, "--workers", 0, "--quiet"]) == 0
-    assert prepare.read_meta(out)
+    args = ["--input", tmp_path / "ok.txt", "--tokenizer", byte_tok, "--out", out, "--workers", 0, "--quiet",
+            "--val_docs", 5, "--shard_tokens", 1000]
+    assert run(args) == 0
+    (out / "notes.txt").write_text("mine")
+    assert prepare.read_meta(out)["splits"]["train"]["shards"] == 3 and (out / "tokenizer.json").is_file()
+    return out, args
+
+
+def test_failed_run_keeps_the_old_folder(tmp_path, prepared, capsys):
+    out, args = prepared
+    before = snapshot(out)
+    (tmp_path / "latin1.txt").write_bytes(b"fine text\n<|endoftext|>\ncaf\xe9\n")
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
-    assert run(["--input", tmp_path / "ok.txt", tmp_path / "bad.jsonl", "--tokenizer", byte_tok, "--out", out,
-                "--workers", 0, "--quiet"]) == 2
-    with pytest.raises(prepare.ShardError, match="interrupted"):
-        prepare.read_meta(out)
-    assert not list(out.glob(".*tmp*"))
+    for bad in ("latin1.txt", "bad.jsonl"):  # found while the new shards are being written
+        line = one_error_line(capsys, ["--input", tmp_path / "ok.txt", tmp_path / bad] + args[2:])
+        assert bad in line
+        assert snapshot(out) == before and temp_folders(out) == []
+    # a good re-run with fewer shards replaces prepare.py's files and keeps the user's
+    assert run(args[:-2] + ["--shard_tokens", 100_000]) == 0
+    assert sorted(snapshot(out)) == ["meta.json", "notes.txt", "tokenizer.json", "train_000000.bin", "val_000000.bin"]
+    assert len(prepare.list_shards(out, "train")) == 1 and temp_folders(out) == []
+
+
+def test_gpt2_unavailable_offline_keeps_the_old_folder(prepared, capsys, monkeypatch):
+    import tiktoken
+    out, args = prepared
+    before = snapshot(out)
+
+    def offline(name):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    line = one_error_line(capsys, args[:2] + ["--tokenizer", "gpt2"] + args[4:])
+    assert "gpt2" in line and "TIKTOKEN_CACHE_DIR" in line
+    assert snapshot(out) == before and temp_folders(out) == []
+
+
+@pytest.mark.parametrize("failure", ["disk full", "ctrl-c"])
+def test_disk_full_or_interrupt_while_writing_a_shard(prepared, capsys, monkeypatch, failure):
+    out, args = prepared
+    before = snapshot(out)
+    real_write_shard = prepare.write_shard
+
+    def failing_write_shard(path, tokens, **kw):
+        if failure == "ctrl-c":
+            raise KeyboardInterrupt
+
+        def no_space(fd):  # as the OS reports it: no file named
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(os, "fsync", no_space)
+        real_write_shard(path, tokens, **kw)
+    monkeypatch.setattr(prepare, "write_shard", failing_write_shard)
+    assert run(args) == (130 if failure == "ctrl-c" else 2)
+    assert snapshot(out) == before and temp_folders(out) == []
+    err = capsys.readouterr().err.strip()
+    if failure == "ctrl-c":
+        assert err == "error: prepare.py: interrupted"
+    else:  # one line, no traceback
+        assert err.startswith("error: prepare.py: No space left on device: ") and "\n" not in err
+        assert "train_000000.bin" in err and f"free some disk space or pass another --out; {out} was left as it was" in err
+    assert not [p for p in out.parent.rglob("*.tmp*")]  # write_file_atomic removed its temp file
+
+
+def test_leftover_temp_folder_of_a_killed_run_is_removed_not_trusted(prepared):
+    out, args = prepared
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = out.parent / f".out.preparing{int(dead.stdout)}"  # a run killed with kill -9, mid-way
+    live = out.parent / f".out.preparing{os.getppid()}"  # another run still writing: not ours to remove
+    for leftover in (killed, live):
+        leftover.mkdir()
+        (leftover / "train_000000.bin").write_bytes(b"junk")
+        (leftover / "meta.json").write_text("{}")
+    assert run(args[:-2] + ["--shard_tokens", 100_000]) == 0
+    assert not killed.exists() and (live / "meta.json").read_text() == "{}"
+    assert temp_folders(out) == [live.name]
+    assert prepare.read_meta(out)["splits"]["train"]["shards"] == 1  # the new run's, not the leftover's
+    assert len(prepare.open_shard(out / "train_000000.bin")) > 100
+
+
+def test_out_is_a_file(tmp_path, byte_tok, capsys):
+    write_txt(tmp_path / "ok.txt", make_docs(5))
+    (tmp_path / "f").write_text("x")
+    line = one_error_line(capsys, ["--input", tmp_path / "ok.txt", "--tokenizer", byte_tok, "--out", tmp_path / "f"])
+    assert "not a folder" in line and (tmp_path / "f").read_text() == "x"
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("[]", "expected a JSON object"),
+    ('{"splits": [1, 2]}', '"splits" must be an object'),
+    ('{"splits": null}', '"splits" must be an object'),
+    ('{"splits": {"val": 3}}', '"splits"."val" must be an object'),
+    ('{"splits": {"val": {"shards": "1"}}}', '"splits"."val"."shards" must be a whole number'),
+    ('{"splits": {"train": {"tokens": true}}}', '"splits"."train"."tokens" must be a whole number'),
+    ('{"tokenizer": "gpt2"}', '"tokenizer" must be an object'),
+    ('{"tokenizer": {"name": 5}}', '"tokenizer"."name" must be a string'),
+    ('{"tokenizer": {"name": "bpe:9", "vocab_size": -1}}', '"tokenizer"."vocab_size" must be a whole number'),
+    ('{"tokenizer": {"name": "bpe:9", "file": "../../elsewhere.json"}}', '"tokenizer"."file" must be a file name'),
+    ("deeply nested", "not valid JSON"),
+])
+def test_malformed_meta_json_is_one_clear_error(tmp_path, content, problem):
+    prepare.write_shard(tmp_path / "val_000000.bin", np.arange(3))
+    if content == "deeply nested":
+        content = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "meta.json").write_text(content)
+    for reader in (prepare.read_meta, prepare.tokenizer_spec, lambda d: prepare.list_shards(d, "val")):
+        with pytest.raises(ValueError) as e:  # never an AttributeError or RecursionError
+            reader(tmp_path)
+        message = str(e.value)
+        assert message.startswith(f"{tmp_path / 'meta.json'}: ") and problem in message, message
+        assert f"re-run prepare.py --out {tmp_path}" in message
 
 
 def test_cli_subprocess_exit_code_and_help():
