@@ -18,12 +18,17 @@ Where records live (records/README.md tells participants the same):
 A record folder is one row of a table; when it holds several runs the row shows their mean BPB, the
 spread and the one-sided t-test p-value of the mean against the runs' target (modded-nanogpt's rule).
 
-What is checked, beyond types (a mismatch beyond 1% is an error; counts must match exactly):
+What is checked (a mismatch beyond 1% is an error; counts must match exactly):
+- every field of RECORD_FIELDS below, with its type and range: counts >= 1; seconds, FLOPs, BPB and loss
+  > 0 and finite; MFU in (0, 1]; judge scores from 0 to 10; author.url http(s) or empty,
+- folder names and eval ids are plain names (letters, digits, '.', '_', '-'), and no file of a record is a
+  symbolic link that leads outside records/,
 - training tokens = steps x batch_tokens (a count),
 - model FLOPs = 3 x flops.forward_flops_per_token(model, seq_len) x tokens (Marin's convention),
 - each eval's BPB = loss x tokens / (ln 2 x bytes) (to rounding: the four come from one evaluation), and the
   judge block's overall = the mean of its four category scores, inside its ci95,
-- counted/unique/embedding params and the weight class, recounted by building model.GPT on the meta device,
+- counted/unique/embedding params and the weight class, recounted by flops.count_params on model.GPT
+  built on the meta device,
 - hardware FLOPs = train_seconds x device_count x peak, the peak being flops.py's datasheet figure for a
   known device unless the record says it measured it; MFU = model FLOPs / hardware FLOPs,
 - the sha256 of every source file in results.json's `code` block against the source that train.log
@@ -37,7 +42,6 @@ What is checked, beyond types (a mismatch beyond 1% is an error; counts must mat
 
 Exit codes: 0 fine, 1 invalid record(s) or stale tables, 2 bad command line or README without markers.
 """
-import argparse
 import hashlib
 import html
 import http.server
@@ -47,8 +51,9 @@ import os
 import pathlib
 import re
 import sys
+import urllib.parse
 
-import prepare  # write_file_atomic; numpy only, no torch (flops.py and model.py are imported when needed)
+import prepare  # the option parser and the atomic writer; numpy only, no torch (flops.py and model.py are imported when needed)
 
 ROOT = pathlib.Path(__file__).resolve().parent
 SCHEMA = "speedrun-record/1"
@@ -57,13 +62,15 @@ TINYSTORIES_TRACKS = ("tinystories", "tinystories-wiki")
 # The primary BPB of a run is every eval entry whose id, lower-cased with punctuation dropped, starts with this.
 PRIMARY_EVAL_PREFIX = {"tinystories": "tinystories", "tinystories-wiki": "tinystories", "fineweb-edu": "c4", "open": "c4"}
 PRIMARY_EVAL_NAME = {"tinystories": "TinyStories valid BPB", "c4": "C4-EN valid BPB"}
-WEIGHT_CLASSES = ("small", "medium", "large", "open")
+# Folder names under records/ and eval ids: they become links and table titles, so plain names only.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
 TOLERANCE = 0.01  # recomputed figures may differ from the record's by at most 1%
 EXACT = 1e-6       # figures computed from the record's own numbers (BPB from loss, tokens, bytes): rounding only
 START_MARKER = "<!-- leaderboard:start -->"
 END_MARKER = "<!-- leaderboard:end -->"
 RESULTS_NAME = "results.json"
 MARIN_NAME = "speedrun_results.json"
+MAX_JSON_DEPTH = 64  # a record is a few levels deep; deeper nesting is refused before anything walks it
 
 # Marin's records: the eval is Paloma's C4-EN, which carries no byte fingerprint, so they get their own.
 MARIN_EVAL_ID = "c4_en"
@@ -72,25 +79,27 @@ MARIN_BPB_KEY = "eval/paloma/c4_en/bpb"
 MARIN_DEFAULT_VOCAB = 128_256  # "tokenizer": null in a Marin config means Marin's default, Llama 3's tokenizer
 
 
-class LeaderboardError(ValueError):
-    """Bad input to the program itself (missing README markers, unreadable paths): exit 2."""
-
-
-class RecordInvalid(ValueError):
-    """One problem in one record; the message names the file and the field."""
-
-    def __init__(self, path, field, problem):
-        self.file = pathlib.Path(path)
-        super().__init__(f"{display_path(path)}: {field}: {problem}")
+def invalid(path, field, problem) -> str:
+    """One problem in one record, as listed: the file, the field, what is wrong."""
+    return f"{display_path(path)}: {field}: {problem}"
 
 
 def display_path(path):
-    """Paths in messages: relative to the working directory when that is shorter."""
+    """Paths in messages: relative to the working directory when that is shorter; characters that could
+    break the one-line message (newlines, control characters) written as escapes."""
     path = pathlib.Path(path)
     try:
-        return str(path.resolve().relative_to(pathlib.Path.cwd().resolve()))
+        text = str(path.resolve().relative_to(pathlib.Path.cwd().resolve()))
     except ValueError:
-        return str(path)
+        text = str(path)
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def check_track(track: str) -> str:
+    """`track` when it is one of TRACKS, else a ValueError listing them (train.py's --track uses it too)."""
+    if track not in TRACKS:
+        raise ValueError(f"unknown track {track!r}; the tracks are {', '.join(TRACKS)}")
+    return track
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -206,54 +215,78 @@ def get_field(obj, dotted):
     return obj
 
 
+INT64 = 2 ** 63  # JSON allows any integer; a count past int64 (or a float past 1e308, read as inf) is no count
+
+
 def is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, int) and not isinstance(v, bool) and -INT64 < v < INT64
 
 
 def is_number(v):
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+    return is_int(v) or (isinstance(v, float) and math.isfinite(v))
 
 
+def is_http_url(v):
+    return urllib.parse.urlsplit(v).scheme in ("http", "https") and "//" in v
+
+
+# What each kind of field accepts, and how a problem says it. Ranges included: every figure a record carries
+# is a count of at least 1, a positive amount, a fraction or a score, and a zero or a negative is refused.
 TYPE_CHECKS = {"str": (lambda v: isinstance(v, str), "a string"),
                "int": (is_int, "an integer"),
+               "count": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
                "number": (is_number, "a finite number"),
+               "positive": (lambda v: is_number(v) and v > 0, "a finite number > 0"),
+               "fraction": (lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+               "score": (lambda v: is_number(v) and 0 <= v <= 10, "a score from 0 to 10"),
+               "sha256": (lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+                          "64 lower-case hex digits (a sha256)"),
+               "url": (lambda v: isinstance(v, str) and (v == "" or is_http_url(v)), "an http(s) URL or \"\""),
                "bool": (lambda v: isinstance(v, bool), "true or false"),
                "dict": (lambda v: isinstance(v, dict), "an object"),
                "list": (lambda v: isinstance(v, list), "a list")}
 
-# Field -> type for a "speedrun-record/1" results.json (DESIGN.md). "?" = may be null or absent.
+# Field -> kind for a "speedrun-record/1" results.json. "?" = may be null or absent.
 RECORD_FIELDS = {
     "schema": "str", "name": "str", "track": "str", "date": "str", "description": "str",
-    "author": "dict", "author.name": "str", "author.affiliation": "str?", "author.url": "str?",
+    "author": "dict", "author.name": "str", "author.affiliation": "str?", "author.url": "url?",
     "code": "dict", "code.sha256": "dict", "code.git_commit": "str?",
-    "data": "dict", "data.dataset": "str?", "data.vocab_size": "int",
+    "data": "dict", "data.dataset": "str?", "data.vocab_size": "count",
     "model": "dict",
-    "params": "dict", "params.counted": "int", "params.unique": "int", "params.embedding": "int",
+    "params": "dict", "params.counted": "count", "params.unique": "count", "params.embedding": "int",
     "params.weight_class": "str",
-    "training": "dict", "training.steps": "int", "training.tokens": "int", "training.batch_tokens": "int",
-    "training.seq_len": "int", "training.seed": "int", "training.world_size": "int", "training.stopped_by": "str",
-    "compute": "dict", "compute.flops_convention": "str", "compute.flops_per_token": "number",
-    "compute.model_flops": "number", "compute.hardware_flops": "number", "compute.mfu": "number",
-    "compute.device": "str", "compute.device_count": "int", "compute.peak_flops_per_device": "number",
-    "compute.train_seconds": "number",
+    "training": "dict", "training.steps": "count", "training.tokens": "count", "training.batch_tokens": "count",
+    "training.seq_len": "count", "training.seed": "int", "training.world_size": "count", "training.stopped_by": "str",
+    "compute": "dict", "compute.flops_convention": "str", "compute.flops_per_token": "positive",
+    "compute.model_flops": "positive", "compute.hardware_flops": "positive", "compute.mfu": "fraction",
+    "compute.device": "str", "compute.device_count": "count", "compute.peak_flops_per_device": "positive",
+    "compute.train_seconds": "positive",
     "eval": "dict", "target": "dict?", "judge": "dict?", "software": "dict",
 }
-EVAL_FIELDS = {"bpb": "number", "loss": "number", "tokens": "int", "bytes": "int", "fingerprint": "str"}
-TARGET_FIELDS = {"metric": "str", "value": "number", "reached": "bool", "seconds": "number?"}
+EVAL_FIELDS = {"bpb": "positive", "loss": "positive", "tokens": "count", "bytes": "count", "fingerprint": "sha256"}
+TARGET_FIELDS = {"metric": "str", "value": "positive", "reached": "bool", "seconds": "positive?"}
 # the block judge.py writes: the four category means over the n judged items, their mean, and the 95% interval
 # of the overall mean ([low, high], null for a single item)
-JUDGE_FIELDS = {"judges": "list", "n": "int", "grammar": "number", "creativity": "number", "consistency": "number",
-                "plot": "number", "overall": "number", "ci95": "list?"}
+JUDGE_FIELDS = {"judges": "list", "n": "count", "grammar": "score", "creativity": "score", "consistency": "score",
+                "plot": "score", "overall": "score", "ci95": "list?"}
 JUDGE_CATEGORIES = ("grammar", "creativity", "consistency", "plot")
 MARIN_FIELDS = {
-    MARIN_BPB_KEY: "number", "model_flops": "number", "model_size": "int", "total_tokens": "int",
-    "training_time": "number", "training_hardware_flops": "number", "model_config": "dict",
+    MARIN_BPB_KEY: "positive", "model_flops": "positive", "model_size": "count", "total_tokens": "count",
+    "training_time": "positive", "training_hardware_flops": "positive", "model_config": "dict",
     "run_completion_timestamp": "str", "author": "dict?", "description": "str?", "resources": "dict?",
 }
 
 
+def short_json(value):
+    """A value as a problem message quotes it: JSON, at most 60 characters, on one line."""
+    try:
+        return json.dumps(value)[:60]
+    except (ValueError, RecursionError):
+        return type(value).__name__
+
+
 def check_types(obj, fields, path, prefix=""):
-    """Every problem as a RecordInvalid (empty list when the object has the expected shape)."""
+    """Every problem (empty list when the object has the expected shape and its figures are in range)."""
     problems = []
     for field, kind in fields.items():
         optional = kind.endswith("?")
@@ -263,13 +296,13 @@ def check_types(obj, fields, path, prefix=""):
             value = obj[field] if "/" in field else get_field(obj, field)
         except (KeyError, TypeError):
             if not optional:
-                problems.append(RecordInvalid(path, prefix + field, "missing"))
+                problems.append(invalid(path, prefix + field, "missing"))
             continue
         if value is None and optional:
             continue
         accept, expected = TYPE_CHECKS[kind]
         if not accept(value):
-            problems.append(RecordInvalid(path, prefix + field, f"expected {expected}, got {json.dumps(value)[:60]}"))
+            problems.append(invalid(path, prefix + field, f"expected {expected}, got {short_json(value)}"))
     return problems
 
 
@@ -278,10 +311,10 @@ def relative_gap(claimed, recomputed):
 
 
 def check_close(path, field, claimed, recomputed, how):
-    """A RecordInvalid when `claimed` is more than 1% away from `recomputed`, else None."""
+    """A problem when `claimed` is more than 1% away from `recomputed`, else None."""
     gap = relative_gap(claimed, recomputed)
     if gap > TOLERANCE:
-        return RecordInvalid(path, field, f"{claimed:.6g} but {how} gives {recomputed:.6g} (off by {100 * gap:.1f}%)")
+        return invalid(path, field, f"{claimed:.6g} but {how} gives {recomputed:.6g} (off by {100 * gap:.1f}%)")
     return None
 
 
@@ -293,14 +326,15 @@ _RECOUNTS = {}
 
 
 def recount_params(model_config):
-    """model.count_params of model.GPT(GPTConfig(**model_config)), built on the meta device (no memory)."""
+    """flops.count_params of model.GPT on the record's config, built on the meta device (no memory)."""
     key = json.dumps(model_config, sort_keys=True)
     if key not in _RECOUNTS:
         import torch
+        import flops
         import model as model_lib
-        config = model_lib.GPTConfig(**model_config)  # TypeError on a field this repo's GPTConfig lacks
+        config = model_lib.config_from_dict(model_config)  # ValueError on a field this repo's GPTConfig lacks
         with torch.device("meta"):
-            _RECOUNTS[key] = model_lib.count_params(model_lib.GPT(config))
+            _RECOUNTS[key] = flops.count_params(model_lib.GPT(config))
     return _RECOUNTS[key]
 
 
@@ -339,18 +373,37 @@ def log_header(sources: dict[str, bytes]) -> str:
 # results.json: the one reader and the one writer (train.py writes it, eval_bpb.py and judge.py complete it)
 
 
+def json_depth(obj) -> int:
+    """How deeply lists and objects nest in `obj` (walked level by level: no recursion)."""
+    depth, level = 0, [obj]
+    while level and depth <= MAX_JSON_DEPTH:
+        depth += 1
+        level = [v for o in level for v in (o.values() if isinstance(o, dict) else o) if isinstance(v, (dict, list))]
+    return depth
+
+
+def read_json(path) -> dict:
+    """The JSON object in `path`, or a ValueError that names the file: not UTF-8, not JSON, an integer of
+    thousands of digits, nesting deeper than MAX_JSON_DEPTH, or not an object. (Numbers past 1e308 read as
+    inf, which the field checks refuse.)"""
+    try:
+        obj = json.loads(pathlib.Path(path).read_bytes().decode("utf-8"))
+        if json_depth(obj) > MAX_JSON_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
+        reason = str(e).split(";")[0] if not isinstance(e, RecursionError) else "nested too deep"
+        raise ValueError(f"{display_path(path)}: not a readable record ({reason}); fix or regenerate it") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{display_path(path)}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def read_record(record_dir) -> tuple[pathlib.Path, dict]:
     """(path of RECORD_DIR/results.json, its content), or a ValueError naming the file and the fix."""
     path = pathlib.Path(record_dir) / RESULTS_NAME
     if not path.is_file():
         raise ValueError(f"{path} does not exist: a record folder is one that train.py wrote")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{path} is not readable JSON ({e}); fix or regenerate the record") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path} does not hold a JSON object; fix or regenerate the record")
-    return path, record
+    return path, read_json(path)
 
 
 def write_results(out_dir, record: dict) -> pathlib.Path:
@@ -390,26 +443,26 @@ def check_code_against_log(results_path, code):
     """results.json's code.sha256 {file: hex} against the sources in train.log and their declared hashes."""
     problems, hashes, field = [], code["sha256"], "code.sha256"
     if "train.py" not in hashes:
-        return [RecordInvalid(results_path, f"{field}.train.py", "missing: the sha256 of the train.py that ran")]
+        return [invalid(results_path, f"{field}.train.py", "missing: the sha256 of the train.py that ran")]
     log_path = pathlib.Path(results_path).with_name("train.log")
     if not log_path.is_file():
-        return [RecordInvalid(log_path, "train.log", "missing: every run's log goes beside its results.json")]
+        return [invalid(log_path, "train.log", "missing: every run's log goes beside its results.json")]
     logged = read_logged_sources(log_path)
     for name, claimed in sorted(hashes.items()):
-        if not (isinstance(claimed, str) and re.fullmatch(r"[0-9a-f]{64}", claimed)):
-            problems.append(RecordInvalid(results_path, f"{field}.{name}", "expected 64 lower-case hex digits"))
+        if not TYPE_CHECKS["sha256"][0](claimed):
+            problems.append(invalid(results_path, f"{field}.{name}", "expected 64 lower-case hex digits"))
         elif name not in logged:
-            problems.append(RecordInvalid(log_path, f"source {name}", "no source block for this file, which results.json lists"))
+            problems.append(invalid(log_path, f"source {name}", "no source block for this file, which results.json lists"))
         else:
             declared, candidates = logged[name]
             hashes_of_text = [hashlib.sha256(text).hexdigest() for text in candidates]
             actual = declared if declared in hashes_of_text else hashes_of_text[0]
             if actual != declared:
-                problems.append(RecordInvalid(log_path, f"source {name}",
-                                              f"header says sha256 {declared[:12]}... but the logged source hashes to {actual[:12]}..."))
+                problems.append(invalid(log_path, f"source {name}", f"header says sha256 {declared[:12]}... but "
+                                                                    f"the logged source hashes to {actual[:12]}..."))
             elif actual != claimed:
-                problems.append(RecordInvalid(results_path, f"{field}.{name}",
-                                              f"{claimed[:12]}... but the source in train.log hashes to {actual[:12]}..."))
+                problems.append(invalid(results_path, f"{field}.{name}",
+                                        f"{claimed[:12]}... but the source in train.log hashes to {actual[:12]}..."))
     return problems
 
 
@@ -426,17 +479,22 @@ def primary_evals(track, evals):
 def load_speedrun_record(path, track):
     """Validate a results.json of schema speedrun-record/1; return ([run], [problems])."""
     try:
-        rec = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return [], [RecordInvalid(path, "(file)", f"not readable JSON: {e}")]
-    if not isinstance(rec, dict):
-        return [], [RecordInvalid(path, "(file)", "expected a JSON object")]
+        rec = read_json(path)
+    except OSError as e:
+        return [], [invalid(path, "(file)", f"cannot be read: {e.strerror}")]
+    except ValueError as e:
+        return [], [str(e)]
     if rec.get("schema") != SCHEMA:
-        return [], [RecordInvalid(path, "schema", f"expected \"{SCHEMA}\", got {json.dumps(rec.get('schema'))}")]
+        return [], [invalid(path, "schema", f"expected \"{SCHEMA}\", got {short_json(rec.get('schema'))}")]
     problems = check_types(rec, RECORD_FIELDS, path)
     for eval_id, entry in (rec["eval"] if isinstance(rec.get("eval"), dict) else {}).items():
-        problems += check_types(entry, EVAL_FIELDS, path, f"eval.{eval_id}.") if isinstance(entry, dict) else \
-            [RecordInvalid(path, f"eval.{eval_id}", "expected an object")]
+        if not SAFE_NAME.fullmatch(eval_id):
+            problems.append(invalid(path, "eval", f"the eval id {short_json(eval_id)} is not a plain name "
+                                                  f"(letters, digits, '.', '_', '-'; it titles a table)"))
+        elif not isinstance(entry, dict):
+            problems.append(invalid(path, f"eval.{eval_id}", "expected an object"))
+        else:
+            problems += check_types(entry, EVAL_FIELDS, path, f"eval.{eval_id}.")
     if isinstance(rec.get("target"), dict):
         problems += check_types(rec["target"], TARGET_FIELDS, path, "target.")
     if isinstance(rec.get("judge"), dict):
@@ -445,14 +503,14 @@ def load_speedrun_record(path, track):
         return [], problems  # the recomputations below need the types right
 
     if rec["track"] != track:
-        problems.append(RecordInvalid(path, "track", f"\"{rec['track']}\" but the record sits in records/{track}/"))
+        problems.append(invalid(path, "track", f"{short_json(rec['track'])} but the record sits in records/{track}/"))
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", rec["date"]):
-        problems.append(RecordInvalid(path, "date", f"expected YYYY-MM-DD, got \"{rec['date']}\""))
+        problems.append(invalid(path, "date", f"expected YYYY-MM-DD, got {short_json(rec['date'])}"))
     if rec["compute"]["flops_convention"] != "marin":
-        problems.append(RecordInvalid(path, "compute.flops_convention", "expected \"marin\" (DESIGN.md's one convention)"))
+        problems.append(invalid(path, "compute.flops_convention", "expected \"marin\" (the project's one FLOPs convention)"))
     evals = primary_evals(track, rec["eval"])
     if not evals:
-        problems.append(RecordInvalid(path, "eval", f"no primary eval: track {track} needs an eval id starting with "
+        problems.append(invalid(path, "eval", f"no primary eval: track {track} needs an eval id starting with "
                                                     f"\"{PRIMARY_EVAL_PREFIX[track]}\" (has: {', '.join(rec['eval']) or 'none'})"))
     problems += recompute_speedrun_record(path, rec)
     problems += check_code_against_log(path, rec["code"])
@@ -475,11 +533,9 @@ def load_speedrun_record(path, track):
 def check_eval_entry(path, eval_id, entry):
     """BPB = loss x tokens / (ln 2 x bytes): loss is nats per scored token, so the three give the BPB again."""
     field = f"eval.{eval_id}"
-    if entry["tokens"] < 1 or entry["bytes"] < 1:
-        return [RecordInvalid(path, field, "tokens and bytes must be positive (the scored text tokens and their bytes)")]
     bpb = entry["loss"] * entry["tokens"] / (math.log(2) * entry["bytes"])
     if relative_gap(entry["bpb"], bpb) > EXACT:
-        return [RecordInvalid(path, f"{field}.bpb", f"{entry['bpb']:.9g} but loss × tokens / (ln 2 × bytes) gives "
+        return [invalid(path, f"{field}.bpb", f"{entry['bpb']:.9g} but loss × tokens / (ln 2 × bytes) gives "
                                                     f"{bpb:.9g}; the four numbers come from one evaluation")]
     return []
 
@@ -488,22 +544,21 @@ def check_judge_block(path, judge):
     """The judge block as judge.py writes it: overall is the mean of the four category means (the same items),
     and the interval, when there is one, holds it."""
     problems = []
-    if judge["n"] < 1 or not judge["judges"] or not all(isinstance(j, str) for j in judge["judges"]):
-        problems.append(RecordInvalid(path, "judge", "n must be >= 1 and judges a non-empty list of model names"))
+    if not judge["judges"] or not all(isinstance(j, str) for j in judge["judges"]):
+        problems.append(invalid(path, "judge.judges", "expected a non-empty list of model names"))
     overall = sum(judge[c] for c in JUDGE_CATEGORIES) / len(JUDGE_CATEGORIES)
     if abs(judge["overall"] - overall) > EXACT * max(1.0, abs(overall)):
-        problems.append(RecordInvalid(path, "judge.overall", f"{judge['overall']:.6g} but the mean of the four "
+        problems.append(invalid(path, "judge.overall", f"{judge['overall']:.6g} but the mean of the four "
                                                              f"category scores is {overall:.6g}"))
     ci = judge.get("ci95")
     if ci is not None and not (len(ci) == 2 and all(is_number(v) for v in ci) and ci[0] <= judge["overall"] <= ci[1]):
-        problems.append(RecordInvalid(path, "judge.ci95", f"expected [low, high] around overall, got {json.dumps(ci)[:60]}"))
+        problems.append(invalid(path, "judge.ci95", f"expected [low, high] around overall, got {short_json(ci)}"))
     return problems
 
 
 def recompute_speedrun_record(path, rec):
     """Everything in the record that can be computed again from its own config, compared to what it says."""
     import flops
-    import model as model_lib
     problems = []
     model_config, training, compute, params = rec["model"], rec["training"], rec["compute"], rec["params"]
     for eval_id, entry in rec["eval"].items():
@@ -512,12 +567,12 @@ def recompute_speedrun_record(path, rec):
         problems += check_judge_block(path, rec["judge"])
 
     if training["tokens"] != training["steps"] * training["batch_tokens"]:  # a count: exact, as train.py counts it
-        problems.append(RecordInvalid(path, "training.tokens", f"{training['tokens']:,} but training.steps × "
+        problems.append(invalid(path, "training.tokens", f"{training['tokens']:,} but training.steps × "
                                       f"training.batch_tokens is {training['steps'] * training['batch_tokens']:,}"))
     try:
         forward = flops.forward_flops_per_token(model_config, training["seq_len"])
     except (TypeError, KeyError, ValueError) as e:
-        return [RecordInvalid(path, "model", f"flops.py cannot read this config ({e})")]
+        return [invalid(path, "model", f"flops.py cannot read this config ({e})")]
     problems.append(check_close(path, "compute.flops_per_token", compute["flops_per_token"], forward,
                                 f"flops.forward_flops_per_token(model, seq_len={training['seq_len']})"))
     problems.append(check_close(path, "compute.model_flops", compute["model_flops"], 3 * forward * training["tokens"],
@@ -526,31 +581,30 @@ def recompute_speedrun_record(path, rec):
     try:
         counts = recount_params(model_config)
     except (TypeError, ValueError) as e:
-        return [p for p in problems if p] + [RecordInvalid(path, "model", f"not a GPTConfig of this repo's model.py ({e})")]
+        return [p for p in problems if p] + [invalid(path, "model", f"not a GPTConfig of this repo's model.py ({e})")]
     for key in ("counted", "unique", "embedding"):
         if params[key] != counts[key]:
-            problems.append(RecordInvalid(path, f"params.{key}", f"{params[key]:,} but model.count_params "
+            problems.append(invalid(path, f"params.{key}", f"{params[key]:,} but flops.count_params "
                                                                  f"on the model config gives {counts[key]:,}"))
-    expected_class = model_lib.weight_class(counts["counted"])
+    expected_class = flops.weight_class(counts["counted"])
     if params["weight_class"] != expected_class:
-        problems.append(RecordInvalid(path, "params.weight_class", f"\"{params['weight_class']}\" but "
+        problems.append(invalid(path, "params.weight_class", f"\"{params['weight_class']}\" but "
                                       f"{counts['counted']:,} counted params are class \"{expected_class}\""))
 
     peak = compute["peak_flops_per_device"]
     measured = compute.get("peak_flops_source") == "measured"
     known = datasheet_peak(compute["device"])
     if known is None and not measured:
-        problems.append(RecordInvalid(path, "compute.peak_flops_per_device", f"flops.py has no datasheet peak for "
-                                      f"\"{compute['device']}\": measure it and set compute.peak_flops_source to \"measured\""))
+        problems.append(invalid(path, "compute.peak_flops_per_device", f"flops.py has no datasheet peak for "
+                                      f"{short_json(compute['device'])}: measure it and set compute.peak_flops_source to \"measured\""))
     elif known is not None and not measured:
         problems.append(check_close(path, "compute.peak_flops_per_device", peak, known,
                                     f"flops.py's datasheet peak for {compute['device']}"))
     problems.append(check_close(path, "compute.hardware_flops", compute["hardware_flops"],
                                 compute["train_seconds"] * compute["device_count"] * peak,
                                 "train_seconds × device_count × peak_flops_per_device"))
-    if compute["hardware_flops"] > 0:
-        problems.append(check_close(path, "compute.mfu", compute["mfu"], compute["model_flops"] / compute["hardware_flops"],
-                                    "model_flops / hardware_flops"))
+    problems.append(check_close(path, "compute.mfu", compute["mfu"], compute["model_flops"] / compute["hardware_flops"],
+                                "model_flops / hardware_flops"))
     return [p for p in problems if p]
 
 
@@ -594,19 +648,20 @@ def marin_config_as_gpt(model_config):
 def load_marin_record(path, track, folder_name):
     """Validate a Marin speedrun_results.json; return (runs, problems)."""
     import flops
-    import model as model_lib
     try:
-        data = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return [], [RecordInvalid(path, "(file)", f"not readable JSON: {e}")]
-    if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or not data["runs"]:
-        return [], [RecordInvalid(path, "runs", "expected {\"runs\": [{\"run_info\": {...}}, ...]} with at least one run")]
+        data = read_json(path)
+    except OSError as e:
+        return [], [invalid(path, "(file)", f"cannot be read: {e.strerror}")]
+    except ValueError as e:
+        return [], [str(e)]
+    if not isinstance(data.get("runs"), list) or not data["runs"]:
+        return [], [invalid(path, "runs", "expected {\"runs\": [{\"run_info\": {...}}, ...]} with at least one run")]
     runs, problems = [], []
     for i, entry in enumerate(data["runs"]):
         prefix = f"runs[{i}].run_info."
         info = entry.get("run_info") if isinstance(entry, dict) else None
         if not isinstance(info, dict):
-            problems.append(RecordInvalid(path, f"runs[{i}].run_info", "missing (older Marin files with "
+            problems.append(invalid(path, f"runs[{i}].run_info", "missing (older Marin files with "
                                           "run_related_info/run_stats must be converted)"))
             continue
         found = check_types(info, MARIN_FIELDS, path, prefix)
@@ -622,6 +677,8 @@ def load_marin_record(path, track, folder_name):
         if peak is not None:
             found.append(check_close(path, prefix + "training_hardware_flops", info["training_hardware_flops"],
                                      info["training_time"] * count * peak, "training_time × devices × peak"))
+        if info["model_flops"] > info["training_hardware_flops"]:
+            found.append(invalid(path, prefix + "training_hardware_flops", "below model_flops: an MFU above 100%"))
         found = [p for p in found if p]
         if found:
             problems += found
@@ -633,10 +690,10 @@ def load_marin_record(path, track, folder_name):
             "name": folder_name if len(data["runs"]) == 1 else f"{folder_name}#{i}",
             "author": author.get("name") if isinstance(author.get("name"), str) else "—",
             "date": info["run_completion_timestamp"][:10], "params": info["model_size"],
-            "weight_class": model_lib.weight_class(info["model_size"]), "tokens": info["total_tokens"],
+            "weight_class": flops.weight_class(info["model_size"]), "tokens": info["total_tokens"],
             "model_flops": float(info["model_flops"]), "hardware_flops": hardware_flops,
             "seconds": float(info["training_time"]), "hardware": f"{count}× {device}" if device else "—",
-            "mfu": info["model_flops"] / hardware_flops if hardware_flops > 0 else None,
+            "mfu": info["model_flops"] / hardware_flops,
             "evals": [(MARIN_EVAL_ID, float(info[MARIN_BPB_KEY]), MARIN_FINGERPRINT)],
             "target": None, "judge_overall": None,
         })
@@ -654,33 +711,59 @@ def find_record_files(records_dir):
     return sorted(found, key=lambda p: p.relative_to(records_dir).as_posix())
 
 
+def location_problem(records_dir, path):
+    """Why a record file cannot be read where it is, or None: the track folder, the folder names (plain
+    names: they become links), and no file that leads outside records/ through a symbolic link."""
+    parts = path.relative_to(records_dir).parts
+    if len(parts) < 3:
+        return invalid(path, "(location)", "a record goes in records/<track>/<folder>/")
+    if parts[0] not in TRACKS:
+        return invalid(path, "(location)", f"unknown track folder {short_json(parts[0])}; tracks: {', '.join(TRACKS)}")
+    for name in parts[1:-1]:
+        if not SAFE_NAME.fullmatch(name):
+            return invalid(path, "(location)", f"folder name {short_json(name)}: use letters, digits, '.', '_' and "
+                                               f"'-' (at most 120, starting with a letter or digit)")
+    root = records_dir.resolve()
+    for file in (path, path.with_name("train.log"), records_dir / parts[0] / parts[1] / "README.md"):
+        try:
+            target = file.resolve()
+        except (OSError, RuntimeError):  # a loop of links
+            target = None
+        if (file.is_symlink() or file.exists()) and not (target and target.is_relative_to(root)):
+            return invalid(file, "(location)", f"a symbolic link that leads outside {display_path(records_dir)}; "
+                                               f"put the file itself in the record")
+    return None
+
+
 def load_records(records_dir):
-    """(runs, problems) over the whole records folder. Each run gets "folder": its record folder."""
+    """(runs, problems) over the whole records folder. Each run gets "folder": its record folder. A record
+    folder with any problem (in any of its runs, or no README.md) gives no run at all."""
     records_dir = pathlib.Path(records_dir)
     if not records_dir.is_dir():
-        raise LeaderboardError(f"error: records folder {records_dir} does not exist; pass --records=DIR")
-    runs, problems = [], []
+        raise ValueError(f"records folder {records_dir} does not exist; pass --records=DIR")
+    runs, problems, invalid_folders, without_readme = [], [], set(), set()
     for path in find_record_files(records_dir):
-        parts = path.relative_to(records_dir).parts
-        if len(parts) < 3:
-            problems.append(RecordInvalid(path, "(location)", "a record goes in records/<track>/<folder>/"))
+        wrong_place = location_problem(records_dir, path)
+        if wrong_place:
+            problems.append(wrong_place)
             continue
-        track, folder = parts[0], records_dir / parts[0] / parts[1]
-        if track not in TRACKS:
-            problems.append(RecordInvalid(path, "(location)", f"unknown track folder \"{track}\"; tracks: {', '.join(TRACKS)}"))
-            continue
+        track, name = path.relative_to(records_dir).parts[:2]
+        folder = records_dir / track / name
         if path.name == MARIN_NAME:
-            found, bad = load_marin_record(path, track, parts[1])
+            found, bad = load_marin_record(path, track, name)
         else:
             found, bad = load_speedrun_record(path, track)
-        if not (folder / "README.md").is_file() and not any(p.file == folder / "README.md" for p in problems):
-            problems.append(RecordInvalid(folder / "README.md", "README.md", "missing: say what changed, the command "
-                                          "that reproduces the run and its results (records/README.md)"))
+        if not (folder / "README.md").is_file() and folder not in without_readme:
+            without_readme.add(folder)
+            bad.append(invalid(folder / "README.md", "README.md", "missing: say what changed, the command "
+                                                                  "that reproduces the run and its results (records/README.md)"))
+        if bad:
+            invalid_folders.add(folder)
         for run in found:
             run["folder"] = folder
         runs += found
         problems += bad
-    return runs, problems
+    return [r for r in runs if r["folder"] not in invalid_folders], problems
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -734,6 +817,38 @@ def build_tables(runs, link_base):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Escaping: every text that comes from a record reaches the README, the served page and the plot through
+# `escape`, and every link through `link`, so a record cannot add rows, hide rows, break the markers or link
+# anywhere but to http(s) and to this repository.
+
+LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+MARKDOWN_SYNTAX = re.compile(r"([\\`|\[\]])")
+
+
+def escape(text, markdown=True) -> str:
+    """`text` as inert text on one line: control characters and line breaks become spaces (no new table row),
+    `<`, `>` and `&` become entities (no HTML, no `<!--` comment, no marker line); for Markdown, also a
+    backslash before `\\`, `` ` ``, `|`, `[` and `]` (no new cell, no link, no code span)."""
+    text = LINE_BREAKING.sub(" ", str(text))
+    if not markdown:
+        return html.escape(text)
+    return MARKDOWN_SYNTAX.sub(r"\\\1", html.escape(text, quote=False))
+
+
+def link(text, target) -> str:
+    """A Markdown link to a path in this repository or to an http(s) URL; any other scheme is refused."""
+    scheme = urllib.parse.urlsplit(target).scheme
+    if scheme not in ("", "http", "https"):
+        raise ValueError(f"refusing a {scheme!r} link: only http(s) and relative links")
+    return f"[{escape(text)}]({urllib.parse.quote(target, safe='/:?#=&%._~-')})"
+
+
+def weight_class_names():
+    import flops
+    return [name for name, _ in flops.WEIGHT_CLASSES] + ["open"]
+
+
+# ----------------------------------------------------------------------------------------------------
 # Formatting
 
 def fmt_count(n):
@@ -773,12 +888,14 @@ def fmt_p(p):
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
-def table_title(table):
+def table_title(table, markdown=True):
     kind = PRIMARY_EVAL_NAME[PRIMARY_EVAL_PREFIX[table["track"]]]
     fingerprint = table["fingerprint"]
     if re.fullmatch(r"[0-9a-f]{17,}", fingerprint):
         fingerprint = fingerprint[:16]  # a hash: its head is enough to tell eval sets apart
-    return f"{table['track']} · {kind} (`{table['eval_id']}`, eval data `{fingerprint}`)"
+    eval_id, fingerprint = escape(table["eval_id"], markdown), escape(fingerprint, markdown)
+    code = "`" if markdown else ""
+    return f"{table['track']} · {kind} ({code}{eval_id}{code}, eval data {code}{fingerprint}{code})"
 
 
 MAIN_COLUMNS = ["#", "run", "author", "date", "params (class)", "tokens", "model FLOPs", "hardware", "time",
@@ -798,7 +915,7 @@ def table_views(table):
     views = [(None, MAIN_COLUMNS, [main_table_cells(r) for r in table["rows"]])]
     if table["track"] in TINYSTORIES_TRACKS:
         cells = []
-        for cls in WEIGHT_CLASSES:
+        for cls in weight_class_names():
             in_class = [r for r in table["rows"] if r["weight_class"] == cls]
             cells += [[cls, str(i), (r["folder"], r["link"]), f"{fmt_count(r['params'])}", fmt_bpb(r),
                        f"{r['judge']:.2f}" if r["judge"] is not None else "—"] for i, r in enumerate(in_class, 1)]
@@ -817,10 +934,8 @@ def table_views(table):
 
 
 def markdown_cell(cell):
-    if isinstance(cell, tuple):
-        text, link = cell
-        return f"[{markdown_cell(text)}]({link.replace(' ', '%20')})"
-    return str(cell).replace("|", "\\|")
+    """A cell: text, or a (text, target) pair for a link."""
+    return link(*cell) if isinstance(cell, tuple) else escape(cell)
 
 
 def markdown_table(columns, cells):
@@ -835,7 +950,7 @@ def render_markdown(tables, problems=(), how_to_submit="records/README.md"):
     for track in TRACKS:
         track_tables = [t for t in tables if t["track"] == track]
         if not track_tables:
-            out += [f"### {track}", "", f"No records yet: see [records/README.md]({how_to_submit}) to submit one.", ""]
+            out += [f"### {track}", "", f"No records yet: see {link('records/README.md', how_to_submit)} to submit one.", ""]
         for table in track_tables:
             out += [f"### {table_title(table)}", ""]
             for heading, columns, cells in table_views(table):
@@ -843,7 +958,7 @@ def render_markdown(tables, problems=(), how_to_submit="records/README.md"):
                     out += [f"**{heading}**", ""]
                 out += [markdown_table(columns, cells), ""]
     if problems:
-        out += ["**Not listed: invalid records**", ""] + [f"- {markdown_cell(str(p))}" for p in problems] + [""]
+        out += ["**Not listed: invalid records**", ""] + [f"- {escape(p)}" for p in problems] + [""]
     return "\n".join(out).rstrip("\n")
 
 
@@ -851,7 +966,7 @@ def splice_readme(text, section, readme_path):
     """The README with the text between the markers replaced; everything else byte-identical."""
     starts, ends = text.count(START_MARKER), text.count(END_MARKER)
     if starts != 1 or ends != 1 or text.index(START_MARKER) > text.index(END_MARKER):
-        raise LeaderboardError(f"error: {readme_path} needs exactly one '{START_MARKER}' line followed by one "
+        raise ValueError(f"{readme_path} needs exactly one '{START_MARKER}' line followed by one "
                                f"'{END_MARKER}' line (found {starts} and {ends}); add them where the tables go")
     head, rest = text.split(START_MARKER)
     _, tail = rest.split(END_MARKER)
@@ -861,7 +976,7 @@ def splice_readme(text, section, readme_path):
 # ----------------------------------------------------------------------------------------------------
 # The picture: BPB against model FLOPs (log x), one panel per table, hand-written SVG
 
-CLASS_COLOURS = {"small": "#1b9e77", "medium": "#d95f02", "large": "#7570b3", "open": "#e7298a"}
+CLASS_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a")  # the weight classes in order, open last
 PANEL_W, PANEL_H, MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 720, 300, 70, 130, 40, 45
 
 
@@ -887,6 +1002,7 @@ def svg_panel(table, y0):
     pad = max(0.05 * (b_hi - b_lo), 0.01)
     b_lo, b_hi = b_lo - pad, b_hi + pad
     left, right, top, bottom = MARGIN_L, PANEL_W - MARGIN_R, y0 + MARGIN_T, y0 + PANEL_H - MARGIN_B
+    colours = dict(zip(weight_class_names(), CLASS_COLOURS))
 
     def x_of(flops):
         return left + (math.log10(flops) - x_lo) / (x_hi - x_lo) * (right - left)
@@ -894,7 +1010,7 @@ def svg_panel(table, y0):
     def y_of(bpb):
         return bottom - (bpb - b_lo) / (b_hi - b_lo) * (bottom - top)
 
-    out = [f'<text x="12" y="{y0 + 22}" font-size="13" font-weight="bold">{html.escape(table_title(table).replace("`", ""))}</text>',
+    out = [f'<text x="12" y="{y0 + 22}" font-size="13" font-weight="bold">{table_title(table, markdown=False)}</text>',
            f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#888"/>']
     for e in range(x_lo, x_hi + 1):  # a tick per decade
         x = x_of(10.0 ** e)
@@ -912,14 +1028,14 @@ def svg_panel(table, y0):
         out.append(f'<polyline class="frontier" points="{points}" fill="none" stroke="#444" stroke-dasharray="4 3"/>')
     for r in rows:
         x, y = x_of(r["model_flops"]), y_of(r["bpb"])
-        colour = CLASS_COLOURS.get(r["weight_class"], "#999")
+        colour = colours.get(r["weight_class"], "#999")
         if r["n"] > 1:  # the seeds' spread, +- one standard deviation
             out.append(f'<line class="spread" x1="{x:.1f}" y1="{y_of(r["bpb"] - r["spread"]):.1f}" x2="{x:.1f}" '
                        f'y2="{y_of(r["bpb"] + r["spread"]):.1f}" stroke="{colour}" stroke-width="2"/>')
         out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour}" stroke="black" stroke-width="{1.5 if r["pareto"] else 0.5}">'
-                   f'<title>{html.escape(r["folder"])}: BPB {r["bpb"]:.4f}, {fmt_sci(r["model_flops"])} FLOPs</title></circle>')
-        out.append(f'<text x="{x + 7:.1f}" y="{y - 6:.1f}" font-size="9">{html.escape(r["folder"])}</text>')
-    for k, (cls, colour) in enumerate(CLASS_COLOURS.items()):  # the legend
+                   f'<title>{escape(r["folder"], markdown=False)}: BPB {r["bpb"]:.4f}, {fmt_sci(r["model_flops"])} FLOPs</title></circle>')
+        out.append(f'<text x="{x + 7:.1f}" y="{y - 6:.1f}" font-size="9">{escape(r["folder"], markdown=False)}</text>')
+    for k, (cls, colour) in enumerate(colours.items()):  # the legend
         ly = top + 10 + 16 * k
         out.append(f'<circle cx="{right + 16}" cy="{ly}" r="5" fill="{colour}"/>')
         out.append(f'<text x="{right + 26}" y="{ly + 4}">{cls}</text>')
@@ -933,8 +1049,8 @@ def svg_panel(table, y0):
 
 def html_table(columns, cells):
     def cell(c):
-        return html.escape(c[0] if isinstance(c, tuple) else str(c))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+        return escape(c[0] if isinstance(c, tuple) else c, markdown=False)
+    head = "".join(f"<th>{escape(c, markdown=False)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>" for row in cells)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -949,12 +1065,12 @@ def render_html(tables, problems=()):
         if not track_tables:
             parts.append(f"<h2>{track}</h2><p>No records yet.</p>")
         for table in track_tables:
-            parts.append(f"<h2>{html.escape(table_title(table).replace('`', ''))}</h2>")
+            parts.append(f"<h2>{table_title(table, markdown=False)}</h2>")
             for heading, columns, cells in table_views(table):
-                parts.append((f"<h3>{html.escape(heading)}</h3>" if heading else "") + html_table(columns, cells))
+                parts.append((f"<h3>{escape(heading, markdown=False)}</h3>" if heading else "") + html_table(columns, cells))
     if problems:
         parts.append("<h2>Invalid records (not listed)</h2><ul>" +
-                     "".join(f"<li>{html.escape(str(p))}</li>" for p in problems) + "</ul>")
+                     "".join(f"<li>{escape(p, markdown=False)}</li>" for p in problems) + "</ul>")
     return "".join(parts) + "</body></html>"
 
 
@@ -987,82 +1103,70 @@ def make_server(records_dir, link_base, port):
 # ----------------------------------------------------------------------------------------------------
 # Command line
 
-def write_atomically(path, text):
-    """UTF-8, newlines as given (a CRLF README stays CRLF), through prepare.py's one atomic writer."""
-    prepare.write_file_atomic(path, text.encode("utf-8"))
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, no usage dump
-        print(f"error: {message} (see python leaderboard.py --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv):
-    p = ArgumentParser(description="Validate records/ and write the leaderboard tables into the README.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Exit codes")[0])
+    p = prepare.ArgumentParser(prog="leaderboard.py", epilog=__doc__.split("Exit codes")[0],
+                               description="Validate records/ and write the leaderboard tables into the README.")
     p.add_argument("--records", default=str(ROOT / "records"), help="records folder (default: records/ beside this file)")
     p.add_argument("--readme", default=str(ROOT / "README.md"), help="README holding the leaderboard markers")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a record is invalid or the tables are stale")
     p.add_argument("--skip_invalid", action="store_true", help="write the tables from the valid records and list the others")
     p.add_argument("--plot", metavar="FILE.svg", help="also write the BPB vs model FLOPs plot (with --check: check it is current)")
-    p.add_argument("--serve", nargs="?", const=8000, type=int, metavar="PORT", help="serve tables and plot on localhost (default port 8000)")
+    # --serve stays: it shows a record's row and plot point before it is committed, with nothing to install
+    p.add_argument("--serve", nargs="?", const=8000, type=prepare.parse_count, metavar="PORT",
+                   help="serve tables and plot on localhost (default port 8000)")
     return p.parse_args(argv)
 
 
-def main(argv=None):
+def run(argv):
     args = parse_args(argv)
     readme = pathlib.Path(args.readme)
-    try:
-        if args.serve is not None:
-            server = make_server(args.records, readme.parent, args.serve)
-            print(f"serving the leaderboard on http://localhost:{server.server_address[1]} (Ctrl-C stops)")
-            try:
-                server.serve_forever()
-            except KeyboardInterrupt:
-                pass
-            return 0
-        runs, problems = load_records(args.records)
-        if problems and (args.check or not args.skip_invalid):
-            for p in problems:
-                print(f"invalid: {p}", file=sys.stderr)
-            print(f"error: {len(problems)} problem(s) in records; nothing written", file=sys.stderr)
-            return 1
-        tables = build_tables(runs, readme.parent)
+    if args.serve is not None:
+        server = make_server(args.records, readme.parent, args.serve)
+        print(f"serving the leaderboard on http://localhost:{server.server_address[1]} (Ctrl-C stops)")
         try:
-            with readme.open(encoding="utf-8", newline="") as f:  # newline="": keep CRLF and the rest byte-identical
-                old = f.read()
-        except OSError as e:
-            raise LeaderboardError(f"error: cannot read README {readme}: {e.strerror}; pass --readme=FILE")
-        how_to_submit = pathlib.Path(os.path.relpath(pathlib.Path(args.records) / "README.md", readme.parent)).as_posix()
-        new = splice_readme(old, render_markdown(tables, problems, how_to_submit), readme)
-        svg = render_svg(tables) if args.plot else None
-        n_rows = sum(len(t["rows"]) for t in tables)
-        if args.check:
-            stale = [str(readme)] if new != old else []
-            if args.plot and (not pathlib.Path(args.plot).is_file() or pathlib.Path(args.plot).read_bytes() != svg.encode("utf-8")):
-                stale.append(args.plot)
-            if stale:
-                print(f"error: leaderboard out of date in {', '.join(stale)}; run python leaderboard.py"
-                      f"{' --plot=' + args.plot if args.plot else ''} and commit the result", file=sys.stderr)
-                return 1
-            print(f"ok: {len(runs)} run(s) in {n_rows} row(s), all valid; {readme} is up to date")
-            return 0
-        if new != old:
-            write_atomically(readme, new)
-        if svg is not None:
-            write_atomically(args.plot, svg)
-        for p in problems:
-            print(f"skipped invalid: {p}", file=sys.stderr)
-        print(f"{len(runs)} run(s) in {n_rows} row(s) across {len(tables)} table(s); "
-              f"{readme} {'updated' if new != old else 'already up to date'}" + (f"; plot in {args.plot}" if svg else ""))
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
         return 0
-    except LeaderboardError as e:
-        print(str(e), file=sys.stderr)
-        return 2
-    except OSError as e:  # a README or plot path that cannot be written
-        print(f"error: {e.filename or ''}: {e.strerror or e}; check the path and its permissions", file=sys.stderr)
-        return 2
+    runs, problems = load_records(args.records)
+    if problems and (args.check or not args.skip_invalid):
+        for p in problems:
+            print(f"invalid: {p}", file=sys.stderr)
+        print(f"error: {len(problems)} problem(s) in records; nothing written", file=sys.stderr)
+        return 1
+    tables = build_tables(runs, readme.parent)
+    try:
+        with readme.open(encoding="utf-8", newline="") as f:  # newline="": keep CRLF and the rest byte-identical
+            old = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read README {readme}: {getattr(e, 'strerror', None) or e}; pass --readme=FILE") from None
+    how_to_submit = pathlib.Path(os.path.relpath(pathlib.Path(args.records) / "README.md", readme.parent)).as_posix()
+    new = splice_readme(old, render_markdown(tables, problems, how_to_submit), readme)
+    svg = render_svg(tables) if args.plot else None
+    n_rows = sum(len(t["rows"]) for t in tables)
+    if args.check:
+        stale = [str(readme)] if new != old else []
+        if args.plot and (not pathlib.Path(args.plot).is_file() or pathlib.Path(args.plot).read_bytes() != svg.encode("utf-8")):
+            stale.append(args.plot)
+        if stale:
+            print(f"error: leaderboard out of date in {', '.join(stale)}; run python leaderboard.py"
+                  f"{' --plot=' + args.plot if args.plot else ''} and commit the result", file=sys.stderr)
+            return 1
+        print(f"ok: {len(runs)} run(s) in {n_rows} row(s), all valid; {readme} is up to date")
+        return 0
+    if new != old:
+        prepare.write_file_atomic(readme, new.encode("utf-8"))  # newlines as read: a CRLF README stays CRLF
+    if svg is not None:
+        prepare.write_file_atomic(args.plot, svg.encode("utf-8"))
+    for p in problems:
+        print(f"skipped invalid: {p}", file=sys.stderr)
+    print(f"{len(runs)} run(s) in {n_rows} row(s) across {len(tables)} table(s); "
+          f"{readme} {'updated' if new != old else 'already up to date'}" + (f"; plot in {args.plot}" if svg else ""))
+    return 0
+
+
+def main(argv=None):
+    return prepare.run_main("leaderboard.py", run, argv)
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def test_fixture_tables(repo, capsys):
     assert [r["#"] for r in ts] == ["1", "2", "3", "4"]
     assert ts[0]["BPB"] == "1.2000 ± 0.0100 (n=3)"
     t = 0.05 / (0.01 / math.sqrt(3))
-    assert ts[0]["p vs target"] == f"{0.5 - t / (2 * math.sqrt(2 + t * t)):.4f} (< 1.25)"
+    assert ts[0]["p vs target"] == f"{0.5 - t / (2 * math.sqrt(2 + t * t)):.4f} (&lt; 1.25)"  # < as an entity
     assert ts[1]["judge"] == "6.50" and ts[2]["judge"] == "—"
     assert ts[3]["params (class)"].endswith("(medium)") and ts[3]["hardware"] == "1× cpu"
     assert ts[1]["run"] == "[2025-01-10_baseline](records/tinystories/2025-01-10_baseline)"
@@ -204,9 +204,9 @@ def test_bad_command_line(repo, capsys):
     code = lb.main([f"--records={repo / 'nowhere'}", f"--readme={repo / 'README.md'}"])
     _, err = capsys.readouterr()
     assert code == 2 and "nowhere" in err and err.startswith("error:") and err.count("\n") == 1
-    with pytest.raises(SystemExit) as e:
-        lb.main(["--serve=notaport"])
-    assert e.value.code == 2
+    assert lb.main(["--serve=notaport"]) == 2  # argparse's mistakes too: one line, exit 2 (issue 13, item 13)
+    _, err = capsys.readouterr()
+    assert err.startswith("error: leaderboard.py: argument --serve") and err.count("\n") == 1
 
 
 def test_empty_records_give_a_well_formed_section(tmp_path):
@@ -366,6 +366,194 @@ def test_record_in_the_wrong_place(repo, capsys):
     shutil.copytree(repo / "records" / "tinystories" / "2025-01-15_cheap", repo / "records" / "tiny" / "x")
     code, _, err = run_cli(repo, "--check", capsys=capsys)
     assert code == 1 and "tiny/x/results.json: (location): unknown track folder" in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hostile and impossible records: nothing a record holds reaches the README unescaped, and every figure
+# is range-checked
+
+
+def readme_section(repo):
+    text = (repo / "README.md").read_text()
+    return text[text.index(lb.START_MARKER):text.index(lb.END_MARKER) + len(lb.END_MARKER)]
+
+
+INJECTION = ("Eve\n| 0 | [won](https://evil.example) | x |\n<!-- leaderboard:end -->\n<!-- hide the rest"
+             "<img src=x onerror=alert(1)> [click](javascript:alert(1)) `code` a|b")
+
+
+def test_record_text_cannot_change_the_readme(repo, capsys):
+    """Issue 13, item 3: a newline, a table pipe, a comment, a marker, raw HTML and a javascript: link in
+    what a record says stay inert text in one cell; the next run and --check still work."""
+    edit_json(repo / "records" / "tinystories" / "2025-01-15_cheap" / "results.json",
+              lambda r: (r["author"].__setitem__("name", INJECTION), r["compute"].__setitem__("device", "H100 SXM\n<b>")))
+    svg = repo / "frontier.svg"
+    assert run_cli(repo, f"--plot={svg}", capsys=capsys)[0] == 0
+    text = (repo / "README.md").read_text()
+    assert text.count(lb.START_MARKER) == 1 and text.count(lb.END_MARKER) == 1
+    section = readme_section(repo)
+    assert section.count("<!--") == 3  # the two markers and the generated-section note, nothing from the record
+    assert "<img" not in section and "<b>" not in section
+    assert "[click](" not in section and "[won](" not in section  # brackets escaped: no link
+    ts = next(rows for h, rows in section_tables(text).items() if "tinystories-valid" in h)
+    assert len(ts) == 4 and all(len(row) == len(lb.MAIN_COLUMNS) for row in ts)  # no row or cell added
+    cheap = next(row for row in ts if "2025-01-15_cheap" in row["run"])
+    assert cheap["author"].startswith("Eve \\| 0 \\| \\[won\\]") and "&lt;img" in cheap["author"]
+    assert cheap["hardware"] == "1× H100 SXM &lt;b&gt;"
+    ET.fromstring(svg.read_text())  # the plot stays well-formed XML
+    assert run_cli(repo, "--check", f"--plot={svg}", capsys=capsys)[0] == 0
+
+
+def test_escape_and_link():
+    """Issue 13, item 3: the one escaping function and the one link builder."""
+    for markdown in (True, False):
+        out = lb.escape("a|b\r\nc\u2028<!-- x --> & [y](z)", markdown)
+        assert "\n" not in out and "\r" not in out and "\u2028" not in out and "<" not in out and ">" not in out
+    assert lb.escape("a|b [y](z) `c` \\", True) == "a\\|b \\[y\\](z) \\`c\\` \\\\"
+    assert lb.link("run", "records/tinystories/2025-01-10_baseline") == \
+        "[run](records/tinystories/2025-01-10_baseline)"
+    assert lb.link("a b", "https://example.org/x y") == "[a b](https://example.org/x%20y)"
+    for bad in ("javascript:alert(1)", "JavaScript:alert(1)", "data:text/html,x", "vbscript:x"):
+        with pytest.raises(ValueError, match="only http"):
+            lb.link("x", bad)
+
+
+def set_author_url(url):
+    return lambda r: r["author"].__setitem__("url", url)
+
+
+def set_eval_id(eval_id):
+    return lambda r: r.__setitem__("eval", {eval_id: r["eval"]["tinystories-valid"]})
+
+
+def negative_bpb(r):  # a negative BPB that agrees with its loss: would rank first with the Pareto star
+    r["eval"]["tinystories-valid"]["loss"] *= -1
+    r["eval"]["tinystories-valid"]["bpb"] *= -1
+
+
+def zero_time(r):
+    r["compute"]["train_seconds"] = r["compute"]["hardware_flops"] = 0
+
+
+def negative_time(r):
+    for key in ("train_seconds", "hardware_flops", "mfu"):
+        r["compute"][key] *= -1
+
+
+def mfu_above_one(r):  # a measured peak made up 1000x too small, everything made consistent with it
+    c = r["compute"]
+    c["peak_flops_per_device"] /= 1000
+    c["hardware_flops"] = c["train_seconds"] * c["device_count"] * c["peak_flops_per_device"]
+    c["mfu"] = c["model_flops"] / c["hardware_flops"]
+
+
+def zero_judge_items(r):
+    r["judge"]["n"] = 0
+
+
+@pytest.mark.parametrize("folder,change,field", [
+    # issue 13, item 3: only http(s) links, plain eval ids (they title a table)
+    ("2025-01-10_baseline", set_author_url("javascript:alert(1)"), "author.url"),
+    ("2025-01-15_cheap", set_eval_id("tinystories`\n<!--"), "eval"),
+    # issue 13, item 11: every recorded figure in range
+    ("2025-01-15_cheap", negative_bpb, "eval.tinystories-valid.bpb"),
+    ("2025-01-20_medium_cpu", zero_time, "compute.train_seconds"),
+    ("2025-01-20_medium_cpu", negative_time, "compute.hardware_flops"),
+    ("2025-01-20_medium_cpu", mfu_above_one, "compute.mfu"),
+    ("2025-01-10_baseline", zero_judge_items, "judge.n"),
+])
+def test_impossible_or_hostile_figures_are_refused(repo, capsys, folder, change, field):
+    edit_json(repo / "records" / "tinystories" / folder / "results.json", change)
+    code, _, err = run_cli(repo, capsys=capsys)
+    assert code == 1 and f"{folder}/results.json: {field}:" in err, err
+    assert all(line.startswith(("invalid: ", "error: ")) for line in err.splitlines())  # one line each
+
+
+def test_marin_mfu_above_one_is_refused(repo, capsys):
+    """Issue 13, item 11, for Marin's format: hardware FLOPs below model FLOPs."""
+    path = repo / "records" / "fineweb-edu" / "2025-06-27_marin_llama_130m_adamw" / "speedrun_results.json"
+    edit_json(path, lambda d: d["runs"][0]["run_info"].update(training_hardware_flops=1e15, resources={}))
+    code, _, err = run_cli(repo, capsys=capsys)
+    assert code == 1 and "runs[0].run_info.training_hardware_flops: below model_flops" in err, err
+
+
+def test_skip_invalid_ranks_no_part_of_an_invalid_record(repo, capsys):
+    """Issue 13, item 11: one bad seed, or a missing README.md, keeps the whole record folder out."""
+    edit_json(repo / "records" / "tinystories" / "2025-01-12_muon_3seeds" / "seed1" / "results.json",
+              lambda r: r["compute"].__setitem__("model_flops", -1))
+    (repo / "records" / "tinystories" / "2025-01-15_cheap" / "README.md").unlink()
+    code, _, err = run_cli(repo, "--skip_invalid", capsys=capsys)
+    assert code == 0 and "seed1/results.json: compute.model_flops" in err and "2025-01-15_cheap/README.md" in err
+    text = (repo / "README.md").read_text()
+    ts = next(rows for h, rows in section_tables(text).items() if "tinystories-valid" in h)
+    assert [r["run"].split("]")[0][1:] for r in ts] == ["2025-01-10_baseline", "2025-01-20_medium_cpu"]
+    assert "muon" not in text.split("**Not listed")[0] and "(n=2)" not in text
+
+
+def test_unknown_track_is_refused_with_the_list():
+    """Issue 13, item 11: --track=nonsense (train.py takes its tracks from here)."""
+    assert lb.check_track("tinystories-wiki") == "tinystories-wiki"
+    with pytest.raises(ValueError, match="'nonsense'.*tinystories, tinystories-wiki, fineweb-edu, open"):
+        lb.check_track("nonsense")
+
+
+@pytest.mark.parametrize("name", ["2025-01-16_evil\n| 9 | [x](y) |", "bad name", ".hidden", "a(b)", "é"])
+def test_record_folder_names_are_checked(repo, capsys, name):
+    """Issue 13, item 3: a folder name becomes a link: plain names only, and the error names the folder."""
+    shutil.copytree(repo / "records" / "tinystories" / "2025-01-15_cheap", repo / "records" / "tinystories" / name)
+    code, _, err = run_cli(repo, "--skip_invalid", capsys=capsys)
+    assert code == 0 and f"(location): folder name {json.dumps(name)}" in err, err
+    assert len(err.splitlines()) == 1
+    ts = next(rows for h, rows in section_tables((repo / "README.md").read_text()).items() if "tinystories-valid" in h)
+    assert len(ts) == 4
+
+
+@pytest.mark.parametrize("which", ["results.json", "train.log", "README.md"])
+def test_symlinks_out_of_records_are_refused(repo, tmp_path_factory, capsys, which):
+    """Issue 13, item 3: a record file that is a link to a file outside records/ is not followed."""
+    folder = repo / "records" / "tinystories" / "2025-01-15_cheap"
+    outside = tmp_path_factory.mktemp("outside") / which
+    shutil.move(folder / which, outside)
+    (folder / which).symlink_to(outside)
+    code, _, err = run_cli(repo, capsys=capsys)
+    assert code == 1 and f"2025-01-15_cheap/{which}: (location): a symbolic link that leads outside" in err, err
+    # a link inside records/ is fine
+    (folder / which).unlink()
+    shutil.move(outside, folder.parent / f"cheap_{which}")
+    (folder / which).symlink_to(pathlib.Path("..", f"cheap_{which}"))
+    assert run_cli(repo, capsys=capsys)[0] == 0
+
+
+def json_text_with(path, key, raw):
+    """The record with the number at `key` (a unique "key": value line) replaced by the raw JSON text `raw`."""
+    lines = path.read_text().splitlines()
+    i = next(i for i, line in enumerate(lines) if line.strip().startswith(f'"{key}":'))
+    lines[i] = f'"{key}": {raw}' + ("," if lines[i].rstrip().endswith(",") else "")
+    path.write_text("\n".join(lines))
+
+
+@pytest.mark.parametrize("key,raw,says", [
+    ("model_flops", "1e400", "compute.model_flops: expected a finite number > 0"),     # json reads inf
+    ("model_flops", "1" + "0" * 400, "compute.model_flops: expected a finite number > 0"),
+    ("steps", "1" + "0" * 400, "training.steps: expected an integer >= 1"),
+    ("seed", "1" + "0" * 5000, "not a readable record (Exceeds the limit (4300 digits)"),
+    ("description", "[" * 100_000 + "]" * 100_000, "not a readable record (nested too deep)"),
+    ("description", "[" * 100 + "]" * 100, "not a readable record (nested deeper than 64 levels)"),
+], ids=["inf", "int-1e400", "count-1e400", "5000-digits", "nested-100000", "nested-100"])
+def test_huge_numbers_and_deep_nesting_are_one_line_problems(repo, capsys, key, raw, says):
+    """Issue 13, item 13: no traceback, one line that names the file."""
+    json_text_with(repo / "records" / "tinystories" / "2025-01-15_cheap" / "results.json", key, raw)
+    code, _, err = run_cli(repo, capsys=capsys)
+    assert code == 1 and f"2025-01-15_cheap/results.json: {says}" in err, err[:2000]
+    assert len(err.splitlines()) == 2 and "Traceback" not in err
+
+
+def test_read_record_names_the_file(tmp_path):
+    """Issue 13, item 13: the one results.json reader (eval_bpb.py and judge.py use it) on the same input."""
+    for raw in ("[" * 100_000, "1" + "0" * 5000, "[1, 2]", '{"a": ' * 70 + "1" + "}" * 70):
+        (tmp_path / "results.json").write_text(raw)
+        with pytest.raises(ValueError, match="results.json: "):
+            lb.read_record(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------
