@@ -21,7 +21,6 @@ prompt, completion), so a re-run, or a run resumed after a crash, sends only the
 The API key is read from the environment variable named by --api_key_env and is never printed or written.
 """
 import argparse
-import concurrent.futures
 import csv
 import email.utils
 import hashlib
@@ -31,18 +30,20 @@ import json
 import math
 import os
 import pathlib
+import queue
 import re
+import signal
 import socket
 import statistics
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 
 from tqdm import tqdm
 
-import prepare  # write_file_atomic, and the tokenizer of a checkpoint (numpy only: no torch at startup)
+import leaderboard  # the record format: read_record, update_record (no torch at import)
+import prepare  # ArgumentParser, run_main, the atomic writer, a checkpoint's tokenizer (numpy only: no torch at startup)
 
 # -----------------------------------------------------------------------------
 # The default prompt set: story beginnings written for this project, in words a 3-4 year old knows,
@@ -139,10 +140,6 @@ Plot: X/10
 Age group: L"""
 
 
-class JudgeError(ValueError):
-    """Bad input or an endpoint we cannot use; the message names what is wrong and how to fix it."""
-
-
 def grading_messages(prompt: str, completion: str) -> list[dict]:
     """The chat messages that ask for one grade. The story is joined as 'beginning *** completion'."""
     story = f"{prompt.rstrip()} *** {completion.strip()}"
@@ -153,8 +150,8 @@ def grading_messages(prompt: str, completion: str) -> list[dict]:
 # Parsing the judge's answer: a label, a separator or an '/10', a number; the last match wins, because
 # the assessment may mention a category before the grades at the end.
 
-SCORE_RE = re.compile(r"\b(grammar|creativity|consistency|plot)\b([^0-9\n]{0,40}?)(\d+(?:\.\d+)?)(\s*(?:/|out of)\s*10\b)?",
-                      re.IGNORECASE)
+SCORE_RE = re.compile(r"\b(grammar|creativity|consistency|plot)\b([^0-9\n]{0,40}?)(?<![\d.])(\d+(?:\.\d+)?)"
+                      r"(?:\s*(?:/|out of)\s*(\d+(?:\.\d+)?))?", re.IGNORECASE)
 AGE_LETTER_RE = re.compile(r"\b(?i:age)\b(?:\s*(?i:group))?[^\n]{0,30}?\b([A-F])\b")
 AGE_RANGE_RE = re.compile(r"\b(?i:age)\b[^\n]{0,30}?(3 or under|4-5|6-7|8-9|10-12|13-16)")
 
@@ -162,18 +159,23 @@ AGE_RANGE_RE = re.compile(r"\b(?i:age)\b[^\n]{0,30}?(3 or under|4-5|6-7|8-9|10-1
 def parse_grades(text: str) -> dict:
     """{"grammar": float|None, ..., "plot": ..., "age_group": "A".."F"|None} from one judge answer.
     A number counts only after a separator (':', '=', '-') or when written as 'n/10' / 'n out of 10', so
-    'the grammar has 2 mistakes' is not read as a grade; values outside 0..10 are ignored."""
+    'the grammar has 2 mistakes' is not read as a grade; the '10' of a '/10' is never a grade ('Grammar:
+    X/10', 'N/A/10', '?/10' are unparsed), nor 'n/5'; values outside 0..10 are ignored."""
+    text = text if isinstance(text, str) else ""
     grades = {c: None for c in CATEGORIES}
-    for m in SCORE_RE.finditer(text or ""):
-        label, gap, number, out_of_ten = m.group(1).lower(), m.group(2), float(m.group(3)), m.group(4)
-        if (out_of_ten or any(sep in gap for sep in ":=-")) and 0 <= number <= 10:
+    for m in SCORE_RE.finditer(text):
+        label, gap, number, scale = m.group(1).lower(), m.group(2), float(m.group(3)), m.group(4)
+        # '/' between the label and the number means the number is a scale: 'Grammar: X/10', 'N/A/10'
+        if "/" in gap or (scale is not None and float(scale) != 10):
+            continue
+        if (scale is not None or any(sep in gap for sep in ":=-")) and 0 <= number <= 10:
             grades[label] = number
     age = None
-    for m in AGE_LETTER_RE.finditer(text or ""):
+    for m in AGE_LETTER_RE.finditer(text):
         age = m.group(1)
     if age is None:
         by_range = {v: k for k, v in AGE_GROUPS.items()}
-        for m in AGE_RANGE_RE.finditer(text or ""):
+        for m in AGE_RANGE_RE.finditer(text):
             age = by_range[m.group(1)]
     grades["age_group"] = age
     return grades
@@ -184,9 +186,16 @@ def scores_complete(grades: dict) -> bool:
 
 
 # -----------------------------------------------------------------------------
-# The chat-completions client: standard library HTTP, retries with exponential backoff on 429, 5xx,
-# timeouts and dropped connections, honouring Retry-After. Connection refused, unknown hosts and other
-# 4xx answers are not transient: they stop the run at once with one line.
+# The chat-completions client: one HTTP connection per request (http.client, standard library), retries
+# with exponential backoff on 429, 5xx, timeouts and dropped connections, honouring Retry-After up to
+# MAX_WAIT. Bounded: --timeout is the deadline of one whole answer (connect, wait, read), enforced by a
+# timer that closes the socket, so a server that drips a byte a second is cut off like a silent one.
+# Never follows a redirect (the key would go wherever the server points): a 3xx is an error that names
+# the target. Connection refused, unknown hosts and other 4xx answers stop the run at once with one line.
+
+MAX_WAIT = 60.0        # seconds: the longest wait before a retry, whatever Retry-After or the backoff say
+MAX_REPLY_BYTES = 16 << 20
+
 
 class TransientError(Exception):
     def __init__(self, what: str, retry_after: float | None = None):
@@ -194,62 +203,148 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
+class Stopped(Exception):
+    """The run is stopping (Ctrl-C, or another worker's fatal error): send nothing more."""
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Retry-After is either seconds or an HTTP date (RFC 9110); None when absent or unreadable."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return max(0.0, when.timestamp() - time.time())
 
 
 def retry_delay(attempt: int, retry_after: float | None, backoff: float) -> float:
-    """Seconds to wait before retry number attempt+1: what the server asked for, else backoff * 2^attempt."""
-    return retry_after if retry_after is not None else backoff * 2 ** attempt
+    """Seconds to wait before retry number attempt+1: what the server asked for, else backoff * 2^attempt;
+    never more than MAX_WAIT (a `Retry-After: 86400` waits a minute, then the retry count decides)."""
+    wanted = retry_after if retry_after is not None else backoff * 2.0 ** min(attempt, 60)
+    return min(wanted, MAX_WAIT)
+
+
+def message_text(message) -> str:
+    """The text of a chat message: a string, or the text parts of a list of content parts joined; anything
+    else (null, a number, an object) is no text, so the answer counts as unparsed."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part if isinstance(part, str) else part["text"] if isinstance(part, dict) and
+                       isinstance(part.get("text"), str) else "" for part in content)
+    return ""
+
+
+def token_count(value) -> int:
+    return int(value) if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0 else 0
+
+
+def close_socket(conn: http.client.HTTPConnection) -> None:
+    """Unblock whichever thread reads from conn (its read fails at once). socket.socket.shutdown on the
+    raw descriptor, so a TLS socket is not torn down under its reader."""
+    sock = conn.sock
+    if sock is not None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 class ChatClient:
     def __init__(self, base_url: str, api_key: str | None, timeout: float, retries: int, backoff: float,
                  temperature: float, max_tokens: int):
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        parts = urllib.parse.urlsplit(base_url.rstrip("/") + "/chat/completions")
+        self.url = parts.geturl()  # parse_args refused a URL with credentials in it
+        self.https, self.host, self.port = parts.scheme == "https", parts.hostname, parts.port
+        self.path = parts.path + (f"?{parts.query}" if parts.query else "")
         self.api_key = api_key
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.temperature, self.max_tokens = temperature, max_tokens
-        self.stop = threading.Event()  # set when a worker hit a fatal error: the others send nothing more
+        self.stop = threading.Event()  # set on Ctrl-C or a fatal error: nothing more is sent
+        self.open = set()              # connections in flight, closed by abort()
+        self.open_lock = threading.Lock()
 
     def redact(self, text: str) -> str:
-        """Servers sometimes echo the key in error bodies; it never reaches our output."""
+        """Servers may echo the key (in an answer or an error body); it never reaches our output or files."""
         return text.replace(self.api_key, "***") if self.api_key else text
 
+    def abort(self) -> None:
+        """Stop now: no new request, and every request in flight fails at once."""
+        self.stop.set()
+        with self.open_lock:
+            conns = list(self.open)
+        for conn in conns:
+            close_socket(conn)
+
     def post_once(self, body: dict) -> dict:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        factory = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+        conn = factory(self.host, self.port, timeout=self.timeout)
+        expired = threading.Event()
+
+        def expire():
+            expired.set()
+            close_socket(conn)
+
+        timer = threading.Timer(self.timeout, expire)
+        timer.daemon = True
+        with self.open_lock:
+            self.open.add(conn)
+        timer.start()
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as e:
-            if e.code == 429 or e.code >= 500:
-                raise TransientError(f"HTTP {e.code}", parse_retry_after(e.headers.get("Retry-After")))
-            detail = self.redact(e.read()[:300].decode("utf-8", "replace")).replace("\n", " ")
-            raise JudgeError(f"{self.url} answered HTTP {e.code} for model {body['model']!r}: {detail}; "
-                             f"check --base_url, --model and --api_key_env")
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, (TimeoutError, socket.timeout, ConnectionResetError)):
-                raise TransientError(f"{type(e.reason).__name__}")
-            raise JudgeError(f"cannot reach {self.url}: {self.redact(str(e.reason))}; start the server or fix --base_url")
-        except (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as e:
+            try:
+                conn.connect()
+            except (TimeoutError, socket.timeout) as e:
+                raise TransientError(type(e).__name__)
+            except OSError as e:  # refused, unknown host, a certificate that does not verify
+                if self.stop.is_set():
+                    raise Stopped()
+                raise ValueError(f"cannot reach {self.url}: {self.redact(str(e.strerror or e))}; "
+                                 f"start the server or fix --base_url")
+            conn.request("POST", self.path, body=json.dumps(body).encode(), headers=headers)
+            response = conn.getresponse()
+            raw = response.read(MAX_REPLY_BYTES + 1)
+            status, location = response.status, response.getheader("Location")
+            retry_after = parse_retry_after(response.getheader("Retry-After"))
+        except (OSError, http.client.HTTPException) as e:
+            if self.stop.is_set():
+                raise Stopped()
+            if expired.is_set():
+                raise TransientError(f"no complete answer within --timeout={self.timeout:g}s")
             raise TransientError(type(e).__name__)
+        finally:
+            timer.cancel()
+            with self.open_lock:
+                self.open.discard(conn)
+            conn.close()
+        if expired.is_set():
+            raise TransientError(f"no complete answer within --timeout={self.timeout:g}s")
+        if 300 <= status < 400:
+            target = urllib.parse.urlsplit(location or "")
+            host = target.netloc.rpartition("@")[2]  # never the credentials a Location may carry
+            where = (f"{target.scheme}://{host}{target.path}" if host else target.path or "nowhere")[:200]
+            raise ValueError(f"{self.url} answered HTTP {status}, a redirect to {where}; judge.py does not follow "
+                             f"redirects (the key goes only to --base_url): set --base_url to the address it points to")
+        if status == 429 or status >= 500:
+            raise TransientError(f"HTTP {status}", retry_after)
+        if not 200 <= status < 300:
+            detail = self.redact(raw[:300].decode("utf-8", "replace")).replace("\n", " ")
+            raise ValueError(f"{self.url} answered HTTP {status} for model {body['model']!r}: {detail}; "
+                             f"check --base_url, --model and --api_key_env")
+        if len(raw) > MAX_REPLY_BYTES:
+            raise ValueError(f"{self.url} answered with more than {MAX_REPLY_BYTES >> 20} MiB; is it a chat-completions endpoint?")
         try:
             return json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond reason
             raise TransientError("a reply that is not JSON")
 
     def chat(self, model: str, messages: list[dict]) -> tuple[str, dict]:
@@ -257,23 +352,24 @@ class ChatClient:
         body = {"model": model, "messages": messages, "temperature": self.temperature, "max_tokens": self.max_tokens}
         for attempt in range(self.retries + 1):
             if self.stop.is_set():
-                raise JudgeError("stopped")
+                raise Stopped()
             try:
                 reply = self.post_once(body)
                 break
             except TransientError as e:
                 if attempt == self.retries:
-                    raise JudgeError(f"{self.url} failed {self.retries + 1} times for model {model!r} (last: {e}); "
+                    raise ValueError(f"{self.url} failed {self.retries + 1} times for model {model!r} (last: {e}); "
                                      f"try again later, or raise --retries / --timeout")
-                time.sleep(retry_delay(attempt, e.retry_after, self.backoff))
+                if self.stop.wait(retry_delay(attempt, e.retry_after, self.backoff)):
+                    raise Stopped()
         try:
-            content = reply["choices"][0]["message"].get("content") or ""
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise JudgeError(f"{self.url} answered without choices[0].message for model {model!r}; "
+            message = reply["choices"][0]["message"]
+        except (KeyError, IndexError, TypeError):
+            raise ValueError(f"{self.url} answered without choices[0].message for model {model!r}; "
                              f"is it an OpenAI-compatible chat-completions endpoint?")
-        usage = reply.get("usage") or {}
-        return content, {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                         "completion_tokens": int(usage.get("completion_tokens") or 0)}
+        usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
+        return message_text(message), {"prompt_tokens": token_count(usage.get("prompt_tokens")),
+                                       "completion_tokens": token_count(usage.get("completion_tokens"))}
 
 
 def grade(client: ChatClient, model: str, prompt: str, completion: str) -> dict:
@@ -291,7 +387,7 @@ def grade(client: ChatClient, model: str, prompt: str, completion: str) -> dict:
     ok = scores_complete(grades)
     return {"judge": model, "status": "ok" if ok else "unparsed",
             "scores": {c: grades[c] for c in CATEGORIES} if ok else None,
-            "age_group": grades["age_group"], "answers": answers, "usage": usage}
+            "age_group": grades["age_group"], "answers": [client.redact(a) for a in answers], "usage": usage}
 
 
 # -----------------------------------------------------------------------------
@@ -321,7 +417,7 @@ class GradeCache:
                 record = json.loads(line)
                 self.records[record["key"]] = record
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise JudgeError(f"{path}: line {i + 1} is not a cache record; move the file away to start over")
+                raise ValueError(f"{path}: line {i + 1} is not a cache record; move the file away to start over")
 
     def get(self, key: str) -> dict | None:
         return self.records.get(key)
@@ -346,12 +442,12 @@ def read_csv_rows(path: pathlib.Path, columns: tuple[str, ...]) -> list[dict]:
             reader = csv.DictReader(f)
             missing = [c for c in columns if c not in (reader.fieldnames or [])]
             if missing:
-                raise JudgeError(f"{path}: no {', '.join(repr(c) for c in missing)} column (found: "
+                raise ValueError(f"{path}: no {', '.join(repr(c) for c in missing)} column (found: "
                                  f"{', '.join(reader.fieldnames or []) or 'nothing'}); the file needs a header "
                                  f"row with {' and '.join(repr(c) for c in columns)}")
             return list(reader)
     except UnicodeDecodeError:
-        raise JudgeError(f"{path}: not UTF-8 text; save the CSV as UTF-8")
+        raise ValueError(f"{path}: not UTF-8 text; save the CSV as UTF-8")
 
 
 def read_jsonl_rows(path: pathlib.Path, columns: tuple[str, ...]) -> list[dict]:
@@ -362,10 +458,10 @@ def read_jsonl_rows(path: pathlib.Path, columns: tuple[str, ...]) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise JudgeError(f"{path}: line {i + 1} is not JSON ({e.msg}); one JSON object per line")
+            raise ValueError(f"{path}: line {i + 1} is not JSON ({e.msg}); one JSON object per line")
         missing = [c for c in columns if not isinstance(row, dict) or not isinstance(row.get(c), str)]
         if missing:
-            raise JudgeError(f"{path}: line {i + 1} has no string field {', '.join(repr(c) for c in missing)}; "
+            raise ValueError(f"{path}: line {i + 1} has no string field {', '.join(repr(c) for c in missing)}; "
                              f"each line needs {' and '.join(repr(c) for c in columns)}")
         rows.append(row)
     return rows
@@ -374,12 +470,12 @@ def read_jsonl_rows(path: pathlib.Path, columns: tuple[str, ...]) -> list[dict]:
 def read_table(path: pathlib.Path, columns: tuple[str, ...]) -> list[dict]:
     """Rows of a CSV or JSONL file that must have the given columns."""
     if not path.is_file():
-        raise JudgeError(f"{path}: no such file")
+        raise ValueError(f"{path}: no such file")
     if path.suffix.lower() == ".csv":
         return read_csv_rows(path, columns)
     if path.suffix.lower() == ".jsonl":
         return read_jsonl_rows(path, columns)
-    raise JudgeError(f"{path}: unknown format; use a .csv or .jsonl file")
+    raise ValueError(f"{path}: unknown format; use a .csv or .jsonl file")
 
 
 def load_prompt_file(path: pathlib.Path) -> list[str]:
@@ -390,15 +486,15 @@ def load_prompt_file(path: pathlib.Path) -> list[str]:
         try:
             prompts = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
-            raise JudgeError(f"{path}: not valid YAML ({str(e).splitlines()[0]})")
+            raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})")
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-            raise JudgeError(f"{path}: expected a YAML list of strings (story beginnings)")
+            raise ValueError(f"{path}: expected a YAML list of strings (story beginnings)")
     else:
         prompts = [row["prompt"] for row in read_table(path, ("prompt",))]
     # the same beginning twice would be judged twice and counted as two prompts
     prompts = list(dict.fromkeys(p for p in prompts if p.strip()))
     if not prompts:
-        raise JudgeError(f"{path}: no prompts in it")
+        raise ValueError(f"{path}: no prompts in it")
     return prompts
 
 
@@ -407,22 +503,23 @@ def fetch_from_hub(spec: str) -> list[str]:
     split, which must have a `prompt` column."""
     parts = spec[len("hf:"):].split("/", 2)
     if len(parts) < 2 or not all(parts):
-        raise JudgeError(f"--prompts={spec}: a hub id is hf:OWNER/NAME or hf:OWNER/NAME/FILE")
+        raise ValueError(f"--prompts={spec}: a hub id is hf:OWNER/NAME or hf:OWNER/NAME/FILE")
     repo_id = "/".join(parts[:2])
     try:
         if len(parts) == 3:
             from huggingface_hub import hf_hub_download
-            return load_prompt_file(pathlib.Path(hf_hub_download(repo_id, parts[2], repo_type="dataset")))
-        import datasets
-        rows = datasets.load_dataset(repo_id, split="train")
-    except JudgeError:
-        raise
+            local = pathlib.Path(hf_hub_download(repo_id, parts[2], repo_type="dataset"))
+        else:
+            import datasets
+            rows = datasets.load_dataset(repo_id, split="train")
     except Exception as e:  # offline, unknown repo, gated, ...: all say the same to the user
         first_line = (str(e).strip().splitlines() or [""])[0][:200]
-        raise JudgeError(f"--prompts={spec}: cannot fetch it from the Hugging Face hub ({type(e).__name__}: "
+        raise ValueError(f"--prompts={spec}: cannot fetch it from the Hugging Face hub ({type(e).__name__}: "
                          f"{first_line}); download the file and pass its local path")
+    if len(parts) == 3:
+        return load_prompt_file(local)
     if "prompt" not in rows.column_names:
-        raise JudgeError(f"--prompts={spec}: the dataset has no 'prompt' column (found: {', '.join(rows.column_names)})")
+        raise ValueError(f"--prompts={spec}: the dataset has no 'prompt' column (found: {', '.join(rows.column_names)})")
     return list(dict.fromkeys(p for p in rows["prompt"] if isinstance(p, str) and p.strip()))
 
 
@@ -440,7 +537,7 @@ def load_completions(path: pathlib.Path) -> list[dict]:
     """Items from a submitted file: prompt ids in order of first appearance, samples numbered per prompt."""
     rows = read_table(path, ("prompt", "completion"))
     if not rows:
-        raise JudgeError(f"{path}: no rows; it needs 'prompt' and 'completion' for each completion")
+        raise ValueError(f"{path}: no rows; it needs 'prompt' and 'completion' for each completion")
     prompt_ids, samples_seen, items = {}, {}, []
     for row in rows:
         pid = prompt_ids.setdefault(row["prompt"], len(prompt_ids))
@@ -472,20 +569,20 @@ def generate_completions(ckpt_path: str, prompts: list[str], samples: int, max_n
     try:  # model.py and prepare.py say what is wrong with a device, a checkpoint or its tokenizer in one line
         device = model_lib.resolve_device(device)
     except ValueError as e:
-        raise JudgeError(f"--device: {e}")
+        raise ValueError(f"--device: {e}")
     try:
         ckpt = model_lib.load_checkpoint(ckpt_path, map_location=device)
         gpt = model_lib.model_from_checkpoint(ckpt, device=device)
         enc = prepare.encoding_from_spec(ckpt["tokenizer"])
         delimiter = prepare.delimiter_id(enc)
     except ValueError as e:
-        raise JudgeError(f"--ckpt={ckpt_path}: {e}")
+        raise ValueError(f"--ckpt={ckpt_path}: {e}")
     gpt.eval()
     contexts = [[delimiter] + enc.encode_ordinary(p) for p in prompts]
     block_size = gpt.config.block_size
     room = block_size - max(len(c) for c in contexts)
     if room <= 0:
-        raise JudgeError(f"the longest prompt is {block_size - room} tokens, not shorter than the model's "
+        raise ValueError(f"the longest prompt is {block_size - room} tokens, not shorter than the model's "
                          f"block_size {block_size}; use shorter prompts")
     if max_new_tokens > room:
         print(f"note: --max_new_tokens={max_new_tokens} capped to {room} so the longest prompt fits in block_size {block_size}")
@@ -519,7 +616,8 @@ def saved_or_generated_completions(args, prompts: list[str], cache_dir: pathlib.
             return [json.loads(line) for line in lines[1:]], {"generation": settings, "completions_file": str(path)}
     items = generate_completions(args.ckpt, prompts, args.samples, args.max_new_tokens, args.temperature,
                                  args.top_k, args.top_p, args.seed, args.batch_size, args.device)
-    write_atomic(path, "".join(json.dumps(row) + "\n" for row in [{"generation": settings}] + items))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    prepare.write_file_atomic(path, "".join(json.dumps(row) + "\n" for row in [{"generation": settings}] + items).encode())
     print(f"saved {len(items)} completions to {path}")
     return items, {"generation": settings, "completions_file": str(path)}
 
@@ -532,15 +630,11 @@ def write_completions_file(path: pathlib.Path, items: list[dict]) -> None:
         writer = csv.DictWriter(buffer, fieldnames=["prompt", "completion"])
         writer.writeheader()
         writer.writerows(rows)
-        write_atomic(path, buffer.getvalue())
+        text = buffer.getvalue()
     elif path.suffix.lower() == ".jsonl":
-        write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+        text = "".join(json.dumps(row) + "\n" for row in rows)
     else:
-        raise JudgeError(f"--generate_only={path}: use a .csv or .jsonl file name")
-
-
-def write_atomic(path: pathlib.Path, text: str) -> None:
-    """UTF-8 text, atomically and on disk (prepare.py's one atomic writer), creating the folder if needed."""
+        raise ValueError(f"--generate_only={path}: use a .csv or .jsonl file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     prepare.write_file_atomic(path, text.encode("utf-8"))
 
@@ -549,8 +643,10 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
 # Grading every (judge, item) pair: cached answers first, the rest through a bounded thread pool.
 
 def grade_all(items: list[dict], models: list[str], client: ChatClient, cache: GradeCache, concurrency: int) -> dict:
-    """Fills the cache for every (model, item); returns usage counters for this run. On a fatal error the
-    pool stops taking new work, answers already received stay in the cache, and the error is raised."""
+    """Fills the cache for every (model, item); returns usage counters for this run. The workers are
+    daemon threads and the main thread only waits on a queue, so Ctrl-C stops the run at once: requests in
+    flight are cut, the grades already answered stay in the cache (a second Ctrl-C kills outright). On a
+    fatal error nothing more is sent, the requests in flight finish into the cache, and the error is raised."""
     todo = {}
     for model in models:
         for it in items:
@@ -561,34 +657,60 @@ def grade_all(items: list[dict], models: list[str], client: ChatClient, cache: G
              "reused": len(models) * len(items) - len(todo), "graded": 0}
     if not todo:
         return usage
+    jobs, done = queue.SimpleQueue(), queue.SimpleQueue()
+    for key, job in todo.items():
+        jobs.put((key, job))
     failure = []
 
-    def work(key, model, prompt, completion) -> bool:
-        if client.stop.is_set():
-            return False
-        try:
-            record = grade(client, model, prompt, completion)
-        except JudgeError as e:
-            if not client.stop.is_set():
+    def worker():
+        while not client.stop.is_set():
+            try:
+                key, (model, prompt, completion) = jobs.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                record = grade(client, model, prompt, completion)
+            except Stopped:
+                return
+            except Exception as e:  # ValueError: the endpoint is unusable; anything else is a bug, raised below
                 failure.append(e)
                 client.stop.set()
-            return False
-        cache.add(key, record)
-        with cache.lock:
-            usage["requests"] += len(record["answers"])
-            usage["prompt_tokens"] += record["usage"]["prompt_tokens"]
-            usage["completion_tokens"] += record["usage"]["completion_tokens"]
-            usage["graded"] += 1
-        return True
+                return
+            cache.add(key, record)
+            with cache.lock:
+                usage["requests"] += len(record["answers"])
+                usage["prompt_tokens"] += record["usage"]["prompt_tokens"]
+                usage["completion_tokens"] += record["usage"]["completion_tokens"]
+                usage["graded"] += 1
+            done.put(key)
 
-    with tqdm(total=len(todo), desc="grading", unit="grade") as bar:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
-            futures = [pool.submit(work, key, *job) for key, job in todo.items()]
-            for future in concurrent.futures.as_completed(futures):
-                bar.update(int(future.result()))
+    threads = [threading.Thread(target=worker, daemon=True, name=f"judge-{i}")
+               for i in range(min(concurrency, len(todo)))]
+    try:
+        with tqdm(total=len(todo), desc="grading", unit="grade") as bar:
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):
+                try:  # a short wait: the main thread stays free to take Ctrl-C
+                    done.get(timeout=0.2)
+                    bar.update(1)
+                except queue.Empty:
+                    pass
+            while not done.empty():
+                done.get()
+                bar.update(1)
+    except KeyboardInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C ends the process outright
+        client.abort()
+        cache.lock.acquire(timeout=5)  # no cache line is half written when the process exits
+        print(f"interrupted: {usage['graded']} new grades of {len(todo)} saved in {cache.path}; "
+              f"re-run the same command to resume", file=sys.stderr)
+        raise
     if failure:
-        saved = usage["graded"]
-        raise JudgeError(f"{failure[0]} ({saved} new grades of {len(todo)} saved in {cache.path}; "
+        if not isinstance(failure[0], ValueError):
+            raise failure[0]
+        raise ValueError(f"{failure[0]} ({usage['graded']} new grades of {len(todo)} saved in {cache.path}; "
                          f"re-run the same command to resume)")
     return usage
 
@@ -660,33 +782,25 @@ def aggregate(items: list[dict], models: list[str], cache: GradeCache) -> dict:
 
 
 def record_block(report: dict) -> dict:
-    """The record's results.json `judge` block (DESIGN.md): judges, n, four category means, overall, ci95."""
+    """The record's results.json `judge` block: judges, n, four category means, overall, ci95."""
     return {k: report[k] for k in ("judges", "n", *CATEGORIES, "overall", "ci95")}
 
 
 def write_record(record_dir: pathlib.Path, block: dict) -> None:
-    """Set results.json's `judge` and keep everything else; atomic, so a crash never leaves half a file.
-    A block without a single parsed grade has no scores (null means), which leaderboard.py would reject
-    together with the whole record: it is refused here instead."""
-    path = record_dir / "results.json"
+    """Set results.json's `judge` and keep everything else (leaderboard.update_record, atomic). A block
+    without a single parsed grade has no scores (null means), which leaderboard.py would reject together
+    with the whole record: it is refused here instead."""
     if block["n"] < 1:
-        raise JudgeError(f"no item got parseable grades from any judge, so there is no score to put into {path}; "
-                         f"read the answers in judge.json, then try another --model")
-    results = read_results(path)
-    results["judge"] = block
-    prepare.write_json_atomic(path, results)
+        raise ValueError(f"no item got parseable grades from any judge, so there is no score to put into "
+                         f"{record_dir / 'results.json'}; read the answers in judge.json, then try another --model")
+    leaderboard.update_record(record_dir, "judge", block)
 
 
-def read_results(path: pathlib.Path) -> dict:
+def check_record(record_dir: pathlib.Path) -> None:
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise JudgeError(f"{path}: no such file; --record takes a record folder that train.py wrote")
-    except json.JSONDecodeError as e:
-        raise JudgeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); fix or regenerate the record")
-    if not isinstance(results, dict):
-        raise JudgeError(f"{path}: expected a JSON object")
-    return results
+        leaderboard.read_record(record_dir)
+    except ValueError as e:
+        raise ValueError(f"--record={record_dir}: {e}") from None
 
 
 def print_summary(report: dict, usage: dict) -> None:
@@ -713,14 +827,9 @@ def print_summary(report: dict, usage: dict) -> None:
 # -----------------------------------------------------------------------------
 # Command line.
 
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, as for every other bad input
-        print(f"error: {message}; see python judge.py --help", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = prepare.ArgumentParser(prog="judge.py", description=__doc__)
+    count, number = prepare.parse_count, prepare.parse_finite
     src = p.add_argument_group("what to judge (one of)")
     src.add_argument("--ckpt", help="checkpoint to generate completions from (model.save_checkpoint format)")
     src.add_argument("--completions", help="CSV or JSONL file with 'prompt' and 'completion' columns")
@@ -728,26 +837,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     gen.add_argument("--prompts", default="default", help="'default' (the project's 52 beginnings), 'tinystories' "
                      "(the dataset's Evaluation prompts.yaml from the hub), a local .yaml/.csv/.jsonl file, "
                      "or hf:OWNER/NAME[/FILE] (a hub dataset with a 'prompt' column, or a file in it)")
-    gen.add_argument("--samples", type=int, default=4, help="completions per prompt")
-    gen.add_argument("--max_new_tokens", type=int, default=300, help="length cap of a completion, in tokens")
-    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    gen.add_argument("--top_k", type=int, default=None, help="sample from the k most likely tokens only")
-    gen.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold")
-    gen.add_argument("--seed", type=int, default=1337)
-    gen.add_argument("--batch_size", type=int, default=32, help="sequences generated at once")
+    gen.add_argument("--samples", type=count, default=4, help="completions per prompt")
+    gen.add_argument("--max_new_tokens", type=count, default=300, help="length cap of a completion, in tokens")
+    gen.add_argument("--temperature", type=number, default=1.0, help="sampling temperature (0 = greedy)")
+    gen.add_argument("--top_k", type=count, default=None, help="sample from the k most likely tokens only")
+    gen.add_argument("--top_p", type=number, default=None, help="nucleus sampling threshold")
+    gen.add_argument("--seed", type=count, default=1337)
+    gen.add_argument("--batch_size", type=count, default=32, help="sequences generated at once")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
     jd = p.add_argument_group("the judge")
     jd.add_argument("--base_url", default="https://api.openai.com/v1", help="OpenAI-compatible API root (…/v1)")
     jd.add_argument("--model", action="append", default=[], help="judge model name; repeat for several judges")
-    jd.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the API key; "
-                    "give it empty (--api_key_env=) for a local server that needs no key")
-    jd.add_argument("--judge_temperature", type=float, default=0.0)
-    jd.add_argument("--judge_max_tokens", type=int, default=600, help="cap on each judge answer, in tokens")
-    jd.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
-    jd.add_argument("--retries", type=int, default=6, help="retries of a request on 429, 5xx and timeouts")
-    jd.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds, doubled each retry "
-                    "(a Retry-After header wins)")
-    jd.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one answer")
+    jd.add_argument("--api_key_env", default="OPENAI_API_KEY", help="NAME of the environment variable holding the "
+                    "API key; give it empty (--api_key_env=) for a local server that needs no key")
+    jd.add_argument("--api_key", help=argparse.SUPPRESS)  # only to refuse a key on the command line
+    jd.add_argument("--judge_temperature", type=number, default=0.0)
+    jd.add_argument("--judge_max_tokens", type=count, default=600, help="cap on each judge answer, in tokens")
+    jd.add_argument("--concurrency", type=count, default=8, help="requests in flight at once")
+    jd.add_argument("--retries", type=count, default=6, help="retries of a request on 429, 5xx and timeouts")
+    jd.add_argument("--backoff", type=number, default=1.0, help="first retry wait in seconds, doubled each retry "
+                    f"(a Retry-After header wins); no wait is longer than {MAX_WAIT:g} s")
+    jd.add_argument("--timeout", type=number, default=120.0, help="seconds for one whole answer (connect, wait, "
+                    "read); a slower one is cut off and retried")
     out = p.add_argument_group("output")
     out.add_argument("--out", default=None, help="report file (default judge.json, or DIR/judge.json with --record)")
     out.add_argument("--record", default=None, help="record folder whose results.json gets the `judge` block")
@@ -755,42 +866,66 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--generate_only", metavar="FILE", default=None, help="with --ckpt: write the completions to "
                      "FILE (.csv or .jsonl, the submission format --completions reads) and stop; no judge is called")
     args = p.parse_args(argv)
+    if args.api_key is not None:
+        raise ValueError("judge.py takes no key on the command line (it would stay in the shell history and the "
+                         "process list): export it, e.g. export OPENAI_API_KEY=..., and name the variable with --api_key_env")
     if bool(args.ckpt) == bool(args.completions):
-        p.error("give exactly one of --ckpt (generate completions) and --completions (judge a file)")
+        raise ValueError("give exactly one of --ckpt (generate completions) and --completions (judge a file)")
     if args.completions and args.prompts != "default":
-        p.error("--prompts has no effect with --completions (the file holds its prompts); drop one of them")
+        raise ValueError("--prompts has no effect with --completions (the file holds its prompts); drop one of them")
     if args.generate_only and not args.ckpt:
-        p.error("--generate_only needs --ckpt (it writes the completions a checkpoint generates)")
+        raise ValueError("--generate_only needs --ckpt (it writes the completions a checkpoint generates)")
     if not args.model and not args.generate_only:
-        p.error("no judge: give --model=NAME (repeat it for several judges)")
+        raise ValueError("no judge: give --model=NAME (repeat it for several judges)")
     for name in ("samples", "max_new_tokens", "batch_size", "concurrency", "judge_max_tokens"):
         if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1")
+            raise ValueError(f"--{name} must be at least 1")
     if args.temperature < 0 or (args.top_k is not None and args.top_k < 1) or \
             (args.top_p is not None and not 0 < args.top_p <= 1):
-        p.error("--temperature must be >= 0, --top_k >= 1 and --top_p in (0, 1]")
-    if not re.match(r"https?://[^/\s]+", args.base_url):
-        p.error(f"--base_url={args.base_url}: expected an http:// or https:// URL ending in /v1, e.g. http://localhost:8000/v1")
-    if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
-        p.error("--retries and --backoff must be >= 0 and --timeout > 0")
+        raise ValueError("--temperature must be >= 0, --top_k >= 1 and --top_p in (0, 1]")
+    check_base_url(args.base_url)
+    if args.retries < 0 or args.backoff < 0 or args.timeout <= 0 or args.judge_temperature < 0:
+        raise ValueError("--retries, --backoff and --judge_temperature must be >= 0 and --timeout > 0")
     return args
 
 
+def check_base_url(url: str) -> None:
+    """An http(s) URL with a host, and no credentials in it: they would be printed and stored with it."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        parts = None
+    if parts is not None and "@" in parts.netloc:
+        raise ValueError("--base_url holds a user name or password (not shown here); remove them from the URL: "
+                         "judge.py sends a key only as a bearer token, read from the variable --api_key_env names")
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        raise ValueError(f"--base_url={url}: expected an http:// or https:// URL ending in /v1, e.g. http://localhost:8000/v1")
+
+
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")  # how environment variables are named; keys are not
+
+
 def api_key_from_env(name: str) -> str | None:
-    """The key from the named variable; None when the name is empty (a local server that needs no key)."""
+    """The key from the named variable; None when the name is empty (a local server that needs no key).
+    The name is printed only when it looks like a variable name: a key pasted by mistake is never echoed."""
     if not name:
         return None
     key = os.environ.get(name, "").strip()
-    if not key:
-        raise JudgeError(f"no API key in ${name}; export {name}=... , name another variable with --api_key_env=VAR, "
+    if key:
+        return key
+    if ENV_NAME.fullmatch(name):
+        raise ValueError(f"no API key in ${name}; export {name}=... , name another variable with --api_key_env=VAR, "
                          f"or pass --api_key_env= for a local server that needs no key")
-    return key
+    raise ValueError("--api_key_env takes the NAME of the environment variable that holds the key (e.g. "
+                     "--api_key_env=OPENAI_API_KEY), and no variable of the name given is set (not shown here: it "
+                     "may be the key itself); export the key and name its variable, or --api_key_env= for no key")
 
 
 def run(args) -> dict:
     if args.generate_only:  # a submission file, or sample stories for a record: no judge, no key
         if not os.path.isfile(args.ckpt):
-            raise JudgeError(f"--ckpt={args.ckpt}: no such file")
+            raise ValueError(f"--ckpt={args.ckpt}: no such file")
         items, _ = saved_or_generated_completions(args, load_prompts(args.prompts), pathlib.Path(args.cache_dir))
         write_completions_file(pathlib.Path(args.generate_only), items)
         print(f"wrote {len(items)} completions to {args.generate_only}")
@@ -799,7 +934,7 @@ def run(args) -> dict:
     cache_dir = pathlib.Path(args.cache_dir)
     record_dir = pathlib.Path(args.record) if args.record else None
     if record_dir:
-        read_results(record_dir / "results.json")  # fail before any work, not after it
+        check_record(record_dir)  # fail before any work, not after it
     out = pathlib.Path(args.out) if args.out else (record_dir / "judge.json" if record_dir else pathlib.Path("judge.json"))
     models = list(dict.fromkeys(args.model))
 
@@ -809,7 +944,7 @@ def run(args) -> dict:
                   "completions_sha256": hashlib.sha256(pathlib.Path(args.completions).read_bytes()).hexdigest()}
     else:
         if not os.path.isfile(args.ckpt):
-            raise JudgeError(f"--ckpt={args.ckpt}: no such file")
+            raise ValueError(f"--ckpt={args.ckpt}: no such file")
         items, source = saved_or_generated_completions(args, load_prompts(args.prompts), cache_dir)
 
     cache = GradeCache(cache_dir / "grades.jsonl")
@@ -822,7 +957,8 @@ def run(args) -> dict:
                           "judge_max_tokens": args.judge_max_tokens, **source}
     report["usage_this_run"] = usage
     # the top-level block first, items last, so the file reads like the record
-    write_atomic(out, json.dumps(report, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prepare.write_json_atomic(out, report)
     print_summary(report, usage)
     print(f"wrote {out}")
     if record_dir:
@@ -831,17 +967,11 @@ def run(args) -> dict:
     return report
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except JudgeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:  # a cache folder, report or record that cannot be written
-        print(f"error: {e.filename or ''}: {e.strerror or e}; check the path and its permissions", file=sys.stderr)
-        sys.exit(2)
+def main(argv=None) -> int:
+    def parse_and_run(arguments):
+        run(parse_args(arguments))
+    return prepare.run_main("judge.py", parse_and_run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

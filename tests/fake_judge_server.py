@@ -14,10 +14,16 @@ test can compute the expected scores on its own. The faults, by kind:
 Models named missing* answer 404. Every request is logged as a JSON line to --log.
 
     python tests/fake_judge_server.py --log=server.jsonl [--require_key=K] [--retry_after=1]
-        [--slow_seconds=2] [--exit_after=N] [--hang_after=N]
+        [--slow_seconds=2] [--exit_after=N] [--hang_after=N] [--echo_key] [--redirect=CODE:URL] [--drip=SECONDS]
 It prints `port N` on its first stdout line once it listens (port 0 = any free port).
 --exit_after=N: exit right after the answer that completes the N-th grade (the endpoint becomes unreachable).
 --hang_after=N: after N completed grades, never answer again (so a test can kill the client mid-run).
+--echo_key: a hostile server: every answer and every error body quotes the Authorization header it got.
+--redirect=CODE:URL: answer every POST with that 3xx status and `Location: URL`. A GET (what a client that
+    follows a 301/302/303 sends) is logged with whether it carried an Authorization header, and answered
+    with a graded chat completion, as a server that wants to plant a grade would.
+--content=list|number: the answer's `content` as a list of text parts (split in two), or as a number (no text).
+--drip=SECONDS: send every answer one byte per SECONDS (a per-read timeout never trips; a deadline does).
 """
 import argparse
 import hashlib
@@ -95,15 +101,45 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (a slow answer)
             pass
 
+    def do_GET(self):
+        state: State = self.server.state
+        state.write_log(event="get", path=self.path, authorization=self.headers.get("Authorization") is not None)
+        answer = ("Grammar: 10/10\nCreativity: 10/10\nConsistency: 10/10\nPlot: 10/10\nAge group: F"
+                  + (f" {self.headers.get('Authorization')}" if state.args.echo_key else ""))
+        self.reply(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]})
+
+    def drip(self, code: int, body: dict):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.flush()
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(self.server.state.args.drip)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
     def do_POST(self):
         state: State = self.server.state
         args = state.args
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        if args.redirect:
+            code, url = args.redirect.split(":", 1)
+            state.write_log(event="redirect", code=int(code), to=url)
+            return self.reply(int(code), {"error": {"message": "moved"}}, {"Location": url})
+        if args.drip:
+            state.write_log(event="drip", model=body.get("model"))
+            return self.drip(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Grammar: 5/10"}}]})
         if not self.path.endswith("/chat/completions"):
             return self.reply(404, {"error": {"message": f"no route {self.path}"}})
         if args.require_key and self.headers.get("Authorization") != f"Bearer {args.require_key}":
             state.write_log(event="401")
-            return self.reply(401, {"error": {"message": "Incorrect API key provided"}})
+            echoed = f": {self.headers.get('Authorization')}" if args.echo_key else ""
+            return self.reply(401, {"error": {"message": f"Incorrect API key provided{echoed}"}})
         model, messages = body["model"], body["messages"]
         if model.startswith("missing"):
             return self.reply(404, {"error": {"message": f"The model `{model}` does not exist"}})
@@ -127,7 +163,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             answer = assessment_only()
         else:
             answer = graded_answer(p)
+        if args.echo_key:
+            answer = f"(you sent {self.headers.get('Authorization')}) {answer}"
         usage = {"prompt_tokens": sum(len(m["content"]) for m in messages) // 4, "completion_tokens": len(answer) // 4}
+        reply_content = {None: answer, "number": 7, "list": [{"type": "text", "text": answer[:len(answer) // 2]},
+                                                      {"type": "text", "text": answer[len(answer) // 2:]}]}[args.content]
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         # the answer that ends a grade: the re-ask's for the kinds that need one, else the first
         final = reask if p["kind"] in ("never_scores", "scores_on_reask") else not reask
@@ -138,7 +178,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 state.completed += final
                 state.write_log(event="answer", model=model, sha=sha, reask=reask, final=final, usage=usage)
                 self.reply(200, {"id": "chatcmpl-fake", "object": "chat.completion", "model": model,
-                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": reply_content},
                                               "finish_reason": "stop"}], "usage": usage})
                 if args.exit_after is not None and state.completed >= args.exit_after:
                     os._exit(0)  # the answer is sent; from now on nothing listens on the port
@@ -156,6 +196,10 @@ def main():
     parser.add_argument("--slow_seconds", type=float, default=2.0)
     parser.add_argument("--exit_after", type=int, default=None)
     parser.add_argument("--hang_after", type=int, default=None)
+    parser.add_argument("--echo_key", action="store_true")
+    parser.add_argument("--redirect", default=None)
+    parser.add_argument("--drip", type=float, default=None)
+    parser.add_argument("--content", choices=["list", "number"], default=None)
     args = parser.parse_args()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True

@@ -181,7 +181,7 @@ def test_prompt_loaders(tmp_path):
     assert judge.load_prompts("default") == judge.DEFAULT_PROMPTS
     bad = tmp_path / "bad.csv"
     bad.write_text("text\nhello\n")
-    with pytest.raises(judge.JudgeError, match="no 'prompt' column"):
+    with pytest.raises(ValueError, match="no 'prompt' column"):
         judge.load_prompts(str(bad))
 
 
@@ -523,3 +523,154 @@ def test_generate_only_writes_a_submission_file_that_judges_back(tmp_path, serve
     assert len(json.loads((tmp_path / "judge.json").read_text())["items"]) == 4
     # a file name that is neither CSV nor JSONL: one clear line
     assert_one_line_error(run_judge(*common, f"--generate_only={tmp_path / 'subm.txt'}", env_key=None), ".csv or .jsonl")
+
+
+# -----------------------------------------------------------------------------
+# nothing leaked, nothing inflated, nothing that hangs (each of these failed on the judge.py before them)
+
+def test_parse_grades_never_reads_the_scale_as_a_score():
+    # an echoed template, a 'not applicable', a question mark, a word: the '10' of '/10' is not a grade
+    for answer in ("Grammar: X/10\nCreativity: X/10\nConsistency: X/10\nPlot: X/10\nAge group: L",
+                   "Grammar: N/A/10\nCreativity: ?/10\nConsistency: seven/10\nPlot: -/10"):
+        assert {c: judge.parse_grades(answer)[c] for c in judge.CATEGORIES} == dict.fromkeys(judge.CATEGORIES)
+    # a score on another scale is not a score out of 10
+    assert judge.parse_grades("Grammar: 4/5")["grammar"] is None
+    # the forms a judge really writes still parse
+    assert judge.parse_grades("Grammar: 7/10")["grammar"] == 7
+    assert judge.parse_grades("Grammar: 7")["grammar"] == 7
+    assert judge.parse_grades("grammar 8 out of 10")["grammar"] == 8
+    assert judge.parse_grades("Grammar: 10/10, plot: 9.5 / 10")["grammar"] == 10
+    # an answer that is not text at all is unparsed, not a crash
+    assert judge.parse_grades([{"text": "Grammar: 7/10"}]) == {**dict.fromkeys(judge.CATEGORIES), "age_group": None}
+
+
+def test_redirects_are_refused_and_the_key_never_follows(tmp_path, server_factory):
+    items = write_jsonl(tmp_path / "ok.jsonl", make_items(1, 1))
+    target = server_factory("--echo_key")  # another port: another origin, which would plant a 10/10 grade
+    for code in (301, 302, 303, 307, 308):
+        mover = server_factory(f"--redirect={code}:{target.base_url}/chat/completions")
+        cache_dir = tmp_path / f"cache{code}"
+        proc = run_judge(f"--completions={items}", f"--base_url={mover.base_url}", "--model=judge-a",
+                         f"--cache_dir={cache_dir}", f"--out={tmp_path / 'j.json'}", *FAST)
+        assert_one_line_error(proc, f"HTTP {code}", "redirect", target.base_url.split("//")[1].split("/")[0])
+        assert [e["event"] for e in mover.events()] == ["redirect"]   # refused at once, not retried
+        assert cache_keys(cache_dir) == [] and not (tmp_path / "j.json").exists()
+    assert target.events() == []   # the key (and the POST turned into a GET) never went to the other host
+
+
+def test_the_key_is_redacted_from_everything_written_and_printed(tmp_path, server_factory):
+    server = server_factory(f"--require_key={KEY}", "--echo_key")  # quotes the Authorization header it got
+    items = write_jsonl(tmp_path / "ok.jsonl", make_items(3, 2))
+    record = tmp_path / "record"
+    record.mkdir()
+    (record / "results.json").write_text(json.dumps({"name": "r", "judge": None}))
+    proc = run_judge(f"--completions={items}", f"--base_url={server.base_url}", "--model=judge-a",
+                     f"--cache_dir={tmp_path / 'cache'}", f"--record={record}", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    answers = [a for row in json.loads((record / "judge.json").read_text())["items"] for a in row["answers"]]
+    assert answers and all("Bearer ***" in a for a in answers)   # the answers are kept, the key is not
+    # a wrong key echoed in the 401 body is not printed either
+    wrong = "sk-wrong-9f8e7d6c5b4a"
+    proc2 = run_judge(f"--completions={items}", f"--base_url={server.base_url}", "--model=judge-a",
+                      f"--cache_dir={tmp_path / 'cache2'}", *FAST, env_key=wrong)
+    assert_one_line_error(proc2, "HTTP 401")
+    # a key pasted into --api_key_env, or given as a flag, is refused without being echoed
+    pasted = "sk-proj-AbC123xYz789DeF456"
+    proc3 = run_judge(f"--completions={items}", f"--base_url={server.base_url}", "--model=judge-a",
+                      f"--api_key_env={pasted}", f"--cache_dir={tmp_path / 'cache3'}")
+    assert_one_line_error(proc3, "--api_key_env takes the NAME")
+    proc4 = run_judge(f"--completions={items}", f"--base_url={server.base_url}", "--model=judge-a",
+                      f"--api_key={pasted}", f"--cache_dir={tmp_path / 'cache3'}")
+    assert_one_line_error(proc4, "no key on the command line")
+    # credentials in --base_url are neither printed nor stored
+    secret = "s3cret-Pa55word"
+    proc5 = run_judge(f"--completions={items}", f"--base_url=http://user:{secret}@127.0.0.1:9/v1", "--model=judge-a",
+                      f"--cache_dir={tmp_path / 'cache4'}", f"--out={tmp_path / 'j5.json'}", *FAST)
+    assert_one_line_error(proc5, "--base_url holds a user name or password")
+    outputs = "".join(p.stdout + p.stderr for p in (proc, proc2, proc3, proc4, proc5))
+    for needle in (KEY, wrong, pasted, secret):
+        assert needle not in outputs
+        for path in tmp_path.rglob("*"):
+            if path.is_file() and not path.name.startswith("server"):
+                assert needle not in path.read_text(errors="replace"), path
+
+
+def test_waits_are_bounded_retry_after_and_a_dripping_server(tmp_path, server_factory):
+    # Retry-After: 86400 (or an HTTP date a day ahead) waits MAX_WAIT = 60 s at most, as does a long backoff
+    assert judge.retry_delay(0, judge.parse_retry_after("86400"), 1.0) == 60
+    in_a_day = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 86400))
+    assert judge.retry_delay(0, judge.parse_retry_after(in_a_day), 1.0) == 60
+    assert judge.retry_delay(30, None, 1.0) == 60 and judge.parse_retry_after("inf") is None
+    assert judge.MAX_WAIT == 60
+    # a server that sends its answer a byte every 0.2 s: never a silent second, but --timeout=1 is the
+    # deadline of the whole answer, so each try is cut after 1 s and the run ends in seconds, not minutes
+    dripping = server_factory("--drip=0.2")
+    items = write_jsonl(tmp_path / "ok.jsonl", make_items(1, 1))
+    start = time.time()
+    proc = run_judge(f"--completions={items}", f"--base_url={dripping.base_url}", "--model=judge-a",
+                     f"--cache_dir={tmp_path / 'cache'}", "--timeout=1", "--retries=1", "--backoff=0.01", wait=False)
+    try:
+        stdout, stderr = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("judge.py waited on a dripping server past 20 s with --timeout=1 --retries=1")
+    assert time.time() - start < 15
+    assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
+                          "failed 2 times", "no complete answer within --timeout=1s")
+    assert [e["event"] for e in dripping.events()] == ["drip", "drip"]
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_stops_at_once_and_keeps_the_grades(tmp_path, server_factory, presses):
+    items = make_items(6, 1)
+    completions = write_jsonl(tmp_path / "submission.jsonl", items)
+    cache_dir = tmp_path / "cache"
+    args = [f"--completions={completions}", "--model=judge-a", "--concurrency=2", f"--cache_dir={cache_dir}",
+            f"--out={tmp_path / 'judge.json'}", "--backoff=0.01", "--timeout=60", "--retries=2"]
+    hanging = server_factory("--hang_after=3")   # three grades, then it never answers again
+    proc = run_judge(f"--base_url={hanging.base_url}", *args, wait=False)
+    deadline = time.time() + 60
+    while (len(cache_keys(cache_dir)) < 3 or sum(e["event"] == "refused" for e in hanging.events()) < 2) \
+            and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(cache_keys(cache_dir)) == 3    # both workers now wait on answers that never come
+    start = time.time()
+    for _ in range(presses):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+    try:
+        stdout, stderr = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"judge.py did not stop within 10 s of {presses} Ctrl-C (--timeout=60)")
+    assert time.time() - start < 5
+    assert proc.returncode in ((130,) if presses == 1 else (130, -signal.SIGINT)), stderr
+    assert "Traceback" not in stderr
+    if presses == 1:
+        assert "3 new grades of 6 saved" in stderr and stderr.strip().splitlines()[-1] == "error: judge.py: interrupted"
+    assert len(cache_keys(cache_dir)) == 3 and not (tmp_path / "judge.json").exists()
+    # the re-run grades only the rest
+    fresh = server_factory()
+    proc = run_judge(f"--base_url={fresh.base_url}", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert len(answered_grades(fresh)) == 3 and len(cache_keys(cache_dir)) == 6
+
+
+@pytest.mark.parametrize("form", ["list", "number"])
+def test_an_answer_whose_content_is_not_a_string(tmp_path, server_factory, form):
+    """OpenAI-style content parts are joined into the answer's text; content that holds no text at all is
+    an unparsed grade. Neither is a traceback."""
+    server = server_factory(f"--content={form}")
+    items = [it for it in make_items(20, 1) if planned("judge-a", it)["kind"] in ("plain", "fancy")][:3]
+    completions = write_jsonl(tmp_path / "ok.jsonl", items)
+    proc = run_judge(f"--completions={completions}", f"--base_url={server.base_url}", "--model=judge-a",
+                     f"--cache_dir={tmp_path / 'cache'}", f"--out={tmp_path / 'j.json'}", *FAST)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    report = json.loads((tmp_path / "j.json").read_text())
+    if form == "list":
+        assert report["n"] == 3
+        assert report["grammar"] == pytest.approx(np.mean([planned("judge-a", it)["scores"]["grammar"] for it in items]))
+    else:
+        assert report["n"] == 0 and report["unparsed"] == 3
