@@ -16,8 +16,7 @@ Bits per byte (BPB) of a checkpoint on an eval set: the score of every track.
     documents and cleaned by prepare.py's own readers (no de-duplication) and tokenized with the
     checkpoint's own tokenizer.
 
-The definition (DESIGN.md, "Bits per byte"), computed by evaluate_bpb, which train.py's validation
-calls too, so there is one definition:
+The definition, computed by evaluate_bpb, which train.py's validation calls too, so there is one:
 
     BPB = sum of nats over predicted text tokens / (ln 2 * sum of UTF-8 bytes of those tokens)
 
@@ -43,7 +42,6 @@ The fingerprint is the SHA-256 of the scored text: the UTF-8 bytes of every scor
 0xFF byte (never valid in UTF-8) where a document boundary is predicted. The same text scored
 through two tokenizers gets the same fingerprint; leaderboard.py ranks together only runs that share it.
 """
-import argparse
 import contextlib
 import glob
 import hashlib
@@ -58,8 +56,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import leaderboard  # the record format: results.json's reader and writer
 import prepare
-from model import CheckpointError, load_checkpoint, model_from_checkpoint, resolve_device
+from model import load_checkpoint, model_from_checkpoint, resolve_device
 
 ROOT = pathlib.Path(__file__).resolve().parent
 EVAL_DIR = ROOT / "data" / "eval"
@@ -74,10 +73,6 @@ OFFICIAL_EVAL_SETS = {
 }
 DOCUMENT_BOUNDARY = b"\xff"  # stands for a scored special token in the fingerprint; never occurs in UTF-8 text
 RESULT_KEYS = ("bpb", "loss", "tokens", "bytes", "fingerprint")
-
-
-class EvalError(ValueError):
-    """Bad eval input; the message names the file or setting and the fix."""
 
 
 # -----------------------------------------------------------------------------
@@ -112,11 +107,11 @@ def fill_batch(tokens: np.ndarray, window_ids: list[int], seq_len: int, rows: in
 def check_token_range(tokens: np.ndarray, n_vocab: int, model_vocab: int | None) -> None:
     top = int(tokens.max())
     if top >= n_vocab:
-        raise EvalError(f"token id {top} in the eval set is outside the tokenizer's {n_vocab} tokens: "
-                        f"the eval tokens were made with a different tokenizer than token_bytes")
+        raise ValueError(f"token id {top} in the eval set is outside the tokenizer's {n_vocab} tokens: "
+                         f"the eval tokens were made with a different tokenizer than token_bytes")
     if model_vocab is not None and n_vocab > model_vocab:
-        raise EvalError(f"the tokenizer has {n_vocab} tokens but the model's vocab_size is {model_vocab}: "
-                        f"evaluate with the tokenizer the model was trained with")
+        raise ValueError(f"the tokenizer has {n_vocab} tokens but the model's vocab_size is {model_vocab}: "
+                         f"evaluate with the tokenizer the model was trained with")
 
 
 def bpb_from_sums(nats: float, n_bytes: int) -> float:
@@ -136,13 +131,13 @@ def evaluate_bpb(model, tokens, token_bytes, seq_len: int, batch_size: int, devi
     the same on every rank when torch.distributed is initialised.
     """
     if seq_len < 1 or batch_size < 1:
-        raise EvalError(f"seq_len ({seq_len}) and batch_size ({batch_size}) must be positive")
+        raise ValueError(f"seq_len ({seq_len}) and batch_size ({batch_size}) must be positive")
     device = torch.device(device)
     tokens = _as_numpy_tokens(tokens)
     if max_tokens is not None:
         tokens = tokens[:max_tokens]
     if len(tokens) < 2:
-        raise EvalError(f"the eval set has {len(tokens)} token(s): at least 2 are needed to predict one")
+        raise ValueError(f"the eval set has {len(tokens)} token(s): at least 2 are needed to predict one")
     token_bytes_np = np.asarray(token_bytes.cpu() if isinstance(token_bytes, torch.Tensor) else token_bytes,
                                 dtype=np.int64)
     model_vocab = getattr(getattr(model, "config", None), "vocab_size", None)
@@ -204,7 +199,7 @@ def evaluate_bpb(model, tokens, token_bytes, seq_len: int, batch_size: int, devi
     n_tokens, n_bytes = (int(c) for c in counts.tolist())
     nats = float(nats_sum)
     if n_bytes == 0:
-        raise EvalError("the eval set holds no text tokens (only special tokens): nothing to score")
+        raise ValueError("the eval set holds no text tokens (only special tokens): nothing to score")
     return {
         "bpb": bpb_from_sums(nats, n_bytes),
         "loss": nats / n_tokens,
@@ -245,16 +240,16 @@ def resolve_eval_data(data: str) -> tuple[str, pathlib.Path | list[pathlib.Path]
         folder = EVAL_DIR / data
         if not folder.is_dir():
             about, how = OFFICIAL_EVAL_SETS[data]
-            raise EvalError(f"the official eval set '{data}' ({about}) is not prepared: {folder} does not exist; "
-                            f"make it with: {how}")
+            raise ValueError(f"the official eval set '{data}' ({about}) is not prepared: {folder} does not exist; "
+                             f"make it with: {how}")
         return "dir", folder
     if path.is_dir():
         return "dir", path
     files = [pathlib.Path(p) for p in sorted(glob.glob(data))] if glob.has_magic(data) else [path]
     files = [f for f in files if f.is_file()]
     if not files:
-        raise EvalError(f"--data {data}: no such folder, file or matching files, and not an official eval set "
-                        f"({', '.join(OFFICIAL_EVAL_SETS)})")
+        raise ValueError(f"--data {data}: no such folder, file or matching files, and not an official eval set "
+                         f"({', '.join(OFFICIAL_EVAL_SETS)})")
     return "text", files
 
 
@@ -283,8 +278,8 @@ def tokenizer_mismatch(ckpt_spec: dict, data_spec: dict) -> str | None:
 def load_shard_tokens(data_dir: pathlib.Path, enc, max_tokens: int | None) -> np.ndarray:
     meta_vocab = prepare.read_meta(data_dir).get("tokenizer", {}).get("vocab_size")
     if meta_vocab is not None and meta_vocab != enc.n_vocab:
-        raise EvalError(f"tokenizer mismatch: {data_dir / 'meta.json'} says vocab_size {meta_vocab} but the "
-                        f"tokenizer given has {enc.n_vocab} tokens; use the tokenizer the shards were made with")
+        raise ValueError(f"tokenizer mismatch: {data_dir / 'meta.json'} says vocab_size {meta_vocab} but the "
+                         f"tokenizer given has {enc.n_vocab} tokens; use the tokenizer the shards were made with")
     parts, have = [], 0
     for shard in prepare.list_shards(data_dir, "val"):
         if max_tokens is not None and have >= max_tokens:
@@ -334,60 +329,36 @@ def load_eval_tokens(data_dir_or_glob, enc, max_tokens: int | None = None) -> np
     kind, where = resolve_eval_data(str(data_dir_or_glob))
     tokens = load_shard_tokens(where, enc, max_tokens) if kind == "dir" else load_text_tokens(where, enc, max_tokens)
     if len(tokens) < 2:
-        raise EvalError(f"the eval set {data_dir_or_glob} is empty ({len(tokens)} tokens): it holds no documents")
+        raise ValueError(f"the eval set {data_dir_or_glob} is empty ({len(tokens)} tokens): it holds no documents")
     return tokens
 
 
 # -----------------------------------------------------------------------------
-# The record
+# The record and the command line
 
-def read_record(record_dir) -> tuple[pathlib.Path, dict]:
-    """(path of results.json, its content); checked before an evaluation so a typo costs no eval time."""
-    path = pathlib.Path(record_dir) / "results.json"
-    if not path.is_file():
-        raise EvalError(f"{path} does not exist: --record takes a record folder written by train.py")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EvalError(f"{path} is not readable JSON ({e}); fix or regenerate the record") from None
-    if not isinstance(record, dict):
-        raise EvalError(f"{path} does not hold a JSON object; fix or regenerate the record")
-    return path, record
+def check_recordable(eval_id: str | None, result: dict | None = None) -> None:
+    """What results.json's eval.<eval_id> accepts, checked before the evaluation (the id) and after it (the
+    numbers), so nothing leaderboard.py would refuse is written."""
+    if not eval_id or not leaderboard.SAFE_NAME.fullmatch(eval_id):
+        raise ValueError(f"the eval id {eval_id!r} is not a plain name (letters, digits, '.', '_', '-'): "
+                         f"name the eval set for the record with --eval_id")
+    if result is not None and not all(math.isfinite(result[k]) and result[k] > 0 for k in ("bpb", "loss")):
+        raise ValueError(f"BPB is {result['bpb']}, not a positive finite number (NaN/inf losses?); nothing written")
 
 
-def write_eval_to_record(record_dir, eval_id: str, result: dict) -> None:
-    """Put result under results.json's eval.<eval_id>, keeping the rest of the file; atomic rewrite."""
-    if not eval_id:
-        raise EvalError("the eval id is empty: name the eval set with --eval_id")
-    if not all(math.isfinite(result[k]) for k in ("bpb", "loss")):
-        raise EvalError(f"BPB is not finite ({result['bpb']}): the model produced NaN/inf losses; nothing written")
-    path, record = read_record(record_dir)
-    if not isinstance(record.get("eval"), dict):
-        record["eval"] = {}
-    record["eval"][eval_id] = {k: result[k] for k in RESULT_KEYS}
-    prepare.write_json_atomic(path, record)  # a crash leaves the old file or the new one, never half of one
-
-
-# -----------------------------------------------------------------------------
-# Command line
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints the whole usage first; one line says more
-        print(f"error: {message} (see python eval_bpb.py --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def parse_args(argv=None):
-    parser = OneLineErrorParser(
+def parse_args(argv):
+    parser = prepare.ArgumentParser(
+        prog="eval_bpb.py",
         description="Tokenizer-agnostic bits-per-byte of a checkpoint on an eval set (single process or torchrun).",
         epilog="Named eval sets: " + ", ".join(f"{k} ({v[0]})" for k, v in OFFICIAL_EVAL_SETS.items())
                + "; each lives in data/eval/<name>/, prepared by prepare.py.")
     parser.add_argument("--ckpt", required=True, help="checkpoint .pt written by train.py")
     parser.add_argument("--data", required=True,
                         help="official eval set name, a prepared folder (its val shards), or .txt/.jsonl file(s) / glob")
-    parser.add_argument("--seq_len", type=int, default=None, help="context length (default: the checkpoint's block_size)")
-    parser.add_argument("--max_tokens", type=int, default=None, help="evaluate only the first N tokens of the set")
-    parser.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass per process")
+    parser.add_argument("--seq_len", type=prepare.parse_count, default=None,
+                        help="context length (default: the checkpoint's block_size)")
+    parser.add_argument("--max_tokens", type=prepare.parse_count, default=None, help="evaluate only the first N tokens of the set")
+    parser.add_argument("--batch_size", type=prepare.parse_count, default=16, help="sequences per forward pass per process")
     parser.add_argument("--retokenize", action="store_true",
                         help="shards made with another tokenizer: decode their text and tokenize it with the "
                              "checkpoint's (automatic for the named official eval sets)")
@@ -395,7 +366,11 @@ def parse_args(argv=None):
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--record", default=None, help="record folder: write the result into its results.json")
     parser.add_argument("--eval_id", default=None, help="name under results.json's eval (default: the eval set's name)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("seq_len", "max_tokens", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    return args
 
 
 def setup_distributed(requested: str | None) -> tuple[int, int, torch.device]:
@@ -416,24 +391,25 @@ def setup_distributed(requested: str | None) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def check_positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise EvalError(f"--{name} must be a positive integer, got {value}")
-
-
-def run(args) -> None:
-    for name in ("seq_len", "max_tokens", "batch_size"):
-        check_positive(name, getattr(args, name))
+def run(argv) -> None:
+    args = parse_args(argv)
     eval_id = args.eval_id or default_eval_id(args.data)
-    if args.record:
-        if not eval_id:
-            raise EvalError(f"--data {args.data} is a glob: name the eval set for the record with --eval_id")
-        read_record(args.record)
+    if args.record:  # checked before the evaluation, so a typo costs no eval time
+        check_recordable(eval_id)
+        leaderboard.read_record(args.record)
     try:
         rank, world, device = setup_distributed(args.device)
     except ValueError as e:
-        raise EvalError(f"--device: {e}") from None
+        raise ValueError(f"--device: {e}") from None
+    try:
+        evaluate(args, eval_id, rank, world, device)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
+
+def evaluate(args, eval_id, rank, world, device) -> None:
+    """The evaluation run() asks for: printed on rank 0 and written into the record."""
     ckpt = load_checkpoint(args.ckpt)
     spec = ckpt["tokenizer"]
     enc = prepare.encoding_from_spec(spec)
@@ -441,14 +417,14 @@ def run(args) -> None:
     block_size = model.config.block_size
     seq_len = args.seq_len or block_size
     if seq_len > block_size:
-        raise EvalError(f"--seq_len {seq_len} is longer than the checkpoint's block_size {block_size}")
+        raise ValueError(f"--seq_len {seq_len} is longer than the checkpoint's block_size {block_size}")
     kind, where = resolve_eval_data(args.data)
     data_spec = prepare.tokenizer_spec(where) if kind == "dir" else spec
     mismatch = tokenizer_mismatch(spec, data_spec)
     if mismatch and not (args.retokenize or is_official(args.data)):
-        raise EvalError(f"tokenizer mismatch: {mismatch} ({where / 'meta.json'}); pass --retokenize to decode the "
-                        f"shards' text and tokenize it with the checkpoint's tokenizer (same text, same fingerprint), "
-                        f"or pass raw .txt/.jsonl files")
+        raise ValueError(f"tokenizer mismatch: {mismatch} ({where / 'meta.json'}); pass --retokenize to decode the "
+                         f"shards' text and tokenize it with the checkpoint's tokenizer (same text, same fingerprint), "
+                         f"or pass raw .txt/.jsonl files")
     if mismatch:
         if rank == 0:
             print(f"re-tokenizing {where} with the checkpoint's tokenizer ({mismatch})", file=sys.stderr)
@@ -465,7 +441,8 @@ def run(args) -> None:
     if rank != 0:
         return
     if args.record:
-        write_eval_to_record(args.record, eval_id, result)
+        check_recordable(eval_id, result)
+        leaderboard.update_record(args.record, f"eval.{eval_id}", {k: result[k] for k in RESULT_KEYS})
     if args.json:
         print(json.dumps({**result, "eval_id": eval_id, "seq_len": seq_len, "seconds": round(seconds, 3),
                           "tokens_per_second": round(scored / seconds), "world_size": world}))
@@ -478,20 +455,9 @@ def run(args) -> None:
             print(f"written to {pathlib.Path(args.record) / 'results.json'} under eval.{eval_id}")
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (EvalError, prepare.ShardError, prepare.PrepareError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:  # a record folder that cannot be written, a file that vanished mid-run
-        print(f"error: {e.filename or ''}: {e.strerror or e}; check the path and its permissions", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+def main(argv=None) -> int:
+    return prepare.run_main("eval_bpb.py", run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

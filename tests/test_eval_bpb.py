@@ -254,7 +254,7 @@ def test_retokenize_keeps_text_bytes_and_fingerprint(gpt2, bpe):
 # Prepared folders, checkpoints and the command line
 
 def make_prepared_dir(path, enc, spec, docs) -> pathlib.Path:
-    """A folder as prepare.py lays it out (DESIGN.md's contract): one val shard, meta.json, and the BPE's file."""
+    """A folder as prepare.py lays it out: one val shard, meta.json, and the BPE's file."""
     path.mkdir(parents=True, exist_ok=True)
     tokens = encode_docs(enc, docs)
     prepare.write_shard(path / "val_000000.bin", tokens, vocab_size=enc.n_vocab)
@@ -284,7 +284,7 @@ def gpt2_setup(gpt2, tmp_path):
 
 
 def run_cli_json(capsys, *args) -> dict:
-    eval_bpb.main([*args, "--json", "--device", "cpu"])
+    assert eval_bpb.main([*args, "--json", "--device", "cpu"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -303,8 +303,8 @@ def test_cli_matches_library_and_writes_record(gpt2_setup, gpt2, capsys, tmp_pat
     record = tmp_path / "record"
     record.mkdir()
     (record / "results.json").write_text(json.dumps({"name": "run", "eval": {"other": {"bpb": 1.0}}}))
-    eval_bpb.main(["--ckpt", str(ckpt), "--data", str(data), "--seq_len", "16", "--device", "cpu",
-                   "--record", str(record), "--eval_id", "tiny-val"])
+    assert eval_bpb.main(["--ckpt", str(ckpt), "--data", str(data), "--seq_len", "16", "--device", "cpu",
+                          "--record", str(record), "--eval_id", "tiny-val"]) == 0
     saved = json.loads((record / "results.json").read_text())
     assert saved["name"] == "run" and saved["eval"]["other"] == {"bpb": 1.0}  # the rest of the file kept
     assert saved["eval"]["tiny-val"] == {k: out[k] for k in eval_bpb.RESULT_KEYS}
@@ -358,10 +358,8 @@ def test_two_gloo_processes_match_one(bpe, bpe_spec, tmp_path, capsys):
 # -----------------------------------------------------------------------------
 # Bad input: one clear line, exit 2
 
-def cli_error(capsys, *args) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        eval_bpb.main([*args, "--device", "cpu"])
-    assert exit_info.value.code == 2
+def cli_error(capsys, *args, device="cpu") -> str:
+    assert eval_bpb.main([*args, "--device", device]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
     return err
@@ -384,17 +382,17 @@ def test_tokenizer_mismatch_between_checkpoint_and_shards(gpt2_setup, bpe, bpe_s
 
 def test_model_vocab_smaller_than_tokenizer(gpt2):
     model = tiny_gpt(1024)
-    with pytest.raises(eval_bpb.EvalError, match="vocab_size is 1024"):
+    with pytest.raises(ValueError, match="vocab_size is 1024"):
         eval_bpb.evaluate_bpb(model, encode_docs(gpt2, DOCS), prepare.token_byte_lengths(gpt2), 16, 2, "cpu")
-    with pytest.raises(eval_bpb.EvalError, match="outside the tokenizer's 300 tokens"):
+    with pytest.raises(ValueError, match="outside the tokenizer's 300 tokens"):
         eval_bpb.evaluate_bpb(model, encode_docs(gpt2, DOCS), np.ones(300), 16, 2, "cpu")
 
 
 def test_empty_eval_set(gpt2_setup, gpt2, tmp_path, capsys):
     _, ckpt = gpt2_setup
-    with pytest.raises(eval_bpb.EvalError, match="1 token"):
+    with pytest.raises(ValueError, match="1 token"):
         eval_bpb.evaluate_bpb(UniformLogits(50304), np.array([50256]), prepare.token_byte_lengths(gpt2), 8, 2, "cpu")
-    with pytest.raises(eval_bpb.EvalError, match="no text tokens"):
+    with pytest.raises(ValueError, match="no text tokens"):
         eval_bpb.evaluate_bpb(UniformLogits(50304), np.array([50256] * 5), prepare.token_byte_lengths(gpt2), 8, 2, "cpu")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n  \n")
@@ -436,7 +434,31 @@ def test_other_bad_inputs(gpt2_setup, tmp_path, capsys, monkeypatch):
     assert "results.json" in err
     # a device that is not a name, or not on this machine: said in one line before any work
     for device in ("gpu0", "cuda:99"):
-        with pytest.raises(SystemExit) as exit_info:
-            eval_bpb.main(["--ckpt", str(ckpt), "--data", str(data), "--device", device])
-        err = capsys.readouterr().err.strip()
-        assert exit_info.value.code == 2 and err.startswith("error: --device") and device in err and "\n" not in err
+        err = cli_error(capsys, "--ckpt", str(ckpt), "--data", str(data), device=device)
+        assert err.startswith("error: eval_bpb.py: --device") and device in err
+
+
+def test_record_that_is_not_json_a_reader_can_take_is_one_line(gpt2_setup, tmp_path, capsys):
+    """Issue 13, item 13: a results.json with a 5000-digit number or nested 100,000 deep is refused in one
+    line naming the file, before any evaluation (leaderboard.read_record, the one reader)."""
+    data, ckpt = gpt2_setup
+    record = tmp_path / "record"
+    record.mkdir()
+    for text in ('{"name": "run", "seed": 1' + "0" * 5000 + "}", '{"name": ' + "[" * 100_000 + "]" * 100_000 + "}"):
+        (record / "results.json").write_text(text)
+        err = cli_error(capsys, "--ckpt", str(ckpt), "--data", str(data), "--record", str(record))
+        assert f"{record / 'results.json'}: not a readable record" in err
+        assert (record / "results.json").read_text() == text
+
+
+@pytest.mark.parametrize("eval_id", ["tiny val", "x\n<!-- leaderboard:end -->", "[x](javascript:alert(1))"])
+def test_eval_id_must_be_a_plain_name(gpt2_setup, tmp_path, capsys, eval_id):
+    """Issue 13, item 3: the eval id titles a leaderboard table, so the record takes only what the leaderboard
+    accepts; refused before the evaluation, the record untouched."""
+    data, ckpt = gpt2_setup
+    record = tmp_path / "record"
+    record.mkdir()
+    (record / "results.json").write_text('{"name": "run"}')
+    err = cli_error(capsys, "--ckpt", str(ckpt), "--data", str(data), "--record", str(record), "--eval_id", eval_id)
+    assert "--eval_id" in err and "not a plain name" in err
+    assert (record / "results.json").read_text() == '{"name": "run"}'
