@@ -1,5 +1,6 @@
 """
-FLOPs by Marin's (Levanter's) convention, device peaks, hardware FLOPs and MFU.
+What a run costs: FLOPs by Marin's (Levanter's) convention, parameters counted by the TinyStories
+Hackathon's rules and their weight classes, device peaks, hardware FLOPs and MFU.
 
 One convention for the whole project, so our records and Marin's share the FLOPs axis:
 
@@ -19,15 +20,21 @@ Layers are counted as applied (n_layer), so layer reuse saves parameters but not
     python flops.py                                   # the weight-class presets table (README)
     python flops.py --preset=small --tokens=1e9 --device="H100 SXM" --mfu=0.4
     python flops.py --n_layer=6 --n_embd=384 --n_head=6 --vocab_size=8192 --seq_len=512
+
+Parameters are counted as the hackathon's rules say: every unique trainable weight times the number of
+distinct times it takes part in the forward computation (detected from a real forward pass, so a reused
+block cannot hide), a tied embedding/lm_head once, GQA not sharing. Weight classes: small <= 30M <
+medium <= 60M < large <= 120M < open.
 """
+import argparse
 import re
 import sys
 import time
-from dataclasses import asdict
 
 import torch
 
 import model as model_lib
+import prepare
 
 # -----------------------------------------------------------------------------
 # Forward FLOPs per token
@@ -73,6 +80,138 @@ def causal_forward_flops_per_token(config, seq_len: int) -> int:
 def model_flops(config, seq_len: int, tokens: int) -> int:
     """Training FLOPs: 3 x forward FLOPs per token x training tokens (backward costs twice the forward)."""
     return 3 * forward_flops_per_token(config, seq_len) * int(tokens)
+
+
+# -----------------------------------------------------------------------------
+# Parameter counting (TinyStories Hackathon rules), detected from the autograd graph of a real forward,
+# and the weight classes: like FLOPs, they are the accounting of a run
+
+# Autograd nodes that only re-view or re-type a weight: a weight passing through them is not yet "used".
+_VIEW_NODES = {"TBackward0", "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "ToCopyBackward0",
+               "TransposeBackward0", "TransposeBackward1", "PermuteBackward0", "UnsqueezeBackward0",
+               "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "AliasBackward0", "CloneBackward0",
+               "ViewAsRealBackward0", "ViewAsComplexBackward0", "DetachBackward0"}
+# Nodes that cut a weight into parts (a fused QKV matrix split in three is still used once).
+_SPLIT_NODES = {"SplitBackward0", "SplitWithSizesBackward0", "UnbindBackward0"}
+_SLICE_NODES = {"SliceBackward0", "SelectBackward0"}
+# Row lookups with data indices (an embedding, written either way).
+_LOOKUP_NODES = {"EmbeddingBackward0", "EmbeddingDenseBackward0", "IndexSelectBackward0", "IndexBackward0"}
+
+
+def _autograd_consumers(root):
+    """Reverse the autograd graph below `root`: node -> [(consumer node, output index of node it reads)]."""
+    consumers, seen, stack = {}, {root}, [root]
+    while stack:
+        node = stack.pop()
+        for child, output_nr in node.next_functions:
+            if child is None:
+                continue
+            consumers.setdefault(child, []).append((node, output_nr))
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return consumers
+
+
+def _part_region(node):
+    """Which part of its input a split/slice node takes: identical parts used twice add up, different
+    parts of one matrix (q, k, v of a fused QKV weight) are one use of it."""
+    name = node.name()
+    if name == "SliceBackward0":
+        return (name, node._saved_dim, node._saved_start, node._saved_end, node._saved_step)
+    if name == "SelectBackward0":
+        return (name, node._saved_dim, node._saved_index)
+    if name == "SplitBackward0":
+        return (name, node._saved_dim, node._saved_split_size)
+    if name == "SplitWithSizesBackward0":
+        return (name, node._saved_dim, tuple(node._saved_split_sizes))
+    return (name, node._saved_dim)
+
+
+def _add(a, b):
+    return a[0] + b[0], a[1] + b[1]
+
+
+def _max(pairs):
+    pairs = list(pairs)
+    return (max(p[0] for p in pairs), max(p[1] for p in pairs)) if pairs else (0, 0)
+
+
+def _edge_uses(consumer, consumers):
+    """(embedding uses, other uses) that one consumer makes of a weight (or of a view of it)."""
+    name = consumer.name()
+    if name in _LOOKUP_NODES:
+        return 1, 0
+    if name in _VIEW_NODES or name in _SLICE_NODES:
+        return _uses(consumer, consumers)
+    if name in _SPLIT_NODES:  # a multi-output node: the most-used piece decides
+        per_piece = {}
+        for c, piece in consumers.get(consumer, []):
+            per_piece[piece] = _add(per_piece.get(piece, (0, 0)), _edge_uses(c, consumers))
+        return _max(per_piece.values())
+    return 0, 1  # a matmul, a multiply, a fused kernel: the weight takes part in the computation once
+
+
+def _uses(node, consumers):
+    """(embedding uses, other uses) of the value `node` produces, found by following its consumers
+    through views (which pass uses through) and parts (a split or slice: the most-used part counts)."""
+    whole, parts = (0, 0), {}
+    for consumer, _ in consumers.get(node, []):
+        uses = _edge_uses(consumer, consumers)
+        if consumer.name() in _SPLIT_NODES or consumer.name() in _SLICE_NODES:
+            region = _part_region(consumer)
+            parts[region] = _add(parts.get(region, (0, 0)), uses)
+        else:
+            whole = _add(whole, uses)
+    return _add(whole, _max(parts.values()))
+
+
+def count_params(model, seq_len: int = 16) -> dict:
+    """Parameters by the TinyStories Hackathon rules: every unique trainable floating-point weight, times
+    the number of distinct times it takes part in the forward computation, detected from the autograd
+    graph of a real forward pass (so a block applied twice, by config or by hand, counts twice; a weight
+    used through a functional call counts too). A tied embedding/lm_head matrix counts once: each
+    embedding lookup of a matrix pairs with one output use of it. GQA is not sharing (one k/v projection
+    is one use). Every unique weight counts at least once. Works on a model built on the meta device.
+    Limit: a weight is followed through views, casts, splits and slices only; a weight transformed
+    otherwise (say scaled) and the result then used twice counts once, at the transform.
+
+    Returns {"counted", "unique", "embedding", "non_embedding"}: embedding = counted weights that are
+    looked up as embeddings (token and value embeddings); non_embedding = counted - embedding."""
+    model = getattr(model, "_orig_mod", model)   # torch.compile wrapper
+    model = getattr(model, "module", model)      # DDP wrapper
+    params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
+    device = params[0].device if params else torch.device("cpu")
+    block_size = getattr(getattr(model, "config", None), "block_size", seq_len)
+    idx = torch.zeros(1, min(seq_len, block_size), dtype=torch.long, device=device)
+    with torch.enable_grad():
+        out = model(idx)
+        root = (out if out.dim() == 0 else out.float().sum()).grad_fn
+        consumers = _autograd_consumers(root) if root is not None else {}
+    accumulators = {id(node.variable): node for node in consumers if node.name().endswith("AccumulateGrad")}
+    counted = unique = embedding = 0
+    for p in params:
+        node = accumulators.get(id(p))
+        embed_uses, other_uses = _uses(node, consumers) if node is not None else (0, 0)
+        uses = max(1, embed_uses, other_uses)  # tie: an embedding lookup and an output use pair up as one
+        n = p.numel()
+        unique += n
+        counted += n * uses
+        if embed_uses:
+            embedding += n * uses
+    del consumers, out, root
+    return {"counted": counted, "unique": unique, "embedding": embedding, "non_embedding": counted - embedding}
+
+
+WEIGHT_CLASSES = (("small", 30_000_000), ("medium", 60_000_000), ("large", 120_000_000))
+
+
+def weight_class(counted: int) -> str:
+    """TinyStories Hackathon weight class: small <= 30M < medium <= 60M < large <= 120M < open."""
+    for name, limit in WEIGHT_CLASSES:
+        if counted <= limit:
+            return name
+    return "open"
 
 
 # -----------------------------------------------------------------------------
@@ -194,8 +333,8 @@ def describe(config, seq_len: int) -> dict:
     """Parameter counts (detected on a meta-device model, no memory used) and FLOPs of one configuration."""
     c = _config(config)
     with torch.device("meta"):
-        counts = model_lib.count_params(model_lib.GPT(c))
-    return dict(counts, weight_class=model_lib.weight_class(counts["counted"]),
+        counts = count_params(model_lib.GPT(c))
+    return dict(counts, weight_class=weight_class(counts["counted"]),
                 forward=forward_flops_per_token(c, seq_len), causal=causal_forward_flops_per_token(c, seq_len))
 
 
@@ -205,7 +344,7 @@ def presets_table(vocab_size=8192, seq_len=1024, names=("small", "medium", "larg
              "FLOPs/token fwd (Marin) | training FLOPs/token (3x) | fwd, causal-halved |",
              "|---|---|---:|---:|---:|---|---:|---:|---:|"]
     for name in names:
-        c = model_lib.preset_config(name, vocab_size, seq_len)
+        c = model_lib.build_config(name, vocab_size, seq_len)
         r = describe(c, seq_len)
         lines.append(f"| {name} | {c.n_layer} x {c.n_embd} ({c.n_head}/{c.n_kv_head}) | {r['counted']:,} | "
                      f"{r['unique']:,} | {r['embedding']:,} | {r['weight_class']} | {r['forward']:,} | "
@@ -239,43 +378,44 @@ def model_table(config, seq_len, tokens, device, assumed_mfu) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        print("settings: --preset=NAME (" + ", ".join(model_lib.PRESETS) + "), --seq_len (default block_size), "
-              "--tokens (default 1e9), --device (a PEAK_BF16_FLOPS key or GPU name, default \"H100 SXM\"), "
-              "--mfu (default 0.4), and any GPTConfig field (--n_layer=8 ...)")
-        print("devices: " + ", ".join(PEAK_BF16_FLOPS))
+def make_parser() -> argparse.ArgumentParser:
+    p = prepare.ArgumentParser(prog="flops.py", description=__doc__)
+    p.add_argument("--preset", default=argparse.SUPPRESS, help=f"one of {', '.join(model_lib.PRESETS)}")
+    p.add_argument("--vocab_size", type=prepare.parse_count, default=8192)
+    p.add_argument("--block_size", type=prepare.parse_count, default=1024)
+    p.add_argument("--seq_len", type=prepare.parse_count, default=0, help="default: block_size")
+    p.add_argument("--tokens", type=prepare.parse_count, default=10 ** 9, help="training tokens to price")
+    p.add_argument("--device", default="H100 SXM", help="a GPU name or one of: " + ", ".join(PEAK_BF16_FLOPS))
+    p.add_argument("--mfu", type=prepare.parse_finite, default=0.4, help="assumed MFU for the time estimate")
+    prepare.add_dataclass_flags(p, model_lib.GPTConfig, skip=("vocab_size", "block_size"))
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> model_lib.GPTConfig:
+    """The configuration the flags describe, through model.build_config (as train.py builds it)."""
+    overrides = {f.name: getattr(args, f.name) for f in model_lib.fields(model_lib.GPTConfig) if hasattr(args, f.name)
+                 and f.name not in ("vocab_size", "block_size")}
+    return model_lib.build_config(getattr(args, "preset", None), args.vocab_size, args.block_size, **overrides)
+
+
+def run(argv) -> int:
+    args = make_parser().parse_args(argv)
+    if not 0 < args.mfu <= 1:
+        raise ValueError(f"--mfu={args.mfu}: must be in (0, 1]")
+    if args.tokens < 1 or args.seq_len < 0:
+        raise ValueError("--seq_len and --tokens must be positive")
+    if not argv:
+        print("weight-class presets, vocab 8192, sequence length 1024 (python flops.py):\n")
+        print(presets_table(8192, 1024))
         return 0
-    types = model_lib.config_field_types()
-    extra = {"preset": str, "seq_len": int, "tokens": int, "device": str, "mfu": float}
-    try:
-        opts = model_lib.parse_overrides(argv, {**types, **extra})
-        assumed_mfu = opts.get("mfu", 0.4)
-        if not 0 < assumed_mfu <= 1:
-            raise ValueError(f"--mfu={assumed_mfu}: must be in (0, 1]")
-        if opts.get("seq_len", 1) < 1 or opts.get("tokens", 1) < 1:
-            raise ValueError("--seq_len and --tokens must be positive")
-        if not any(k in opts for k in types) and "preset" not in opts:
-            print("weight-class presets, vocab 8192, sequence length 1024 (python flops.py):\n")
-            print(presets_table(8192, 1024))
-            return 0
-        preset = opts.pop("preset", None)
-        settings = {k: opts.pop(k) for k in list(opts) if k in types}
-        if preset is not None:
-            base = asdict(model_lib.preset_config(preset, settings.pop("vocab_size", 8192),
-                                                  settings.pop("block_size", 1024)))
-            config = model_lib.GPTConfig(**{**base, **settings})
-        else:
-            config = model_lib.GPTConfig(**settings)
-        seq_len = opts.get("seq_len", config.block_size)
-    except ValueError as e:
-        print(f"error: flops.py: {e}", file=sys.stderr)
-        return 2
+    config = config_from_args(args)
     print(config)
-    print(model_table(config, seq_len, opts.get("tokens", 10 ** 9), opts.get("device", "H100 SXM"), assumed_mfu))
+    print(model_table(config, args.seq_len or config.block_size, args.tokens, args.device, args.mfu))
     return 0
+
+
+def main(argv=None) -> int:
+    return prepare.run_main("flops.py", run, argv)
 
 
 if __name__ == "__main__":

@@ -500,30 +500,16 @@ def linear_cross_entropy_triton(x, weight, targets, softcap: float = 0.0, ignore
 # -----------------------------------------------------------------------------
 # Benchmark: each kernel (forward + backward) vs its torch.compile'd reference, at the presets' shapes.
 
-BENCH_DEFAULTS = dict(presets="small,medium,large,gpt2-124m", batch_size=16, seq_len=1024, vocab_size=50304,
-                      iters=20)
-
-
-class BenchArgError(ValueError):
-    """Bad --key=value input to the benchmark; the message names the field and the fix."""
-
-
-def parse_bench_args(argv):
-    """--key=value overrides of BENCH_DEFAULTS, typed like the defaults."""
-    args = dict(BENCH_DEFAULTS)
-    for arg in argv:
-        if arg == "--bench":
-            continue
-        key, eq, value = arg.removeprefix("--").partition("=")
-        if not arg.startswith("--") or not eq or key not in args:
-            raise BenchArgError(f"kernels.py: unknown argument {arg!r}; use --bench and --key=value with key in "
-                                f"{', '.join(BENCH_DEFAULTS)}")
-        if isinstance(args[key], int):
-            if not value.isdigit() or int(value) < 1:
-                raise BenchArgError(f"kernels.py: --{key} must be a positive integer, got {value!r}")
-            value = int(value)
-        args[key] = value
-    return args
+def make_bench_parser():
+    import prepare  # the repository's one option parser (numpy only)
+    p = prepare.ArgumentParser(prog="kernels.py", description=__doc__)
+    p.add_argument("--bench", action="store_true", help="time each kernel against its compiled reference")
+    p.add_argument("--presets", default="small,medium,large,gpt2-124m", help="model.py presets, comma-separated")
+    p.add_argument("--batch_size", type=prepare.parse_count, default=16)
+    p.add_argument("--seq_len", type=prepare.parse_count, default=1024)
+    p.add_argument("--vocab_size", type=prepare.parse_count, default=50304)
+    p.add_argument("--iters", type=prepare.parse_count, default=20)
+    return p
 
 
 def _time_fwd_bwd(fn, inputs, grad_out, iters):
@@ -580,21 +566,18 @@ def run_benchmark(args):
               "`python -m pytest tests/test_kernels.py`.")
         return
     import model  # the presets' shapes come from model.py, so the benchmark follows them
-    n_tokens = args["batch_size"] * args["seq_len"]
+    n_tokens = args.batch_size * args.seq_len
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
-          f"{n_tokens} tokens ({args['batch_size']} x {args['seq_len']}), bf16 activations, fp32 weights; "
-          f"forward + backward, median of {args['iters']}; peak = memory above the inputs")
+          f"{n_tokens} tokens ({args.batch_size} x {args.seq_len}), bf16 activations, fp32 weights; "
+          f"forward + backward, median of {args.iters}; peak = memory above the inputs")
     print("| preset | kernel | shape | triton ms | compiled ms | speed-up | triton peak MiB | compiled peak MiB |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
-    for name in args["presets"].split(","):
-        try:
-            config = model.preset_config(name.strip(), args["vocab_size"], args["seq_len"])
-        except ValueError as e:
-            raise BenchArgError(f"kernels.py: --presets: {e}") from None
+    for name in args.presets.split(","):
+        config = model.build_config(name.strip(), args.vocab_size, args.seq_len)
         for kernel, fused, reference, inputs, grad_out in _bench_cases(config, n_tokens):
             torch._dynamo.reset()
-            t_fused, m_fused = _time_fwd_bwd(fused, inputs, grad_out, args["iters"])
-            t_ref, m_ref = _time_fwd_bwd(torch.compile(reference), inputs, grad_out, args["iters"])
+            t_fused, m_fused = _time_fwd_bwd(fused, inputs, grad_out, args.iters)
+            t_ref, m_ref = _time_fwd_bwd(torch.compile(reference), inputs, grad_out, args.iters)
             shape = " x ".join(str(s) for s in inputs[0].shape)
             if kernel == "linear_cross_entropy":
                 shape += f" @ {config.vocab_size}"
@@ -602,20 +585,20 @@ def run_benchmark(args):
                   f"| {m_fused:.0f} | {m_ref:.0f} |", flush=True)
 
 
-def main(argv):
-    if not argv or "-h" in argv or "--help" in argv:
-        print(__doc__.strip())
-        print("\nbenchmark options (--key=value): " + ", ".join(f"--{k}={v}" for k, v in BENCH_DEFAULTS.items()))
-        return 0
-    try:
-        if "--bench" not in argv:
-            raise BenchArgError("kernels.py: nothing to do; run `python kernels.py --bench` (see --help)")
-        run_benchmark(parse_bench_args(argv))
-    except BenchArgError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def run(argv) -> int:
+    args = make_bench_parser().parse_args(argv)
+    if not args.bench:
+        raise ValueError("nothing to do; run `python kernels.py --bench` (see --help)")
+    if min(args.batch_size, args.seq_len, args.vocab_size, args.iters) < 1:
+        raise ValueError("--batch_size, --seq_len, --vocab_size and --iters must be positive")
+    run_benchmark(args)
     return 0
 
 
+def main(argv=None) -> int:
+    import prepare
+    return prepare.run_main("kernels.py", run, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -1,33 +1,29 @@
 """
-The GPT model: a small modern decoder-only transformer, the hackathon's parameter counting,
-weight classes, batched KV-cache generation and checkpoints.
+The GPT model: a small modern decoder-only transformer, its configurations, batched KV-cache
+generation and checkpoints.
 
-    from model import GPT, GPTConfig, count_params, preset_config
-    model = GPT(preset_config("small", vocab_size=8192, block_size=1024))
+    from model import GPT, build_config
+    model = GPT(build_config("small", vocab_size=8192, block_size=1024, n_layer=8))
     loss = model(idx, targets)                          # mean cross-entropy, targets == -1 ignored
     nats = model(idx, targets, reduction="none")        # float32 (B, T) per-token losses, for BPB
-    print(count_params(model))                          # {"counted", "unique", "embedding", "non_embedding"}
 
-`python model.py --preset=small --vocab_size=8192` prints a configuration and its parameter count.
+`python flops.py --preset=small --n_layer=8` prints a configuration, its parameter count and FLOPs.
 
 Every modern part is a switch in GPTConfig: RoPE, RMSNorm (or LayerNorm), QK-norm, grouped-query
 attention, ReLU^2 / GELU / SwiGLU MLP, no biases, zero-initialised output projections, logit
 soft-capping, tied or untied embeddings, layer reuse and value embeddings (modded-nanogpt style).
-The file knows nothing about data files or distributed training.
+Whether kernels.py's fused ops run is a runtime setting (GPT.use_kernels), not part of the config, so
+it is neither saved in checkpoints nor in records. The file knows nothing about data files or
+distributed training.
 """
-import difflib
 import os
-import sys
 from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-try:  # kernels.py ships with the repo; the fallback only keeps model.py importable on its own
-    import kernels
-except ImportError:  # pragma: no cover - exercised only in a bare copy of model.py
-    kernels = None
+import kernels
 
 # -----------------------------------------------------------------------------
 # Configuration
@@ -51,7 +47,6 @@ class GPTConfig:
     logit_softcap: float = 15.0  # logits = c * tanh(logits / c); 0 disables
     n_unique_layers: int = 0     # 0 = n_layer; k < n_layer = layer reuse (layer i applies unique block i % k)
     value_embeds: int = 0        # value-embedding tables, each feeding the v of an early and a late layer
-    use_kernels: bool = True     # kernels.py ops (Triton on CUDA, PyTorch reference elsewhere)
     bias: bool = False           # biases in every linear layer and norm (GPT-2 style); off in modern models
     zero_init: bool = True       # zero-initialise output projections (attention, MLP, untied lm_head)
 
@@ -96,13 +91,47 @@ class GPTConfig:
             raise ValueError("GPTConfig: " + "; ".join(problems))
 
 
+# Fields that older checkpoints and records carry but that are no longer part of the architecture
+# ("use_kernels" became the runtime setting GPT.use_kernels).
+RETIRED_FIELDS = ("use_kernels",)
+
+
 def config_from_dict(d: dict) -> GPTConfig:
     """The GPTConfig a checkpoint or record stored with asdict(); unknown keys are an error, not ignored."""
+    d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
     known = {f.name for f in fields(GPTConfig)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ValueError(f"unknown GPTConfig field(s) {unknown}; known: {sorted(known)}")
     return GPTConfig(**d)
+
+
+# Presets. The weight-class presets sit just under their limits for the TinyStories default tokenizer
+# (bpe:8192, untied embeddings); `python flops.py` prints their exact counts.
+PRESETS = {
+    # a CPU model: trains on 2 cores in minutes
+    "tiny": dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, tie_embeddings=True),
+    "small": dict(n_layer=7, n_head=8, n_kv_head=4, n_embd=512),
+    "medium": dict(n_layer=10, n_head=10, n_kv_head=5, n_embd=640),
+    "large": dict(n_layer=16, n_head=12, n_kv_head=6, n_embd=768),
+    # GPT-2 small's shape (12 x 768, tied), modern parts; with vocab 50304 it is 124M counted (class open)
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_kv_head=12, n_embd=768, tie_embeddings=True),
+}
+
+
+def build_config(preset: str | None, vocab_size: int, block_size: int, **overrides) -> GPTConfig:
+    """The one way to make a GPTConfig from settings (train.py, flops.py, leaderboard.py and the tests call
+    it): the preset's fields (GPTConfig's defaults for None), then each override field by field, exactly
+    as given (--n_head=16 sets the query heads only; the preset's n_kv_head stays). vocab_size is padded
+    to a multiple of 64 (a no-op when already padded)."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    known = {f.name for f in fields(GPTConfig)} - {"vocab_size", "block_size"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown model setting(s) {unknown}; the GPTConfig fields are {sorted(known)}")
+    settings = {**(PRESETS[preset] if preset else {}), **overrides}
+    return GPTConfig(vocab_size=padded_vocab_size(vocab_size), block_size=block_size, **settings)
 
 
 def padded_vocab_size(n_vocab: int, multiple: int = 64) -> int:
@@ -115,25 +144,22 @@ def padded_vocab_size(n_vocab: int, multiple: int = 64) -> int:
 # Building blocks
 
 
-def _rms_norm(x, weight, eps=1e-6, use_kernels=True):
-    if use_kernels and kernels is not None:
-        return kernels.rms_norm(x, weight, eps)
-    return F.rms_norm(x, (x.size(-1),), weight, eps)
-
-
 class Norm(nn.Module):
     """RMSNorm (or LayerNorm) over the last dimension, with a learnable gain."""
 
     def __init__(self, dim, config: GPTConfig):
         super().__init__()
-        self.config = config  # shared with GPT: flipping config.use_kernels flips every module
+        self.config = config
+        self.use_kernels = True  # set for the whole model by GPT.use_kernels
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if config.bias and config.norm == "layernorm" else None
 
     def forward(self, x):
         if self.config.norm == "layernorm":
             return F.layer_norm(x, (x.size(-1),), self.weight, self.bias, 1e-5)
-        return _rms_norm(x, self.weight, 1e-6, self.config.use_kernels)
+        if self.use_kernels:
+            return kernels.rms_norm(x, self.weight, 1e-6)
+        return F.rms_norm(x, (x.size(-1),), self.weight, 1e-6)
 
 
 def rope_angles(positions, head_dim, base):
@@ -191,6 +217,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        self.use_kernels = True  # set for the whole model by GPT.use_kernels
         d, b = config.n_embd, config.bias
         self.c_fc = nn.Linear(d, config.d_ff, bias=b)
         self.c_gate = nn.Linear(d, config.d_ff, bias=b) if config.mlp == "swiglu" else None
@@ -202,7 +229,7 @@ class MLP(nn.Module):
             h = F.silu(self.c_gate(x)) * h
         elif self.config.mlp == "gelu":
             h = F.gelu(h, approximate="tanh")
-        elif self.config.use_kernels and kernels is not None:
+        elif self.use_kernels:
             h = kernels.relu2(h)
         else:
             h = F.relu(h).square()
@@ -237,7 +264,7 @@ def value_embed_table(layer: int, n_layer: int, n_tables: int):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, use_kernels: bool = True):
         super().__init__()
         self.config = config
         d = config.n_embd
@@ -259,6 +286,20 @@ class GPT(nn.Module):
                 nn.init.zeros_(block.mlp.c_proj.weight)
             if not config.tie_embeddings:
                 nn.init.zeros_(self.lm_head.weight)
+        self.use_kernels = use_kernels
+
+    @property
+    def use_kernels(self) -> bool:
+        """kernels.py's fused ops (Triton on CUDA, their PyTorch references elsewhere) for RMSNorm, ReLU^2
+        and the LM head + loss; False = plain PyTorch ops everywhere. A runtime setting, not saved."""
+        return self._use_kernels
+
+    @use_kernels.setter
+    def use_kernels(self, on: bool):
+        object.__setattr__(self, "_use_kernels", bool(on))
+        for module in self.modules():
+            if isinstance(module, (Norm, MLP)):
+                module.use_kernels = bool(on)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -307,7 +348,7 @@ class GPT(nn.Module):
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
         B, T, d = h.shape
-        if self.config.use_kernels and kernels is not None:
+        if self.use_kernels:
             # fused head + loss: the full (B*T, V) float32 logits are never materialised. Autocast does not
             # cast a custom op's inputs, so the residual stream (fp32) is cast here: the head runs in bf16.
             if torch.is_autocast_enabled(h.device.type):
@@ -415,159 +456,6 @@ class KVCache:
 
 
 # -----------------------------------------------------------------------------
-# Parameter counting (TinyStories Hackathon rules), detected from the autograd graph of a real forward
-
-# Autograd nodes that only re-view or re-type a weight: a weight passing through them is not yet "used".
-_VIEW_NODES = {"TBackward0", "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "ToCopyBackward0",
-               "TransposeBackward0", "TransposeBackward1", "PermuteBackward0", "UnsqueezeBackward0",
-               "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "AliasBackward0", "CloneBackward0",
-               "ViewAsRealBackward0", "ViewAsComplexBackward0", "DetachBackward0"}
-# Nodes that cut a weight into parts (a fused QKV matrix split in three is still used once).
-_SPLIT_NODES = {"SplitBackward0", "SplitWithSizesBackward0", "UnbindBackward0"}
-_SLICE_NODES = {"SliceBackward0", "SelectBackward0"}
-# Row lookups with data indices (an embedding, written either way).
-_LOOKUP_NODES = {"EmbeddingBackward0", "EmbeddingDenseBackward0", "IndexSelectBackward0", "IndexBackward0"}
-
-
-def _autograd_consumers(root):
-    """Reverse the autograd graph below `root`: node -> [(consumer node, output index of node it reads)]."""
-    consumers, seen, stack = {}, {root}, [root]
-    while stack:
-        node = stack.pop()
-        for child, output_nr in node.next_functions:
-            if child is None:
-                continue
-            consumers.setdefault(child, []).append((node, output_nr))
-            if child not in seen:
-                seen.add(child)
-                stack.append(child)
-    return consumers
-
-
-def _part_region(node):
-    """Which part of its input a split/slice node takes: identical parts used twice add up, different
-    parts of one matrix (q, k, v of a fused QKV weight) are one use of it."""
-    name = node.name()
-    if name == "SliceBackward0":
-        return (name, node._saved_dim, node._saved_start, node._saved_end, node._saved_step)
-    if name == "SelectBackward0":
-        return (name, node._saved_dim, node._saved_index)
-    if name == "SplitBackward0":
-        return (name, node._saved_dim, node._saved_split_size)
-    if name == "SplitWithSizesBackward0":
-        return (name, node._saved_dim, tuple(node._saved_split_sizes))
-    return (name, node._saved_dim)
-
-
-def _add(a, b):
-    return a[0] + b[0], a[1] + b[1]
-
-
-def _max(pairs):
-    pairs = list(pairs)
-    return (max(p[0] for p in pairs), max(p[1] for p in pairs)) if pairs else (0, 0)
-
-
-def _edge_uses(consumer, consumers):
-    """(embedding uses, other uses) that one consumer makes of a weight (or of a view of it)."""
-    name = consumer.name()
-    if name in _LOOKUP_NODES:
-        return 1, 0
-    if name in _VIEW_NODES or name in _SLICE_NODES:
-        return _uses(consumer, consumers)
-    if name in _SPLIT_NODES:  # a multi-output node: the most-used piece decides
-        per_piece = {}
-        for c, piece in consumers.get(consumer, []):
-            per_piece[piece] = _add(per_piece.get(piece, (0, 0)), _edge_uses(c, consumers))
-        return _max(per_piece.values())
-    return 0, 1  # a matmul, a multiply, a fused kernel: the weight takes part in the computation once
-
-
-def _uses(node, consumers):
-    """(embedding uses, other uses) of the value `node` produces, found by following its consumers
-    through views (which pass uses through) and parts (a split or slice: the most-used part counts)."""
-    whole, parts = (0, 0), {}
-    for consumer, _ in consumers.get(node, []):
-        uses = _edge_uses(consumer, consumers)
-        if consumer.name() in _SPLIT_NODES or consumer.name() in _SLICE_NODES:
-            region = _part_region(consumer)
-            parts[region] = _add(parts.get(region, (0, 0)), uses)
-        else:
-            whole = _add(whole, uses)
-    return _add(whole, _max(parts.values()))
-
-
-def count_params(model, seq_len: int = 16) -> dict:
-    """Parameters by the TinyStories Hackathon rules: every unique trainable floating-point weight, times
-    the number of distinct times it takes part in the forward computation, detected from the autograd
-    graph of a real forward pass (so a block applied twice, by config or by hand, counts twice; a weight
-    used through a functional call counts too). A tied embedding/lm_head matrix counts once: each
-    embedding lookup of a matrix pairs with one output use of it. GQA is not sharing (one k/v projection
-    is one use). Every unique weight counts at least once. Works on a model built on the meta device.
-    Limit: a weight is followed through views, casts, splits and slices only; a weight transformed
-    otherwise (say scaled) and the result then used twice counts once, at the transform.
-
-    Returns {"counted", "unique", "embedding", "non_embedding"}: embedding = counted weights that are
-    looked up as embeddings (token and value embeddings); non_embedding = counted - embedding."""
-    model = getattr(model, "_orig_mod", model)   # torch.compile wrapper
-    model = getattr(model, "module", model)      # DDP wrapper
-    params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
-    device = params[0].device if params else torch.device("cpu")
-    block_size = getattr(getattr(model, "config", None), "block_size", seq_len)
-    idx = torch.zeros(1, min(seq_len, block_size), dtype=torch.long, device=device)
-    with torch.enable_grad():
-        out = model(idx)
-        root = (out if out.dim() == 0 else out.float().sum()).grad_fn
-        consumers = _autograd_consumers(root) if root is not None else {}
-    accumulators = {id(node.variable): node for node in consumers if node.name().endswith("AccumulateGrad")}
-    counted = unique = embedding = 0
-    for p in params:
-        node = accumulators.get(id(p))
-        embed_uses, other_uses = _uses(node, consumers) if node is not None else (0, 0)
-        uses = max(1, embed_uses, other_uses)  # tie: an embedding lookup and an output use pair up as one
-        n = p.numel()
-        unique += n
-        counted += n * uses
-        if embed_uses:
-            embedding += n * uses
-    del consumers, out, root
-    return {"counted": counted, "unique": unique, "embedding": embedding, "non_embedding": counted - embedding}
-
-
-WEIGHT_CLASSES = (("small", 30_000_000), ("medium", 60_000_000), ("large", 120_000_000))
-
-
-def weight_class(counted: int) -> str:
-    """TinyStories Hackathon weight class: small <= 30M < medium <= 60M < large <= 120M < open."""
-    for name, limit in WEIGHT_CLASSES:
-        if counted <= limit:
-            return name
-    return "open"
-
-
-# -----------------------------------------------------------------------------
-# Presets. The weight-class presets sit just under their limits for the TinyStories default tokenizer
-# (bpe:8192, untied embeddings); `python flops.py` prints their exact counts.
-
-PRESETS = {
-    # a CPU model: trains on 2 cores in minutes
-    "tiny": dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, tie_embeddings=True),
-    "small": dict(n_layer=7, n_head=8, n_kv_head=4, n_embd=512),
-    "medium": dict(n_layer=10, n_head=10, n_kv_head=5, n_embd=640),
-    "large": dict(n_layer=16, n_head=12, n_kv_head=6, n_embd=768),
-    # GPT-2 small's shape (12 x 768, tied), modern parts; with vocab 50304 it is 124M counted (class open)
-    "gpt2-124m": dict(n_layer=12, n_head=12, n_kv_head=12, n_embd=768, tie_embeddings=True),
-}
-
-
-def preset_config(name: str, vocab_size: int, block_size: int) -> GPTConfig:
-    """The GPTConfig of a preset; vocab_size is padded to a multiple of 64 (a no-op when already padded)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return GPTConfig(vocab_size=padded_vocab_size(vocab_size), block_size=block_size, **PRESETS[name])
-
-
-# -----------------------------------------------------------------------------
 # Checkpoints
 
 
@@ -589,10 +477,6 @@ def resolve_device(name: str | None = None) -> torch.device:
         raise ValueError(f"device {name!r} is not available on this machine (CUDA devices: "
                          f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}); use cpu or leave it unset")
     return device
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit its model; the message says which file and why."""
 
 
 def _strip_prefixes(state_dict):
@@ -626,29 +510,30 @@ def save_checkpoint(path, model, config, tokenizer: dict, step: int, **extra) ->
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load a checkpoint with weights_only=True (no arbitrary code runs); CheckpointError when it is missing,
+    """Load a checkpoint with weights_only=True (no arbitrary code runs); ValueError when it is missing,
     corrupt or lacks the required keys."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file written by train.py")
+        raise ValueError(f"checkpoint {path} does not exist; pass the path of a .pt file written by train.py")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle of a forbidden type, not a torch file at all
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+        reason = (str(e).strip().splitlines() or ["empty file" if os.path.getsize(path) == 0 else "no detail"])[0]
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {reason[:200]}); "
                               "it is corrupt or not a torch.save file from train.py") from None
     if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
-        raise CheckpointError(f"checkpoint {path} has no 'model' and 'config' entries; it was not written by "
+        raise ValueError(f"checkpoint {path} has no 'model' and 'config' entries; it was not written by "
                               "model.save_checkpoint")
     ckpt["model"] = _strip_prefixes(ckpt["model"])
     return ckpt
 
 
 def model_from_checkpoint(ckpt: dict, device="cpu") -> GPT:
-    """Rebuild the GPT a checkpoint describes and load its weights; CheckpointError on any mismatch."""
+    """Rebuild the GPT a checkpoint describes and load its weights; ValueError on any mismatch."""
     try:
         config = config_from_dict(dict(ckpt["config"]))
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"checkpoint config does not fit this model.py: {e}") from None
+        raise ValueError(f"checkpoint config does not fit this model.py: {e}") from None
     with torch.device(device):
         model = GPT(config)
     state = _strip_prefixes(ckpt["model"])
@@ -661,82 +546,10 @@ def model_from_checkpoint(ckpt: dict, device="cpu") -> GPT:
         detail = "; ".join(s for s in (f"missing {missing[:5]}" if missing else "",
                                        f"unexpected {unexpected[:5]}" if unexpected else "",
                                        f"shape mismatch {wrong[:5]}" if wrong else "") if s)
-        raise CheckpointError(f"checkpoint weights do not fit its config ({detail}); was the checkpoint "
+        raise ValueError(f"checkpoint weights do not fit its config ({detail}); was the checkpoint "
                               "written by a different model.py?")
     model.load_state_dict(state)
     return model
 
 
-# -----------------------------------------------------------------------------
-# Command line: print a configuration and its parameter count
-
-
-def config_field_types() -> dict:
-    """GPTConfig field -> its type (int, float, bool, str), for typing --key=value overrides."""
-    names = {"int": int, "float": float, "bool": bool, "str": str}
-    return {f.name: names.get(f.type, f.type) if isinstance(f.type, str) else f.type for f in fields(GPTConfig)}
-
-
-def parse_overrides(argv, config_fields):
-    """--key=value pairs, typed by the field they set; a SystemExit-free ValueError on bad input."""
-    out = {}
-    for arg in argv:
-        if not arg.startswith("--") or "=" not in arg:
-            raise ValueError(f"argument {arg!r} is not of the form --key=value")
-        key, value = arg[2:].split("=", 1)
-        if key not in config_fields:
-            close = difflib.get_close_matches(key, config_fields, n=1)
-            raise ValueError(f"unknown setting --{key}; " + (f"did you mean --{close[0]}?" if close else
-                                                              f"known: {', '.join(sorted(config_fields))}"))
-        kind = config_fields[key]
-        try:
-            if kind is bool:
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
-                out[key] = value.lower() in ("true", "1")
-            elif kind is int:  # "1e9" is accepted when it is a whole number
-                try:
-                    out[key] = int(value)
-                except ValueError:
-                    if not float(value).is_integer():
-                        raise
-                    out[key] = int(float(value))
-            elif kind is float:
-                out[key] = float(value)
-            else:
-                out[key] = value
-        except ValueError:
-            raise ValueError(f"--{key}={value}: expected {'an' if kind is int else 'a'} {kind.__name__}") from None
-    return out
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        print("settings: --preset=NAME (" + ", ".join(PRESETS) + "), --vocab_size, --block_size, and any GPTConfig field")
-        return 0
-    types = config_field_types()
-    try:
-        opts = parse_overrides(argv, {**types, "preset": str})
-        preset = opts.pop("preset", None)
-        if preset is not None:
-            base = asdict(preset_config(preset, opts.pop("vocab_size", 8192), opts.pop("block_size", 1024)))
-            config = GPTConfig(**{**base, **opts})
-        else:
-            config = GPTConfig(**opts)
-    except ValueError as e:
-        print(f"error: model.py: {e}", file=sys.stderr)
-        return 2
-    with torch.device("meta"):
-        model = GPT(config)
-    counts = count_params(model)
-    print(config)
-    for key, value in counts.items():
-        print(f"{key:>14}: {value:,}")
-    print(f"{'weight class':>14}: {weight_class(counts['counted'])}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+CheckpointError = ValueError  # transitional alias while the other scripts move to ValueError; removed after

@@ -113,6 +113,8 @@ def run_main(script: str, run, argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return run(argv) or 0
+    except SystemExit as e:  # argparse's --help
+        return e.code if isinstance(e.code, int) else 0
     except ValueError as e:
         message = str(e)
     except OSError as e:

@@ -1,20 +1,17 @@
 """
 Train a GPT from scratch on prepared token shards, and write the run's record. The file participants edit.
 
-    python train.py                                                     # defaults below: Small preset, data/tinystories
+    python train.py --data_dir=data/tinystories                         # the block below
     python train.py --preset=tiny --seq_len=256 --max_seconds=300       # any hyperparameter: --key=value
+    python train.py --n_layer=6 --mlp=swiglu                            # any GPTConfig field (model.py) too
     torchrun --standalone --nproc_per_node=8 train.py --batch_tokens=524288
 
-What it does, top to bottom:
-  the hyperparameters (one block, overridable with --key=value, typed, never exec'd)
-  -> the data loader (prepare.py's shards; sequences start at document starts; each rank reads its own
-     sequences; a background thread prefetches)
-  -> Muon for the hidden 2-D matrices, AdamW for embeddings, lm_head and scalars; warmup-stable-decay
-  -> the DDP training loop (bf16 autocast and torch.compile on CUDA), stopping at the first budget reached:
-     max_steps / max_tokens / max_flops / max_seconds / target_bpb
-  -> validation BPB with eval_bpb.evaluate_bpb (the one definition), checkpoints for exact resume
-  -> the record: OUT_DIR/train.log (the source of every project file that ran, the environment, one line
-     per step) and OUT_DIR/results.json (DESIGN.md's schema, FLOPs by flops.py, params by model.py).
+Top to bottom: the hyperparameters; the data loader (prepare.py's shards, sequences that start at document
+starts, each rank reading its own); Muon for the hidden matrices and AdamW for the rest, with a
+warmup-stable-decay schedule; the run's state, its checkpoints and its record; and train(), whose loop
+validates, steps and checkpoints until the first budget is reached (max_steps / max_tokens / max_flops /
+max_seconds / target_bpb). The record is OUT_DIR/train.log (the source of every project file that ran,
+the environment, one line per step) and OUT_DIR/results.json (leaderboard.py's format).
 
 Timing: train_seconds counts training steps only. torch.compile's warm-up, validation and checkpoint
 writes are excluded (as modded-nanogpt does), so a record's time and MFU measure training.
@@ -33,11 +30,13 @@ import platform
 import queue
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+import uuid
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -47,15 +46,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import eval_bpb
 import flops
+import leaderboard
 import prepare
-from model import GPT, CheckpointError, GPTConfig, count_params, load_checkpoint, parse_overrides, \
-    preset_config, save_checkpoint, weight_class
+from model import GPT, GPTConfig, build_config, load_checkpoint, save_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parent
-RECORD_SCHEMA = "speedrun-record/1"
 
 # -----------------------------------------------------------------------------
-# Hyperparameters. `python train.py --help` prints this block; `--key=value` overrides any field.
+# Hyperparameters. `python train.py --help` prints this block; `--key=value` overrides any field, and any
+# GPTConfig field (--n_layer=6, --mlp=swiglu, ...) goes into `model`.
 
 
 @dataclass
@@ -71,12 +70,9 @@ class Hyperparameters:
     out_dir: str = ""                   # "" = records/<track>/<YYYY-MM-DD>_<name>/
     ckpt_dir: str = ""                  # "" = checkpoints/<name>/ (git-ignored: a record never holds weights)
     device: str = "auto"                # auto | cpu | cuda | mps (torchrun: cuda:<local rank>)
-    # model: a model.py preset, then these overrides (0 = the preset's value)
+    # model: a model.py preset, then the GPTConfig fields given here or on the command line
     preset: str = "small"               # tiny | small | medium | large | gpt2-124m (model.PRESETS)
-    n_layer: int = 0
-    n_head: int = 0
-    n_kv_head: int = 0                  # 0 = the preset's, or n_head when n_head is given
-    n_embd: int = 0
+    model: dict = field(default_factory=dict)  # e.g. dict(n_layer=8, mlp="swiglu"); --n_layer=8 adds to it
     seq_len: int = 1024                 # context length in training and validation
     # batch: global batch = world_size * batch_size * grad_accum * seq_len tokens
     batch_size: int = 32                # sequences per process per micro-step
@@ -105,62 +101,65 @@ class Hyperparameters:
     val_every: int = 250                # steps between validations (0 = only at the end)
     val_tokens: int = 0                 # tokens of the val shards scored each time (0 = all)
     checkpoint_every: int = 0           # steps between checkpoints (0 = only at the end)
-    keep_checkpoints: int = 2           # older step_*.pt files are deleted
-    resume: bool = False                # continue exactly from the newest checkpoint in ckpt_dir
+    keep_checkpoints: int = 2           # this run's older step_*.pt files are deleted
+    resume: bool = False                # continue exactly from the newest readable checkpoint in ckpt_dir
     seed: int = 1337
     compile: bool = True                # torch.compile the model on CUDA (CPU and MPS run eager)
-    kernels: bool = True                # kernels.py's fused Triton ops on CUDA (0 = plain PyTorch everywhere)
+    kernels: bool = True                # kernels.py's fused ops (a runtime switch: a run may resume with 0)
     wandb: bool = False                 # log to Weights & Biases (WANDB_MODE=offline works without an account)
     wandb_project: str = "speedrun"
 
 
-class UsageError(ValueError):
-    """Bad command-line input or settings; the message names the field and the fix."""
+MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "block_size"))
 
 
 def parse_args(argv: list[str]) -> Hyperparameters:
-    """--key=value overrides of the Hyperparameters block, each converted to the field's type by the
-    parser model.py and flops.py use (integers may be written 1e6, never rounded)."""
-    hp = Hyperparameters()
-    types = {f.name: {"int": int, "float": float, "bool": bool, "str": str}[f.type] for f in fields(Hyperparameters)}
-    try:
-        overrides = parse_overrides(argv, types)
-    except ValueError as e:
-        raise UsageError(f"train.py: {e} (python train.py --help lists the keys)") from None
-    for key, value in overrides.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"train.py: --{key}={value} must be a finite number")
-        setattr(hp, key, value)
+    """--key=value overrides of the block (typed by prepare.py's one option parser: integers may be written
+    1e6, never rounded); GPTConfig fields go into hp.model."""
+    parser = prepare.ArgumentParser(prog="train.py", add_help=False)
+    prepare.add_dataclass_flags(parser, Hyperparameters, skip=("model",))
+    prepare.add_dataclass_flags(parser, GPTConfig, skip=("vocab_size", "block_size"))
+    given = vars(parser.parse_args(argv))
+    hp = Hyperparameters(**{k: v for k, v in given.items() if k not in MODEL_FIELDS})
+    hp.model = {**hp.model, **{k: v for k, v in given.items() if k in MODEL_FIELDS}}
     check_hyperparameters(hp)
     return hp
 
 
 def check_hyperparameters(hp: Hyperparameters) -> None:
     positive = ["seq_len", "batch_size", "grad_accum", "keep_checkpoints"]
-    non_negative = ["n_layer", "n_head", "n_kv_head", "n_embd", "batch_tokens", "warmup_steps", "max_steps",
-                    "max_tokens", "max_flops", "max_seconds", "target_bpb", "val_every", "val_tokens",
-                    "checkpoint_every", "grad_clip", "weight_decay", "matrix_lr", "embed_lr", "head_lr", "scalar_lr"]
+    non_negative = ["batch_tokens", "warmup_steps", "max_steps", "max_tokens", "max_flops", "max_seconds",
+                    "target_bpb", "val_every", "val_tokens", "checkpoint_every", "grad_clip", "weight_decay",
+                    "matrix_lr", "embed_lr", "head_lr", "scalar_lr"]
     for key in positive:
         if getattr(hp, key) <= 0:
-            raise UsageError(f"train.py: --{key} must be positive, got {getattr(hp, key)}")
+            raise ValueError(f"--{key} must be positive, got {getattr(hp, key)}")
     for key in non_negative:
         if getattr(hp, key) < 0:
-            raise UsageError(f"train.py: --{key} must be >= 0, got {getattr(hp, key)}")
+            raise ValueError(f"--{key} must be >= 0, got {getattr(hp, key)}")
     if not 0 <= hp.cooldown_frac <= 1 or not 0 <= hp.final_lr_frac <= 1:
-        raise UsageError("train.py: --cooldown_frac and --final_lr_frac must be in [0, 1]")
+        raise ValueError("--cooldown_frac and --final_lr_frac must be in [0, 1]")
+    if not 0 <= hp.seed < 2 ** 63:  # torch.manual_seed takes a 64-bit seed
+        raise ValueError(f"--seed must be in [0, 2^63), got {hp.seed}")
     if not (hp.max_steps or hp.max_tokens or hp.max_flops or hp.max_seconds):
-        raise UsageError("train.py: no budget: set at least one of --max_steps, --max_tokens, --max_flops, --max_seconds")
-    if val_tokens_too_few(hp):
-        raise UsageError(f"train.py: --val_tokens={hp.val_tokens} is too few; score at least 2 tokens (or 0 = all)")
-
-
-def val_tokens_too_few(hp: Hyperparameters) -> bool:
-    return 0 < hp.val_tokens < 2
+        raise ValueError("no budget: set at least one of --max_steps, --max_tokens, --max_flops, --max_seconds")
+    if 0 < hp.val_tokens < 2:
+        raise ValueError(f"--val_tokens={hp.val_tokens} is too few; score at least 2 tokens (or 0 = all)")
+    model_config(hp, n_vocab=64)  # a bad model setting is reported now, not after the data has loaded
 
 
 def help_text() -> str:
     """The module docstring and the Hyperparameters block itself: the block is the documentation."""
-    return __doc__.strip() + "\n\nHyperparameters (--key=value):\n\n" + inspect.getsource(Hyperparameters)
+    return (__doc__.strip() + "\n\nHyperparameters (--key=value):\n\n" + inspect.getsource(Hyperparameters) +
+            "\nModel settings (--key=value, into `model`; see model.GPTConfig): " + ", ".join(MODEL_FIELDS))
+
+
+def model_config(hp: Hyperparameters, n_vocab: int) -> GPTConfig:
+    """The run's GPTConfig: model.build_config from the preset and hp.model (as flops.py builds it)."""
+    try:
+        return build_config(hp.preset, n_vocab, hp.seq_len, **hp.model)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{e} (from --preset={hp.preset} and the model settings {hp.model})") from None
 
 
 def global_batch(hp: Hyperparameters, world_size: int) -> tuple[int, int]:
@@ -170,12 +169,12 @@ def global_batch(hp: Hyperparameters, world_size: int) -> tuple[int, int]:
     if not hp.batch_tokens:
         return hp.grad_accum, per_micro_step * hp.grad_accum
     if hp.batch_tokens % per_micro_step:
-        raise UsageError(f"train.py: --batch_tokens={hp.batch_tokens} is not a multiple of world_size * batch_size * "
+        raise ValueError(f"--batch_tokens={hp.batch_tokens} is not a multiple of world_size * batch_size * "
                          f"seq_len = {world_size} * {hp.batch_size} * {hp.seq_len} = {per_micro_step}; "
                          f"choose a multiple of it or change --batch_size")
     grad_accum = hp.batch_tokens // per_micro_step
     if hp.grad_accum not in (1, grad_accum):
-        raise UsageError(f"train.py: --grad_accum={hp.grad_accum} contradicts --batch_tokens={hp.batch_tokens}, "
+        raise ValueError(f"--grad_accum={hp.grad_accum} contradicts --batch_tokens={hp.batch_tokens}, "
                          f"which needs grad_accum={grad_accum} on {world_size} process(es); set only one of them")
     return grad_accum, hp.batch_tokens
 
@@ -206,13 +205,14 @@ class DataLoader:
     `position` (shard, start, epoch) is where the next step's windows begin: saved in checkpoints."""
 
     def __init__(self, files, seq_len, batch_size, grad_accum, delimiter, rank=0, world_size=1,
-                 position=None, pin_memory=False, prefetch=4):
+                 position=None, pin_memory=False, prefetch=4, vocab_size=None):
         self.files, self.seq_len, self.batch_size, self.grad_accum = list(files), seq_len, batch_size, grad_accum
         self.delimiter, self.rank, self.world_size, self.pin_memory = delimiter, rank, world_size, pin_memory
+        self.vocab_size = vocab_size
         self.position = dict(position) if position else {"shard": 0, "start": -1, "epoch": 0}
         sizes = [prepare.read_shard_header(f)[1] for f in self.files]  # every shard checked now, not when reached
         if max(sizes) <= seq_len:
-            raise prepare.ShardError(f"{pathlib.Path(self.files[0]).parent}: no train shard holds seq_len + 1 = "
+            raise ValueError(f"{pathlib.Path(self.files[0]).parent}: no train shard holds seq_len + 1 = "
                                      f"{seq_len + 1} tokens; lower --seq_len or prepare more data")
         self._queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
@@ -224,6 +224,7 @@ class DataLoader:
         shard, start, epoch = position["shard"], position["start"], position["epoch"]
         while True:
             tokens = prepare.open_shard(self.files[shard])
+            self.check_token_ids(tokens, self.files[shard])
             doc_starts = np.flatnonzero(tokens == self.delimiter)  # one pass over the shard
             if start < 0:
                 start = int(doc_starts[0]) if len(doc_starts) else 0
@@ -234,6 +235,14 @@ class DataLoader:
             shard, start = shard + 1, -1
             if shard == len(self.files):
                 shard, epoch = 0, epoch + 1
+
+    def check_token_ids(self, tokens, path):
+        """An id outside the model's vocabulary would index past the embedding (a crash on CUDA, garbage
+        elsewhere): refused when the shard is opened, naming it."""
+        if self.vocab_size is not None and len(tokens) and int(tokens.max()) >= self.vocab_size:
+            raise ValueError(f"{path}: token id {int(tokens.max())} is outside the tokenizer's vocabulary "
+                             f"({self.vocab_size} ids); the shard was written with another tokenizer than "
+                             f"meta.json names: re-run prepare.py for this folder")
 
     def _produce(self):
         try:
@@ -310,7 +319,7 @@ class Muon(torch.optim.Optimizer):
                  rank=0, world_size=1):
         params = list(params)
         shapes = sorted({tuple(p.shape) for p in params}, reverse=True)
-        groups = [{"params": [p for p in params if tuple(p.shape) == shape]} for shape in shapes]
+        groups = [{"params": [p for p in params if tuple(p.shape) == shape], "kind": "matrix"} for shape in shapes]
         defaults = dict(lr=lr, initial_lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                         ns_steps=ns_steps)
         super().__init__(groups, defaults)
@@ -351,9 +360,9 @@ class Muon(torch.optim.Optimizer):
 
 
 def split_parameters(model: GPT) -> dict[str, list[nn.Parameter]]:
-    """Which optimizer gets which parameter: Muon for the 2-D matrices inside the blocks; AdamW for the
-    embeddings (they are lookups, not linear maps), lm_head (its own scale), and all 0-D/1-D parameters.
-    A shared (reused) block's parameters appear once; a tied lm_head goes with the head's learning rate."""
+    """Which optimizer gets which parameter, by kind: "matrix" (the 2-D matrices inside the blocks, Muon);
+    "embed" (lookups, not linear maps), "head" (lm_head, its own scale; a tied embedding goes here) and
+    "scalar" (all 0-D/1-D parameters), AdamW. A shared (reused) block's parameters appear once."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     head = {id(model.lm_head.weight)}
     groups = {"matrix": [], "embed": [], "head": [], "scalar": []}
@@ -371,16 +380,27 @@ def split_parameters(model: GPT) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
-def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int, device: torch.device):
+def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int, device: torch.device) -> list:
+    """[AdamW, Muon], every param group tagged with its kind; set_hyperparameters gives them their settings."""
     groups = split_parameters(model)
-    muon = Muon(groups["matrix"], lr=hp.matrix_lr, momentum=hp.muon_momentum, weight_decay=hp.weight_decay,
-                rank=rank, world_size=world_size)
-    adam_groups = [{"params": groups[kind], "lr": lr, "initial_lr": lr, "name": kind}
-                   for kind, lr in (("embed", hp.embed_lr), ("head", hp.head_lr), ("scalar", hp.scalar_lr))
-                   if groups[kind]]
-    adam = torch.optim.AdamW(adam_groups, betas=(hp.adam_beta1, hp.adam_beta2), eps=1e-10, weight_decay=0.0,
-                             fused=device.type == "cuda")
+    muon = Muon(groups["matrix"], rank=rank, world_size=world_size)
+    adam_groups = [{"params": groups[kind], "kind": kind} for kind in ("embed", "head", "scalar") if groups[kind]]
+    adam = torch.optim.AdamW(adam_groups, eps=1e-10, weight_decay=0.0, fused=device.type == "cuda")
+    set_hyperparameters([adam, muon], hp)
     return [adam, muon]
+
+
+def set_hyperparameters(optimizers: list, hp: Hyperparameters) -> None:
+    """This command line's learning rates, momentum, betas and weight decay, by group kind: at the start,
+    and again after a resume (load_state_dict restores the saved ones)."""
+    peak_lr = {"matrix": hp.matrix_lr, "embed": hp.embed_lr, "head": hp.head_lr, "scalar": hp.scalar_lr}
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"] = peak_lr[group["kind"]]
+            if group["kind"] == "matrix":
+                group.update(momentum=hp.muon_momentum, weight_decay=hp.weight_decay)
+            else:
+                group["betas"] = (hp.adam_beta1, hp.adam_beta2)
 
 
 def lr_multiplier(step: int, progress: float, hp: Hyperparameters) -> float:
@@ -406,7 +426,7 @@ def planned_steps(hp: Hyperparameters, batch_tokens: int, flops_per_step: int) -
         return None, None
     steps, name = min(limits)
     if steps == 0:
-        raise UsageError(f"train.py: --{name} allows no step: one step is {batch_tokens} tokens and "
+        raise ValueError(f"--{name} allows no step: one step is {batch_tokens} tokens and "
                          f"{flops_per_step:.3e} model FLOPs; raise the budget or shrink the batch")
     return steps, name
 
@@ -419,15 +439,7 @@ def schedule_progress(step: int, total_steps: int | None, train_seconds: float, 
 
 
 # -----------------------------------------------------------------------------
-# The run's environment: distributed set-up, device, code, software
-
-
-def setup_distributed(hp: Hyperparameters):
-    """(rank, world_size, device): eval_bpb's, which joins torchrun's group (NCCL on CUDA, gloo on CPU)."""
-    try:
-        return eval_bpb.setup_distributed(hp.device)
-    except ValueError as e:
-        raise UsageError(f"train.py: --device={hp.device}: {e}") from None
+# The run's environment: code, software, device
 
 
 def project_sources() -> dict[str, bytes]:
@@ -482,7 +494,7 @@ MEASURED_PEAKS: dict[str, float] = {}
 
 
 def peak_flops_per_device(device: torch.device, name: str) -> tuple[float, str]:
-    """(peak FLOP/s, "datasheet" | "measured"): the table's bf16 figure for a known GPU, else a measured
+    """(peak FLOP/s, "datasheet" | "measured"): flops.py's bf16 figure for a known GPU, else a measured
     matmul peak (CPUs, consumer cards), which the record flags. Measured on rank 0 and shared, so every
     rank (and the record) uses one number."""
     peak, source = (None, "unknown")
@@ -502,8 +514,163 @@ def peak_flops_per_device(device: torch.device, name: str) -> tuple[float, str]:
     return float(peak), source
 
 
+def environment_lines(software: dict, device: torch.device, name: str, world_size: int) -> list[str]:
+    lines = [f"{'=' * 20} environment {'=' * 20}",
+             " | ".join(f"{k} {v}" for k, v in software.items()),
+             f"device {name} x {world_size}",
+             f"command {' '.join(sys.argv)}"]
+    if device.type == "cuda":
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20)
+            lines += smi.stdout.rstrip().splitlines()
+    return lines
+
+
 # -----------------------------------------------------------------------------
-# Checkpoints
+# The run: what it is made of (Run, fixed at the start) and where it stands (RunState, saved in checkpoints)
+
+
+@dataclass
+class RunState:
+    """Where a run stands. Saved in every checkpoint as `progress`, so a resume continues exactly, and
+    compared on resume so a run is never continued on other data, batch or hardware."""
+    run_id: str                  # a checkpoint belongs to the run that wrote it; only its own are pruned
+    date: str                    # the record's date: the day the run started
+    out_dir: str
+    batch_tokens: int
+    hardware: str                # "N x device": a record's hardware FLOPs assume one kind of hardware
+    data_fingerprint: str        # sha256 of the data folder's meta.json
+    step: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+    position: dict | None = None  # the data loader's position of the next step
+
+
+@dataclass
+class Data:
+    """The prepared data folder: the tokenizer it was made with, the train shards and the validation set."""
+    meta: dict
+    fingerprint: str
+    tokenizer: dict
+    enc: object
+    delimiter: int
+    token_bytes: torch.Tensor
+    train_files: list
+    val_tokens: np.ndarray
+    val_fingerprint: str
+    eval_id: str
+
+
+@dataclass
+class Run:
+    """What a run is made of, fixed once it starts; the functions below take it with the RunState."""
+    hp: Hyperparameters
+    rank: int
+    world_size: int
+    device: torch.device
+    data: Data
+    config: GPTConfig
+    raw_model: GPT               # the weights (checkpoints, validation, counting)
+    model: nn.Module             # raw_model, compiled on CUDA
+    train_model: nn.Module       # model, wrapped in DDP when distributed
+    optimizers: list
+    loader: "DataLoader"
+    grad_accum: int
+    total_steps: int | None
+    step_budget: str | None
+    flops_per_step: int
+    peak: float
+    peak_source: str
+    device_label: str
+    ckpt_dir: pathlib.Path
+    log: "RunLog"
+    digests: dict
+    software: dict
+    params: dict
+    wandb_run: object = None
+    own_checkpoints: list = field(default_factory=list)  # this run's step_*.pt, oldest first
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+class RunLog:
+    """train.log (rank 0 writes): every line goes to the file, and to the console unless console=False."""
+
+    def __init__(self, path: pathlib.Path | None, append: bool):
+        self.file = open(path, "a" if append else "w", encoding="utf-8") if path else None
+
+    def write(self, text: str) -> None:
+        if self.file:
+            self.file.write(text)
+            self.file.flush()
+
+    def line(self, text: str, console: bool = True) -> None:
+        if self.file:
+            self.write(text + "\n")
+            if console:
+                print(text, flush=True)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+class TrainingDiverged(RuntimeError):
+    """A NaN/inf loss, gradient or weight; the message names the step and the last good checkpoint."""
+
+
+# -----------------------------------------------------------------------------
+# Locks: one run per out_dir and per ckpt_dir, or two runs interleave their logs and delete each other's
+# checkpoints. The lock file names its holder; a lock whose process is gone (kill -9) is taken over.
+
+
+def acquire_lock(folder: pathlib.Path) -> pathlib.Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "LOCK"
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": " ".join(sys.argv)}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if lock_holder_alive(path):
+                raise ValueError(f"{folder} is in use by another run ({path.read_text().strip()}); wait for it, "
+                                 f"or choose another --name/--out_dir/--ckpt_dir") from None
+            path.unlink(missing_ok=True)  # its process is gone: a stale lock
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(holder, f)
+        return path
+    raise ValueError(f"{path}: could not take the lock; remove the file if no run uses {folder}")
+
+
+def lock_holder_alive(path: pathlib.Path) -> bool:
+    try:
+        holder = json.loads(path.read_text())
+        pid, host = int(holder["pid"]), holder["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # unreadable (a crash while writing it): not a live holder
+    if host != socket.gethostname():
+        return True  # another machine's run on a shared disk: cannot tell, so respect it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: step_NNNNNN.pt in ckpt_dir, each holding the weights, the optimizers, the RNG states and the
+# RunState. Written atomically (model.save_checkpoint); only finite weights are ever written.
 
 
 def checkpoint_path(ckpt_dir: pathlib.Path, step: int) -> pathlib.Path:
@@ -516,9 +683,28 @@ def checkpoints_by_step(ckpt_dir: pathlib.Path) -> list[pathlib.Path]:
     return sorted((p for p in found if p.stem[len("step_"):].isdigit()), key=lambda p: int(p.stem[len("step_"):]))
 
 
-def latest_checkpoint(ckpt_dir: pathlib.Path) -> pathlib.Path | None:
-    found = checkpoints_by_step(ckpt_dir)
-    return found[-1] if found else None
+def remove_orphan_temp_files(ckpt_dir: pathlib.Path) -> None:
+    """A kill -9 during a save leaves step_N.pt.tmp.PID behind; with the folder locked, none is being written."""
+    for tmp in ckpt_dir.glob("step_*.pt.tmp.*"):
+        tmp.unlink(missing_ok=True)
+
+
+def newest_readable_checkpoint(ckpt_dir: pathlib.Path, log: RunLog) -> tuple[pathlib.Path, dict] | None:
+    """The newest checkpoint that loads; a truncated or empty one (a crash, a full disk) is skipped with a
+    warning and the one before it is used."""
+    for path in reversed(checkpoints_by_step(ckpt_dir)):
+        try:
+            return path, load_checkpoint(path, map_location="cpu")
+        except ValueError as e:
+            print(f"warning: skipping {path}: {e}", file=sys.stderr)
+    return None
+
+
+def checkpoint_run_id(path: pathlib.Path) -> str | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["progress"]["run_id"]
+    except Exception:  # unreadable, or written before checkpoints carried a run id: not this run's
+        return None
 
 
 def rng_states(device: torch.device) -> dict:
@@ -535,71 +721,113 @@ def restore_rng_states(states: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(states["cuda"], device)
 
 
+def weights_are_finite(model: nn.Module) -> bool:
+    """One device reduction over every parameter (a host sync: called only before a checkpoint)."""
+    return bool(torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all())
+
+
+def save_state(run: Run, state: RunState, stop: "StopRequested") -> pathlib.Path:
+    """Write the checkpoint of state.step (rank 0; the others wait) and prune this run's older ones. A model
+    whose weights are no longer finite is never saved: the run stops naming the last good checkpoint."""
+    path = checkpoint_path(run.ckpt_dir, state.step)
+    if not weights_are_finite(run.raw_model):
+        last = run.own_checkpoints[-1] if run.own_checkpoints else "none: none was written yet"
+        raise diverged(run, f"the weights are not finite after step {state.step}; not checkpointed. The last "
+                            f"good checkpoint is {last}; lower the learning rates and resume with --resume=1")
+    if run.master:
+        with stop.deferred():  # a Ctrl-C during the write waits for it: never half a checkpoint
+            save_checkpoint(path, run.raw_model, run.config, run.data.tokenizer, state.step,
+                            optimizers=[opt.state_dict() for opt in run.optimizers], rng=rng_states(run.device),
+                            data_state=dict(state.position or {}), hparams=asdict(run.hp),
+                            code_sha256=run.digests, progress=asdict(state))
+    if path not in run.own_checkpoints:  # every rank keeps the list, so all agree on what was saved
+        run.own_checkpoints.append(path)
+    for old in run.own_checkpoints[:-run.hp.keep_checkpoints]:
+        if run.master:
+            old.unlink(missing_ok=True)
+    del run.own_checkpoints[:-run.hp.keep_checkpoints]
+    if run.world_size > 1:
+        dist.barrier()  # the other ranks wait here, not inside their next timed step
+    return path
+
+
+def load_state(run: Run, ckpt: dict) -> RunState:
+    """Restore weights, optimizers (then this command line's settings), RNG states and data position."""
+    run.raw_model.load_state_dict(ckpt["model"])
+    for opt, saved in zip(run.optimizers, ckpt["optimizers"]):
+        opt.load_state_dict(saved)
+    set_hyperparameters(run.optimizers, run.hp)
+    restore_rng_states(ckpt["rng"], run.device)
+    state = RunState(**ckpt["progress"])
+    state.position = ckpt["data_state"] or None
+    return state
+
+
+def check_resume_matches(ckpt: dict, path: pathlib.Path, config: GPTConfig, data: Data, batch_tokens: int,
+                         hardware: str) -> None:
+    """A resumed run must keep the model, the tokenizer and data (or the saved data position points into
+    other shards), the global batch (or the training changes) and the hardware (a record's hardware FLOPs
+    are train_seconds x devices x one device's peak)."""
+    progress = ckpt.get("progress") or {}
+    saved_config = {k: v for k, v in ckpt["config"].items() if k != "use_kernels"}
+    if saved_config != asdict(config):
+        raise ValueError(f"{path} was trained with the model config {saved_config}, these settings build "
+                         f"{asdict(config)}; resume with the same --preset, model settings and --seq_len")
+    if ckpt.get("tokenizer") != data.tokenizer or progress.get("data_fingerprint") != data.fingerprint:
+        raise ValueError(f"{path} was trained on other data or another tokenizer than --data_dir (its meta.json "
+                         f"fingerprint {str(progress.get('data_fingerprint'))[:12]}, this folder's "
+                         f"{data.fingerprint[:12]}); resume with the run's own --data_dir")
+    if progress.get("batch_tokens") != batch_tokens:
+        raise ValueError(f"the run in {path.parent} used {progress.get('batch_tokens')} tokens per step, these "
+                         f"settings give {batch_tokens:,}; resume with --batch_tokens={progress.get('batch_tokens')}")
+    if progress.get("hardware") != hardware and progress.get("train_seconds", 0) > 0:
+        raise ValueError(f"the run in {path.parent} trained on {progress.get('hardware')}, this is {hardware}; a "
+                         f"record's hardware FLOPs assume one kind of hardware, so resume on the same devices")
+
+
 # -----------------------------------------------------------------------------
-# The record
+# The record: results.json in leaderboard.py's format (its SCHEMA), written by leaderboard.write_results
 
 
-def record_header(sources: dict[str, bytes], digests: dict[str, str]) -> str:
-    """train.log's beginning: the full source of every project file that ran, each under a line with its
-    sha256 (the same digests results.json holds)."""
-    parts = []
-    for name, text in sources.items():
-        parts.append(f"{'=' * 20} {name} sha256={digests[name]} {'=' * 20}\n")
-        parts.append(text.decode("utf-8"))
-        if not parts[-1].endswith("\n"):
-            parts.append("\n")
-    return "".join(parts)
-
-
-def environment_lines(software: dict, device: torch.device, name: str, world_size: int) -> list[str]:
-    lines = [f"{'=' * 20} environment {'=' * 20}",
-             " | ".join(f"{k} {v}" for k, v in software.items()),
-             f"device {name} x {world_size}",
-             f"command {' '.join(sys.argv)}"]
-    if device.type == "cuda":
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20)
-            lines += smi.stdout.rstrip().splitlines()
-    return lines
-
-
-def build_record(hp, run, config, params, meta, meta_fingerprint, tokenizer_name, vocab_size, eval_id, final_eval,
-                 target, compute, software, digests) -> dict:
-    """results.json, every field of DESIGN.md's schema speedrun-record/1."""
+def build_record(run: Run, state: RunState, final_eval: dict, stopped_by: str, target_seconds) -> dict:
+    hp = run.hp
+    target = None
+    if hp.target_bpb:
+        target = {"metric": "bpb", "value": hp.target_bpb, "reached": target_seconds is not None,
+                  "seconds": target_seconds}
     return {
-        "schema": RECORD_SCHEMA,
+        "schema": leaderboard.SCHEMA,
         "name": hp.name,
         "track": hp.track,
-        "date": run["date"],
+        "date": state.date,
         "description": hp.description,
         "author": {"name": hp.author, "affiliation": hp.affiliation, "url": hp.url},
-        "code": {"sha256": digests, "git_commit": git_commit()},
-        "data": {"dataset": meta.get("dataset"), "tokenizer": tokenizer_name, "vocab_size": vocab_size,
-                 "fingerprint": meta_fingerprint},
-        "model": asdict(config),
-        "params": {"counted": params["counted"], "unique": params["unique"], "embedding": params["embedding"],
-                   "weight_class": weight_class(params["counted"])},
-        "training": {"steps": run["step"], "tokens": run["tokens"], "batch_tokens": run["batch_tokens"],
-                     "seq_len": hp.seq_len, "seed": hp.seed, "world_size": run["world_size"],
-                     "stopped_by": run["stopped_by"]},
-        "compute": compute,
-        "eval": {eval_id: {k: final_eval[k] for k in ("bpb", "loss", "tokens", "bytes", "fingerprint")}},
+        "code": {"sha256": run.digests, "git_commit": git_commit()},
+        "data": {"dataset": run.data.meta.get("dataset"), "tokenizer": run.data.tokenizer["name"],
+                 "vocab_size": run.data.enc.n_vocab, "fingerprint": run.data.fingerprint},
+        "model": asdict(run.config),
+        "params": {"counted": run.params["counted"], "unique": run.params["unique"],
+                   "embedding": run.params["embedding"], "weight_class": flops.weight_class(run.params["counted"])},
+        "training": {"steps": state.step, "tokens": state.tokens, "batch_tokens": state.batch_tokens,
+                     "seq_len": hp.seq_len, "seed": hp.seed, "world_size": run.world_size, "stopped_by": stopped_by},
+        "compute": compute_block(run, state),
+        "eval": {run.data.eval_id: {k: final_eval[k] for k in ("bpb", "loss", "tokens", "bytes", "fingerprint")}},
         "target": target,
         "judge": None,
-        "software": software,
+        "software": run.software,
     }
 
 
-def compute_block(config, hp, tokens, train_seconds, device_label, world_size, peak, peak_source) -> dict:
+def compute_block(run: Run, state: RunState) -> dict:
     """The compute fields, by flops.py, so leaderboard.py's recomputation (3 x forward FLOPs per token x
     tokens; seconds x devices x peak) gives the same numbers."""
-    per_token = flops.forward_flops_per_token(config, hp.seq_len)
-    model_flops = flops.model_flops(config, hp.seq_len, tokens)
-    hardware_flops = flops.hardware_flops(train_seconds, world_size, peak)
-    return {"flops_convention": "marin", "flops_per_token": per_token, "model_flops": model_flops,
-            "hardware_flops": hardware_flops, "mfu": flops.mfu(model_flops, hardware_flops) if hardware_flops else 0.0,
-            "device": device_label, "device_count": world_size, "peak_flops_per_device": peak,
-            "peak_flops_source": peak_source, "train_seconds": train_seconds}
+    model_flops = flops.model_flops(run.config, run.hp.seq_len, state.tokens)
+    hardware_flops = flops.hardware_flops(state.train_seconds, run.world_size, run.peak)
+    return {"flops_convention": "marin", "flops_per_token": flops.forward_flops_per_token(run.config, run.hp.seq_len),
+            "model_flops": model_flops, "hardware_flops": hardware_flops,
+            "mfu": flops.mfu(model_flops, hardware_flops) if hardware_flops else 0.0,
+            "device": run.device_label, "device_count": run.world_size, "peak_flops_per_device": run.peak,
+            "peak_flops_source": run.peak_source, "train_seconds": state.train_seconds}
 
 
 # -----------------------------------------------------------------------------
@@ -608,10 +836,12 @@ def compute_block(config, hp, tokens, train_seconds, device_label, world_size, p
 
 class StopRequested:
     """Ctrl-C (or SIGTERM) asks for a clean stop at the end of the step: a checkpoint is written there.
-    A second Ctrl-C interrupts at once."""
+    A second Ctrl-C interrupts at once, except inside deferred() (a checkpoint write), which it lets finish."""
 
     def __init__(self):
         self.requested = False
+        self.interrupt_pending = False
+        self._deferring = False
         self._previous = {}
 
     def __enter__(self):
@@ -621,348 +851,359 @@ class StopRequested:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if not self.requested:
+            self.requested = True
+            print(f"\nstop requested (signal {signum}): finishing this step and writing a checkpoint", flush=True)
+        elif self._deferring:
+            self.interrupt_pending = True
+        else:
             raise KeyboardInterrupt
-        self.requested = True
-        print(f"\nstop requested (signal {signum}): finishing this step and writing a checkpoint", flush=True)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self.interrupt_pending:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
-class TrainingDiverged(RuntimeError):
-    """A NaN/inf loss or gradient; the message names the step and the last good checkpoint."""
+def diverged(run: Run, message: str) -> TrainingDiverged:
+    run.log.line(message, console=False)
+    return TrainingDiverged(message)
 
 
-def check_resume_matches(progress: dict, batch_tokens: int, hardware: str, ckpt_dir: pathlib.Path) -> None:
-    """A resumed run must keep the global batch (or the training changes) and the hardware (a record's
-    hardware FLOPs are train_seconds x devices x one device's peak)."""
-    if progress.get("batch_tokens", batch_tokens) != batch_tokens:
-        raise UsageError(f"train.py: the run in {ckpt_dir} used {progress['batch_tokens']:,} tokens per step, these "
-                         f"settings give {batch_tokens:,}; resume with --batch_tokens={progress['batch_tokens']}")
-    if progress.get("hardware", hardware) != hardware and progress["train_seconds"] > 0:
-        raise UsageError(f"train.py: the run in {ckpt_dir} trained on {progress['hardware']}, this is {hardware}; a "
-                         f"record's hardware FLOPs assume one kind of hardware, so resume on the same devices")
+def validate(run: Run, state: RunState) -> dict:
+    """Validation BPB by eval_bpb.evaluate_bpb (the one definition), logged; not timed."""
+    result = eval_bpb.evaluate_bpb(run.model, run.data.val_tokens, run.data.token_bytes, run.hp.seq_len,
+                                   run.hp.batch_size, run.device)
+    result["fingerprint"] = run.data.val_fingerprint
+    if not math.isfinite(result["bpb"]):  # a record must never carry NaN (it is not even valid JSON)
+        raise diverged(run, f"the validation BPB is {result['bpb']} at step {state.step}; stopped, no record "
+                            f"written (checkpoints in {run.ckpt_dir}); lower the learning rates")
+    run.log.line(f"step {state.step} val bpb {result['bpb']:.6f} loss {result['loss']:.6f} ({result['tokens']:,} "
+                 f"tokens, {result['bytes']:,} bytes)")
+    if run.wandb_run is not None:
+        run.wandb_run.log({"val/bpb": result["bpb"], "val/loss": result["loss"]}, step=state.step)
+    return result
 
 
-def build_model_config(hp: Hyperparameters, n_vocab: int) -> GPTConfig:
-    """The preset's config with the explicit overrides; GPTConfig checks the combination."""
+def should_stop(run: Run, state: RunState) -> str | None:
+    """The budget that ends the run before the next step, if any (target_bpb is checked at validation)."""
+    if run.total_steps is not None and state.step >= run.total_steps:
+        return run.step_budget
+    if run.hp.max_seconds and state.train_seconds >= run.hp.max_seconds:
+        return "max_seconds"
+    return None
+
+
+def train_step(run: Run, state: RunState, stop: StopRequested) -> dict:
+    """One optimizer step: grad_accum micro-steps, gradient clipping, Muon + AdamW. Advances `state` and
+    returns the step's statistics, agreed by every rank (the mean loss, the stop flag of any rank, one clock)."""
+    hp, device = run.hp, run.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    multiplier = lr_multiplier(state.step, schedule_progress(state.step, run.total_steps, state.train_seconds, hp), hp)
+    for opt in run.optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * multiplier
+    batch = run.loader.next_batch().to(device, non_blocking=True)
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(run.grad_accum):
+        last = micro == run.grad_accum - 1  # DDP all-reduces gradients on the last micro-step only
+        with (run.train_model.no_sync() if run.world_size > 1 and not last else contextlib.nullcontext()):
+            with run.autocast():
+                loss = run.train_model(batch[micro, :, :-1], batch[micro, :, 1:])
+            (loss / run.grad_accum).backward()
+        loss_sum += loss.detach().float()
+    grad_norm = nn.utils.clip_grad_norm_(run.raw_model.parameters(), hp.grad_clip or float("inf"))
+    for opt in run.optimizers:
+        opt.step()
+    run.raw_model.zero_grad(set_to_none=True)
+    stats = torch.stack([loss_sum / run.grad_accum, torch.full((), float(stop.requested), device=device),
+                         grad_norm.float().to(device)])
+    if run.world_size > 1:
+        dist.all_reduce(stats)  # a sum: the mean loss, any rank's stop flag; the norm is the same on all
+        stats /= run.world_size
+    train_loss, interrupted, norm = stats.tolist()
+    dt = time.perf_counter() - t0
+    if run.world_size > 1:  # one clock for all ranks: time budgets and the schedule must agree everywhere
+        clock = torch.tensor([dt], dtype=torch.float64, device=device)
+        dist.all_reduce(clock)
+        dt = clock.item() / run.world_size
+    state.step += 1
+    state.train_seconds += dt
+    state.tokens += state.batch_tokens
+    state.position = dict(run.loader.position)
+    return {"loss": train_loss, "norm": norm, "dt": dt, "interrupted": bool(interrupted), "multiplier": multiplier}
+
+
+def log_step(run: Run, state: RunState, stats: dict) -> None:
+    if not (math.isfinite(stats["loss"]) and math.isfinite(stats["norm"])):
+        what, value = ("loss", stats["loss"]) if not math.isfinite(stats["loss"]) else ("gradient norm", stats["norm"])
+        last = run.own_checkpoints[-1] if run.own_checkpoints else "none: none was written yet"
+        raise diverged(run, f"the {what} is {value} at step {state.step}; stopped. The last good checkpoint is "
+                            f"{last}; lower the learning rates and resume with --resume=1")
+    dt = stats["dt"]
+    step_mfu = run.flops_per_step / (dt * run.world_size * run.peak)
+    total = f"/{run.total_steps}" if run.total_steps else ""
+    run.log.line(f"step {state.step}{total} loss {stats['loss']:.6f} lr {run.hp.matrix_lr * stats['multiplier']:.4e} "
+                 f"tokens {state.tokens} ms/step {dt * 1000:.1f} tok/s {state.batch_tokens / dt:.0f} "
+                 f"mfu {100 * step_mfu:.2f}%")
+    if run.wandb_run is not None:
+        run.wandb_run.log({"train/loss": stats["loss"], "lr_multiplier": stats["multiplier"], "tokens": state.tokens,
+                           "tokens_per_s": state.batch_tokens / dt, "mfu": step_mfu}, step=state.step)
+
+
+def due(every: int, step: int) -> bool:
+    return bool(every) and step % every == 0
+
+
+def train_loop(run: Run, state: RunState) -> dict:
+    """Validate when due, stop at the first budget, step, checkpoint when due; then the final checkpoint,
+    the final validation and the record."""
+    hp = run.hp
+    losses, validations, last_val, stopped_by, target_seconds = [], [], None, None, None
+    with StopRequested() as stop:
+        try:
+            while True:
+                stopped_by = should_stop(run, state)
+                if stopped_by or due(hp.val_every, state.step):
+                    last_val = (state.step, validate(run, state))
+                    validations.append({"step": state.step, **last_val[1]})
+                    if hp.target_bpb and last_val[1]["bpb"] <= hp.target_bpb and target_seconds is None:
+                        target_seconds = state.train_seconds
+                        stopped_by = stopped_by or "target_bpb"
+                if stopped_by:
+                    break
+                stats = train_step(run, state, stop)
+                log_step(run, state, stats)
+                losses.append(stats["loss"])
+                if stats["interrupted"]:
+                    stopped_by = "interrupt"
+                    break
+                if due(hp.checkpoint_every, state.step):
+                    save_state(run, state, stop)
+        finally:
+            run.loader.close()
+        saved = checkpoint_path(run.ckpt_dir, state.step)
+        if saved not in run.own_checkpoints:
+            saved = save_state(run, state, stop)
+    run.log.line(f"checkpoint {saved}")
+    if stopped_by == "interrupt":
+        run.log.line(f"interrupted at step {state.step}: continue with --resume=1 (no record is written for an "
+                     f"unfinished run)")
+        raise KeyboardInterrupt
+    if last_val is None or last_val[0] != state.step:
+        last_val = (state.step, validate(run, state))
+        validations.append({"step": state.step, **last_val[1]})
+    record = build_record(run, state, last_val[1], stopped_by, target_seconds)
+    if run.master:
+        path = leaderboard.write_results(state.out_dir, record)
+        run.log.line(f"done: {state.step} steps, {state.tokens:,} tokens in {state.train_seconds:.1f} s of training "
+                     f"({state.tokens / max(state.train_seconds, 1e-9):,.0f} tokens/s, MFU "
+                     f"{100 * record['compute']['mfu']:.2f}%), stopped by {stopped_by}, val bpb "
+                     f"{last_val[1]['bpb']:.4f} -> {path}")
+        if run.wandb_run is not None:
+            run.wandb_run.finish()
+    return {"losses": losses, "validations": validations, "record": record, "out_dir": pathlib.Path(state.out_dir),
+            "checkpoint": saved}
+
+
+def load_data(hp: Hyperparameters) -> Data:
+    """The data folder and the tokenizer it was prepared with (a checkpoint carries the same tokenizer)."""
+    data_dir = pathlib.Path(hp.data_dir)
+    meta = prepare.read_meta(data_dir)
+    tokenizer = prepare.tokenizer_spec(data_dir)
+    enc = prepare.encoding_from_spec(tokenizer)
+    token_bytes = torch.from_numpy(prepare.token_byte_lengths(enc))
+    val_tokens = eval_bpb.load_eval_tokens(data_dir, enc, max_tokens=hp.val_tokens or None)
+    return Data(meta=meta, fingerprint=hashlib.sha256((data_dir / "meta.json").read_bytes()).hexdigest(),
+                tokenizer=tokenizer, enc=enc, delimiter=prepare.delimiter_id(enc), token_bytes=token_bytes,
+                train_files=prepare.list_shards(data_dir, "train"), val_tokens=val_tokens,
+                val_fingerprint=eval_bpb.eval_fingerprint(val_tokens, token_bytes.numpy(), enc),
+                eval_id=eval_bpb.default_eval_id(str(data_dir)))
+
+
+def find_resume_checkpoint(hp: Hyperparameters, ckpt_dir: pathlib.Path) -> tuple[pathlib.Path, dict] | None:
+    """The checkpoint to continue from (--resume=1), or None for a fresh run, which must not start in a
+    folder holding another run's checkpoints (it would prune them, or they would shadow its own)."""
+    if not hp.resume:
+        others = checkpoints_by_step(ckpt_dir)
+        if others:
+            raise ValueError(f"{ckpt_dir} holds checkpoints of an earlier run ({others[-1].name} ...); continue it "
+                             f"with --resume=1, or start this run elsewhere with another --name or --ckpt_dir")
+        return None
+    found = newest_readable_checkpoint(ckpt_dir, None)
+    if found is None:
+        raise ValueError(f"--resume=1 but {ckpt_dir} holds no readable step_*.pt checkpoint; run without "
+                         f"--resume, or point --ckpt_dir at the run's checkpoints")
+    if "progress" not in found[1] or "run_id" not in found[1]["progress"]:
+        raise ValueError(f"{found[0]} was written by an older train.py (no run id); it cannot be resumed by this one")
+    return found
+
+
+def compile_and_wrap(hp: Hyperparameters, raw_model: GPT, device: torch.device, world_size: int):
+    """(model, train_model): compiled on CUDA (unless --compile=0), wrapped in DDP when distributed."""
+    model = torch.compile(raw_model) if hp.compile and device.type == "cuda" else raw_model
+    train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world_size > 1 else model
+    return model, train_model
+
+
+def warm_up(run: Run) -> None:
+    """The first CUDA forward/backward compiles (torch.compile, Triton's JIT) and sets up cuBLAS and SDPA: done
+    before the clock starts, on random tokens (not the loader's, which would move the data position);
+    gradients are discarded."""
+    if run.device.type != "cuda":
+        return
+    generator = torch.Generator(device=run.device).manual_seed(0)
+    tokens = torch.randint(0, run.data.enc.n_vocab, (run.hp.batch_size, run.hp.seq_len + 1), device=run.device,
+                           generator=generator)
+    for _ in range(2):
+        with run.autocast():
+            run.train_model(tokens[:, :-1], tokens[:, 1:]).backward()
+    run.raw_model.zero_grad(set_to_none=True)
+    torch.cuda.synchronize(run.device)
+
+
+def open_log(hp, out_dir: pathlib.Path, resumed: bool, sources: dict, digests: dict, saved_digests, master) -> RunLog:
+    """train.log: a fresh run starts it with leaderboard.log_header (every source file); a resumed run appends,
+    and logs the code again when it changed."""
+    if not master:
+        return RunLog(None, False)
+    log_path = out_dir / "train.log"
+    continuing = resumed and log_path.is_file() and log_path.stat().st_size > 0
+    log = RunLog(log_path, append=continuing)
+    if not continuing or saved_digests != digests:
+        log.write(leaderboard.log_header(sources))
+    return log
+
+
+def log_start(run: Run, state: RunState, resumed_from) -> None:
+    hp, log, params = run.hp, run.log, run.params
+    for line in environment_lines(run.software, run.device, run.device_label, run.world_size):
+        log.line(line, console=False)
+    log.line(f"hyperparameters {json.dumps(asdict(hp))}", console=False)
+    log.line(f"model {json.dumps(asdict(run.config))}", console=False)
+    log.line(f"params counted {params['counted']:,} unique {params['unique']:,} embedding {params['embedding']:,} "
+             f"class {flops.weight_class(params['counted'])}")
+    log.line(f"batch {state.batch_tokens:,} tokens/step = {run.world_size} processes x {hp.batch_size} sequences x "
+             f"{run.grad_accum} micro-steps x {hp.seq_len} tokens | {run.flops_per_step / state.batch_tokens / 3:,.0f} "
+             f"forward FLOPs/token | peak {run.peak:.3e} FLOP/s/device ({run.peak_source}) | {run.device_label} x "
+             f"{run.world_size}")
+    steps = f"{run.total_steps} steps ({run.step_budget})" if run.total_steps else ""
+    seconds = f"{hp.max_seconds:g} s" if hp.max_seconds else ""
+    target = f" or val bpb <= {hp.target_bpb}" if hp.target_bpb else ""
+    log.line(f"budget: {' '.join(x for x in (steps, seconds) if x)}{target}")
+    if resumed_from is not None:
+        log.line(f"resumed from {resumed_from} at step {state.step}")
+
+
+def start_wandb(hp: Hyperparameters, master: bool):
+    if not (hp.wandb and master):
+        return None
     try:
-        config = asdict(preset_config(hp.preset, n_vocab, hp.seq_len))
-        config.update({key: getattr(hp, key) for key in ("n_layer", "n_head", "n_embd") if getattr(hp, key)})
-        config["use_kernels"] = hp.kernels
-        if hp.n_kv_head or hp.n_head:  # a new head count without a kv count means plain multi-head attention
-            config["n_kv_head"] = hp.n_kv_head or hp.n_head
-        return GPTConfig(**config)
-    except ValueError as e:
-        raise UsageError(f"train.py: {e} (from --preset={hp.preset} and the n_* overrides)") from None
+        import wandb
+    except ImportError:
+        raise ValueError("--wandb=1 but wandb is not installed; pip install wandb") from None
+    return wandb.init(project=hp.wandb_project, name=hp.name, config=asdict(hp))
+
+
+def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device, locks: contextlib.ExitStack):
+    """Everything a run is made of, and its state: fresh, or restored from the newest readable checkpoint."""
+    grad_accum, batch_tokens = global_batch(hp, world_size)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    data = load_data(hp)
+    ckpt_dir = pathlib.Path(hp.ckpt_dir or ROOT / "checkpoints" / hp.name)
+    if rank == 0:
+        lock = acquire_lock(ckpt_dir)
+        locks.callback(lock.unlink, missing_ok=True)
+        remove_orphan_temp_files(ckpt_dir)
+    resume = find_resume_checkpoint(hp, ckpt_dir)
+
+    torch.manual_seed(hp.seed)
+    random.seed(hp.seed)
+    config = model_config(hp, data.enc.n_vocab)
+    raw_model = GPT(config, use_kernels=hp.kernels).to(device)
+    optimizers = build_optimizers(raw_model, hp, rank, world_size, device)
+    model, train_model = compile_and_wrap(hp, raw_model, device, world_size)
+    flops_per_step = flops.model_flops(config, hp.seq_len, batch_tokens)
+    total_steps, step_budget = planned_steps(hp, batch_tokens, flops_per_step)
+    device_label = device_name(device)
+    peak, peak_source = peak_flops_per_device(device, device_label)
+    hardware = f"{world_size} x {device_label}"
+    if resume is not None:
+        check_resume_matches(resume[1], resume[0], config, data, batch_tokens, hardware)
+        state = RunState(**resume[1]["progress"])
+    else:
+        date = datetime.date.today().isoformat()
+        state = RunState(run_id=uuid.uuid4().hex, date=date, batch_tokens=batch_tokens, hardware=hardware,
+                         data_fingerprint=data.fingerprint,
+                         out_dir=str(ROOT / "records" / hp.track / f"{date}_{hp.name}"))
+    state.out_dir = str(hp.out_dir or state.out_dir)
+    out_dir = pathlib.Path(state.out_dir)
+    if rank == 0 and out_dir.resolve() != ckpt_dir.resolve():
+        lock = acquire_lock(out_dir)
+        locks.callback(lock.unlink, missing_ok=True)
+    if resume is None and (out_dir / leaderboard.RESULTS_NAME).exists():
+        raise ValueError(f"{out_dir} already holds a record (results.json); choose another --name or --out_dir, "
+                         f"or delete it")
+    sources = project_sources()
+    digests = {name: hashlib.sha256(text).hexdigest() for name, text in sources.items()}
+    log = open_log(hp, out_dir, resume is not None, sources, digests,
+                   resume[1].get("code_sha256") if resume else None, rank == 0)
+    locks.callback(log.close)
+    run = Run(hp=hp, rank=rank, world_size=world_size, device=device, data=data, config=config, raw_model=raw_model,
+              model=model, train_model=train_model, optimizers=optimizers, loader=None, grad_accum=grad_accum,
+              total_steps=total_steps, step_budget=step_budget, flops_per_step=flops_per_step, peak=peak,
+              peak_source=peak_source, device_label=device_label, ckpt_dir=ckpt_dir, log=log, digests=digests,
+              software=software_versions(), params=flops.count_params(raw_model), wandb_run=start_wandb(hp, rank == 0))
+    if resume is not None:
+        state = load_state(run, resume[1])
+        run.own_checkpoints = [p for p in checkpoints_by_step(ckpt_dir) if checkpoint_run_id(p) == state.run_id]
+    log_start(run, state, resume[0] if resume else None)
+    run.loader = DataLoader(data.train_files, hp.seq_len, hp.batch_size, grad_accum, data.delimiter, rank, world_size,
+                            position=state.position, pin_memory=device.type == "cuda", vocab_size=data.enc.n_vocab)
+    warm_up(run)
+    return run, state
 
 
 def train(hp: Hyperparameters) -> dict:
-    """One run. Returns a summary (per-step losses, validations, the record path) for tests and scripts."""
-    rank, world_size, device = setup_distributed(hp)
-    master = rank == 0
+    """One run. Returns a summary (per-step losses, validations, the record, its folder, the last checkpoint)."""
+    rank, world_size, device = eval_bpb.setup_distributed(hp.device)
     try:
-        return _train(hp, rank, world_size, device, master)
+        with contextlib.ExitStack() as locks:  # the locks are released and the log closed however the run ends
+            run, state = set_up(hp, rank, world_size, device, locks)
+            return train_loop(run, state)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(hp, rank, world_size, device, master) -> dict:
-    grad_accum, batch_tokens = global_batch(hp, world_size)
-    on_cuda = device.type == "cuda"
-    if on_cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    # data and tokenizer: the tokenizer is the one the data folder was prepared with
-    data_dir = pathlib.Path(hp.data_dir)
-    meta = prepare.read_meta(data_dir)
-    meta_fingerprint = hashlib.sha256((data_dir / "meta.json").read_bytes()).hexdigest()
-    tokenizer = prepare.tokenizer_spec(data_dir)
-    enc = prepare.encoding_from_spec(tokenizer)
-    delimiter = prepare.delimiter_id(enc)
-    token_bytes = torch.from_numpy(prepare.token_byte_lengths(enc))
-    train_files = prepare.list_shards(data_dir, "train")
-    val_tokens = eval_bpb.load_eval_tokens(data_dir, enc, max_tokens=hp.val_tokens or None)
-    eval_id = eval_bpb.default_eval_id(str(data_dir))
-
-    # checkpoint folder, and the state to resume from
-    ckpt_dir = pathlib.Path(hp.ckpt_dir or ROOT / "checkpoints" / hp.name)
-    resume_ckpt = None
-    if hp.resume:
-        path = latest_checkpoint(ckpt_dir)
-        if path is None:
-            raise UsageError(f"train.py: --resume=1 but {ckpt_dir} holds no step_*.pt checkpoint; "
-                             f"run without --resume, or point --ckpt_dir at the run's checkpoints")
-        resume_ckpt = load_checkpoint(path, map_location="cpu")
-
-    # the model
-    torch.manual_seed(hp.seed)
-    random.seed(hp.seed)
-    config = build_model_config(hp, enc.n_vocab)
-    if resume_ckpt is not None and resume_ckpt["config"] != asdict(config):
-        raise UsageError(f"train.py: the checkpoint in {ckpt_dir} was trained with the model config "
-                         f"{resume_ckpt['config']}, these settings build {asdict(config)}; resume with the same "
-                         f"--preset/--n_layer/--n_head/--n_kv_head/--n_embd/--seq_len")
-    raw_model = GPT(config).to(device)
-    params = count_params(raw_model)
-    optimizers = build_optimizers(raw_model, hp, rank, world_size, device)
-    flops_per_step = flops.model_flops(config, hp.seq_len, batch_tokens)
-    total_steps, step_budget = planned_steps(hp, batch_tokens, flops_per_step)
-
-    step, tokens, train_seconds, position, out_dir = 0, 0, 0.0, None, None
-    run_date = datetime.date.today().isoformat()
-    if resume_ckpt is not None:
-        raw_model.load_state_dict(resume_ckpt["model"])
-        for opt, state in zip(optimizers, resume_ckpt["optimizers"]):
-            opt.load_state_dict(state)
-        restore_rng_states(resume_ckpt["rng"], device)
-        progress = resume_ckpt["progress"]
-        step, tokens, train_seconds = progress["step"], progress["tokens"], progress["train_seconds"]
-        position, run_date, out_dir = resume_ckpt["data_state"], progress["date"], progress["out_dir"]
-    out_dir = pathlib.Path(hp.out_dir or out_dir or ROOT / "records" / hp.track / f"{run_date}_{hp.name}")
-    if resume_ckpt is None and (out_dir / "results.json").exists():
-        raise UsageError(f"train.py: {out_dir} already holds a record (results.json); choose another --name "
-                         f"or --out_dir, or delete it")
-    for opt in optimizers:  # this command line's settings, also on resume (load_state_dict restored the saved ones)
-        for group in opt.param_groups:
-            group["initial_lr"] = {"embed": hp.embed_lr, "head": hp.head_lr,
-                                   "scalar": hp.scalar_lr}.get(group.get("name"), hp.matrix_lr)
-            if isinstance(opt, Muon):
-                group.update(momentum=hp.muon_momentum, weight_decay=hp.weight_decay)
-            else:
-                group["betas"] = (hp.adam_beta1, hp.adam_beta2)
-
-    model = raw_model
-    if hp.compile and on_cuda:
-        model = torch.compile(model)
-    train_model = DDP(model, device_ids=[device.index] if on_cuda else None) if world_size > 1 else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
-
-    # the record folder and its log (rank 0 writes)
-    sources = project_sources()
-    digests = {name: hashlib.sha256(text).hexdigest() for name, text in sources.items()}
-    software = software_versions()
-    device_label = device_name(device)
-    peak, peak_source = peak_flops_per_device(device, device_label)
-    hardware = f"{world_size} x {device_label}"
-    if resume_ckpt is not None:
-        check_resume_matches(resume_ckpt["progress"], batch_tokens, hardware, ckpt_dir)
-    log_file = None
-    if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        log_path = out_dir / "train.log"
-        continuing = resume_ckpt is not None and log_path.is_file() and log_path.stat().st_size > 0
-        log_file = open(log_path, "a" if continuing else "w", encoding="utf-8")
-        if not continuing or resume_ckpt.get("code_sha256") != digests:
-            log_file.write(record_header(sources, digests))  # resumed with changed code: the new code is logged too
-
-    def log(line: str, console: bool = True):
-        if master:
-            log_file.write(line + "\n")
-            log_file.flush()
-            if console:
-                print(line, flush=True)
-
-    for line in environment_lines(software, device, device_label, world_size):
-        log(line, console=False)
-    log(f"hyperparameters {json.dumps(asdict(hp))}", console=False)
-    log(f"model {json.dumps(asdict(config))}", console=False)
-    log(f"params counted {params['counted']:,} unique {params['unique']:,} embedding {params['embedding']:,} "
-        f"class {weight_class(params['counted'])}")
-    log(f"batch {batch_tokens:,} tokens/step = {world_size} processes x {hp.batch_size} sequences x {grad_accum} "
-        f"micro-steps x {hp.seq_len} tokens | {flops_per_step / batch_tokens / 3:,.0f} forward FLOPs/token | "
-        f"peak {peak:.3e} FLOP/s/device ({peak_source}) | {device_label} x {world_size}")
-    log(f"budget: {f'{total_steps} steps ({step_budget})' if total_steps else ''}"
-        f"{' ' if total_steps and hp.max_seconds else ''}{f'{hp.max_seconds:g} s' if hp.max_seconds else ''}"
-        f"{f' or val bpb <= {hp.target_bpb}' if hp.target_bpb else ''}")
-    if resume_ckpt is not None:
-        log(f"resumed from {latest_checkpoint(ckpt_dir)} at step {step}")
-
-    wandb_run = None
-    if hp.wandb and master:
-        try:
-            import wandb
-        except ImportError:
-            raise UsageError("train.py: --wandb=1 but wandb is not installed; pip install wandb") from None
-        wandb_run = wandb.init(project=hp.wandb_project, name=hp.name, config=asdict(hp))
-
-    loader = DataLoader(train_files, hp.seq_len, hp.batch_size, grad_accum, delimiter, rank, world_size,
-                        position=position, pin_memory=on_cuda)
-
-    # The first CUDA forward/backward compiles (torch.compile, Triton's JIT) and sets up cuBLAS and SDPA: do
-    # that before the clock starts, on random tokens (not the loader's, which would move the data position);
-    # gradients are discarded.
-    if on_cuda:
-        warmup = torch.randint(0, enc.n_vocab, (hp.batch_size, hp.seq_len + 1), device=device,
-                               generator=torch.Generator(device=device).manual_seed(0))
-        for _ in range(2):
-            with autocast:
-                train_model(warmup[:, :-1], warmup[:, 1:]).backward()
-        raw_model.zero_grad(set_to_none=True)
-        torch.cuda.synchronize(device)
-
-    val_fingerprint = eval_bpb.eval_fingerprint(val_tokens, token_bytes.numpy(), enc)  # once: the val set is fixed
-
-    def validate() -> dict:
-        result = eval_bpb.evaluate_bpb(model, val_tokens, token_bytes, hp.seq_len, hp.batch_size, device)
-        result["fingerprint"] = val_fingerprint
-        if not math.isfinite(result["bpb"]):  # a record must never carry NaN (it is not even valid JSON)
-            message = (f"train.py: the validation BPB is {result['bpb']} at step {step}; stopped, no record written "
-                       f"(checkpoints in {ckpt_dir}); lower the learning rates")
-            log(message, console=False)
-            raise TrainingDiverged(message)
-        log(f"step {step} val bpb {result['bpb']:.6f} loss {result['loss']:.6f} ({result['tokens']:,} tokens, "
-            f"{result['bytes']:,} bytes)")
-        if wandb_run is not None:
-            wandb_run.log({"val/bpb": result["bpb"], "val/loss": result["loss"]}, step=step)
-        return result
-
-    def save(at_step: int) -> pathlib.Path:
-        path = checkpoint_path(ckpt_dir, at_step)
-        if master:
-            save_checkpoint(path, raw_model, config, tokenizer, at_step,
-                            optimizers=[opt.state_dict() for opt in optimizers], rng=rng_states(device),
-                            data_state=dict(loader.position), hparams=asdict(hp), code_sha256=digests,
-                            progress={"step": at_step, "tokens": tokens, "train_seconds": train_seconds,
-                                      "date": run_date, "out_dir": str(out_dir), "batch_tokens": batch_tokens,
-                                      "hardware": hardware})
-            for old in checkpoints_by_step(ckpt_dir)[:-hp.keep_checkpoints]:
-                old.unlink()
-        if world_size > 1:
-            dist.barrier()  # the other ranks wait here, not inside their next timed step
-        return path
-
-    losses, validations, last_saved, last_val = [], [], None, None
-    stopped_by, target_seconds = None, None
-    with StopRequested() as stop:
-        try:
-            while True:
-                # budgets, checked between steps
-                if total_steps is not None and step >= total_steps:
-                    stopped_by = step_budget
-                elif hp.max_seconds and train_seconds >= hp.max_seconds:
-                    stopped_by = "max_seconds"
-                if stopped_by or (hp.val_every and step % hp.val_every == 0):
-                    last_val = (step, validate())  # not timed
-                    validations.append({"step": step, **last_val[1]})
-                    if hp.target_bpb and last_val[1]["bpb"] <= hp.target_bpb and target_seconds is None:
-                        target_seconds = train_seconds
-                        stopped_by = stopped_by or "target_bpb"
-                if stopped_by:
-                    break
-
-                # one optimizer step: grad_accum micro-steps, then Muon + AdamW
-                if on_cuda:
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                multiplier = lr_multiplier(step, schedule_progress(step, total_steps, train_seconds, hp), hp)
-                for opt in optimizers:
-                    for group in opt.param_groups:
-                        group["lr"] = group["initial_lr"] * multiplier
-                batch = loader.next_batch().to(device, non_blocking=True)
-                loss_sum = torch.zeros((), device=device)
-                for micro in range(grad_accum):
-                    sync = micro == grad_accum - 1  # DDP all-reduces gradients on the last micro-step only
-                    with (train_model.no_sync() if world_size > 1 and not sync else contextlib.nullcontext()):
-                        with autocast:
-                            loss = train_model(batch[micro, :, :-1], batch[micro, :, 1:])
-                        (loss / grad_accum).backward()
-                    loss_sum += loss.detach().float()
-                grad_norm = nn.utils.clip_grad_norm_(raw_model.parameters(), hp.grad_clip or float("inf"))
-                for opt in optimizers:
-                    opt.step()
-                raw_model.zero_grad(set_to_none=True)
-                # one sync per step: the mean loss over ranks and micro-steps, and the stop flag of any rank
-                stats = torch.stack([loss_sum / grad_accum, torch.full((), float(stop.requested), device=device),
-                                     grad_norm.float().to(device)])
-                if world_size > 1:
-                    dist.all_reduce(stats)  # a sum: the mean loss, any rank's stop flag; the norm is the same on all
-                    stats /= world_size
-                train_loss, interrupted, norm = stats.tolist()
-                dt = time.perf_counter() - t0
-                if world_size > 1:  # one clock for all ranks: time budgets and the schedule must agree everywhere
-                    clock = torch.tensor([dt], dtype=torch.float64, device=device)
-                    dist.all_reduce(clock)
-                    dt = clock.item() / world_size
-                step += 1
-                if not (math.isfinite(train_loss) and math.isfinite(norm)):
-                    what, value = ("loss", train_loss) if not math.isfinite(train_loss) else ("gradient norm", norm)
-                    message = (f"train.py: the {what} is {value} at step {step}; stopped. The last good checkpoint "
-                               f"is {last_saved or 'none: none was written yet'}; lower the learning rates and "
-                               f"resume with --resume=1")
-                    log(message, console=False)
-                    raise TrainingDiverged(message)
-                train_seconds += dt
-                tokens += batch_tokens
-                losses.append(train_loss)
-                step_mfu = flops_per_step / (dt * world_size * peak)
-                log(f"step {step}{f'/{total_steps}' if total_steps else ''} loss {train_loss:.6f} "
-                    f"lr {hp.matrix_lr * multiplier:.4e} tokens {tokens} ms/step {dt * 1000:.1f} "
-                    f"tok/s {batch_tokens / dt:.0f} mfu {100 * step_mfu:.2f}%")
-                if wandb_run is not None:
-                    wandb_run.log({"train/loss": train_loss, "lr_multiplier": multiplier, "tokens": tokens,
-                                   "tokens_per_s": batch_tokens / dt, "mfu": step_mfu}, step=step)
-                if interrupted:
-                    stopped_by = "interrupt"
-                    break
-                if hp.checkpoint_every and step % hp.checkpoint_every == 0:
-                    last_saved = save(step)
-        finally:
-            loader.close()
-
-    last_saved = save(step) if last_saved != checkpoint_path(ckpt_dir, step) else last_saved
-    log(f"checkpoint {last_saved}")
-    if stopped_by == "interrupt":
-        log(f"interrupted at step {step}: continue with --resume=1 (no record is written for an unfinished run)")
-        raise KeyboardInterrupt
-    if last_val is None or last_val[0] != step:
-        last_val = (step, validate())
-        validations.append({"step": step, **last_val[1]})
-    final_eval = last_val[1]
-
-    # the record
-    run = {"date": run_date, "step": step, "tokens": tokens, "batch_tokens": batch_tokens,
-           "world_size": world_size, "stopped_by": stopped_by}
-    target = None
-    if hp.target_bpb:
-        target = {"metric": "bpb", "value": hp.target_bpb, "reached": target_seconds is not None,
-                  "seconds": target_seconds}
-    compute = compute_block(config, hp, tokens, train_seconds, device_label, world_size, peak, peak_source)
-    record = build_record(hp, run, config, params, meta, meta_fingerprint, tokenizer["name"], enc.n_vocab, eval_id,
-                          final_eval, target, compute, software, digests)
-    if master:
-        prepare.write_json_atomic(out_dir / "results.json", record)
-        log(f"done: {step} steps, {tokens:,} tokens in {train_seconds:.1f} s of training "
-            f"({tokens / max(train_seconds, 1e-9):,.0f} tokens/s, MFU {100 * compute['mfu']:.2f}%), "
-            f"stopped by {stopped_by}, val bpb {final_eval['bpb']:.4f} -> {out_dir / 'results.json'}")
-        log_file.close()
-        if wandb_run is not None:
-            wandb_run.finish()
-    return {"losses": losses, "validations": validations, "record": record, "out_dir": out_dir,
-            "checkpoint": last_saved}
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+def run_command(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(help_text())
-        return
+        return 0
     try:
         train(parse_args(argv))
-    except (UsageError, prepare.ShardError, eval_bpb.EvalError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        print(f"error: train.py: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return prepare.run_main("train.py", run_command, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

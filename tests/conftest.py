@@ -40,3 +40,11 @@ def byte_spec(delimiter_id: int = 256) -> dict:
     spec = prepare.bpe_spec("bpe:257", prepare.SPLIT_PATTERN, {bytes([i]): i for i in range(256)})
     spec["special_tokens"] = {prepare.DELIMITER: delimiter_id}
     return spec
+
+
+def tiny_config(**overrides):
+    """A small model.GPTConfig for fast tests (no zero-init, so every weight takes part from the start).
+    Import it with `from conftest import tiny_config`."""
+    from model import GPTConfig
+    base = dict(vocab_size=96, n_layer=3, n_head=4, n_kv_head=2, n_embd=32, block_size=64, zero_init=False)
+    return GPTConfig(**{**base, **overrides})

@@ -1,5 +1,5 @@
 """Tests for flops.py: Marin's convention term by term, the published 130M example, agreement with
-torch.utils.flop_counter on a real forward+backward, device peaks, hardware FLOPs and MFU, the CLI."""
+torch.utils.flop_counter on a real forward+backward, device peaks, hardware FLOPs and MFU, the CLI; parameter counting by the hackathon rules (detected, not declared) and weight classes."""
 import math
 import subprocess
 import sys
@@ -7,11 +7,16 @@ from dataclasses import asdict
 
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import flops
-from model import GPT, GPTConfig, preset_config
+import model as M
+from conftest import tiny_config
+from flops import count_params, weight_class
+from model import GPT, GPTConfig
 
 ROOT = flops.__file__.rsplit("/", 1)[0]
 
@@ -61,9 +66,9 @@ SHAPES = [
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_training_flops_agree_with_torch_flop_counter(shape):
-    config = GPTConfig(use_kernels=False, **shape)
+    config = GPTConfig(**shape)
     torch.manual_seed(0)
-    model = GPT(config)
+    model = GPT(config, use_kernels=False)
     B, S = 2, config.block_size
     idx = torch.randint(0, config.vocab_size, (B, S))
     counter = FlopCounterMode(display=False)
@@ -104,7 +109,7 @@ def test_cpu_without_name_is_unknown_and_measured_peak_is_plausible():
 def test_hardware_flops_and_mfu():
     hw = flops.hardware_flops(3600.0, 8, 989.5e12)
     assert hw == 3600.0 * 8 * 989.5e12
-    mf = flops.model_flops(preset_config("small", 8192, 1024), 1024, 10 ** 9)
+    mf = flops.model_flops(M.build_config("small", 8192, 1024), 1024, 10 ** 9)
     assert flops.mfu(mf, hw) == pytest.approx(mf / (3600 * 8 * 989.5e12))
 
 
@@ -120,14 +125,14 @@ def test_cli_presets_table():
     for row, name in zip(rows, ["small", "medium", "large"]):
         cells = [c.strip() for c in row.split("|")]
         assert cells[6] == name  # each preset lands in its own class
-        assert int(cells[7].replace(",", "")) == flops.forward_flops_per_token(preset_config(name, 8192, 1024), 1024)
+        assert int(cells[7].replace(",", "")) == flops.forward_flops_per_token(M.build_config(name, 8192, 1024), 1024)
 
 
 def test_cli_single_model_table(capsys):
     assert flops.main(["--preset=small", "--tokens=1e9", "--device=H100 SXM", "--mfu=0.5"]) == 0
     out = capsys.readouterr().out
     assert "weight class" in out and "small" in out
-    expected_seconds = flops.model_flops(preset_config("small", 8192, 1024), 1024, 10 ** 9) / (989.5e12 * 0.5)
+    expected_seconds = flops.model_flops(M.build_config("small", 8192, 1024), 1024, 10 ** 9) / (989.5e12 * 0.5)
     assert f"{expected_seconds / 60:.1f} min" in out
     assert flops.main(["--preset=small", "--device=NVIDIA GeForce RTX 4090"]) == 0
     assert "no datasheet peak" in capsys.readouterr().out
@@ -145,3 +150,185 @@ def test_cli_bad_input_is_one_error_line(args, capsys):
     assert flops.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: flops.py:") and err.count("\n") == 1
+
+
+def numel(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+# ----------------------------------------------------------------------------- parameter counting
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"mlp": "swiglu", "mlp_ratio": 2.5}, {"mlp": "gelu", "norm": "layernorm", "bias": True},
+    {"rope": False, "qk_norm": False}, {"n_kv_head": 1}, {"n_kv_head": 4}, {"logit_softcap": 0.0}])
+def test_plain_model_counts_every_parameter_once(overrides):
+    model = GPT(tiny_config(**overrides))
+    counts = count_params(model)
+    total = sum(p.numel() for p in model.parameters())
+    assert counts["counted"] == counts["unique"] == total  # GQA (n_kv_head < n_head) is not sharing
+    wte = model.transformer.wte.weight.numel()
+    assert counts["embedding"] == wte + (model.transformer.wpe.weight.numel() if "wpe" in model.transformer else 0)
+    assert counts["non_embedding"] == total - counts["embedding"]
+
+
+def test_tied_embedding_counts_once():
+    untied, tied = GPT(tiny_config()), GPT(tiny_config(tie_embeddings=True))
+    assert tied.lm_head.weight is tied.transformer.wte.weight
+    V, d = 96, 32
+    assert count_params(tied)["counted"] == count_params(untied)["counted"] - V * d
+    assert count_params(tied)["counted"] == sum(p.numel() for p in tied.parameters())
+
+
+def test_same_block_object_twice_built_by_hand_counts_twice():
+    model = GPT(tiny_config())
+    before = count_params(model)["counted"]
+    block = model.blocks[0]
+    model.blocks[1] = block  # a hand-made reuse, outside the config
+    counts = count_params(model)
+    assert counts["unique"] == before - numel(block)
+    assert counts["counted"] == counts["unique"] + numel(block)
+    model.blocks[2] = block  # three applications
+    assert count_params(model)["counted"] == count_params(model)["unique"] + 2 * numel(block)
+
+
+def test_layer_reuse_from_config_counts_each_application():
+    model = GPT(tiny_config(n_layer=6, n_unique_layers=2))
+    assert model.blocks[0] is model.blocks[2] is model.blocks[4]
+    counts = count_params(model)
+    block = numel(model.blocks[0])
+    assert counts["unique"] == sum(p.numel() for p in model.parameters())
+    assert counts["counted"] == counts["unique"] + 4 * block  # 2 unique blocks, each applied 3 times
+
+
+def test_value_embeddings_used_twice_count_twice():
+    config = tiny_config(n_layer=4, value_embeds=2)
+    model = GPT(config)
+    table = config.vocab_size * config.n_kv_head * config.head_dim
+    counts = count_params(model)
+    assert counts["counted"] == counts["unique"] + 2 * table  # each table feeds an early and a late layer
+    assert counts["embedding"] == config.vocab_size * config.n_embd + 4 * table
+
+
+class ReusedInsideForward(nn.Module):
+    """A block that applies its own MLP twice in one call: module-call hooks would see one call."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.inner = block
+
+    def forward(self, x, *args):
+        x = self.inner(x, *args)
+        return x + self.inner.mlp(self.inner.norm2(x))
+
+
+def test_functional_reuse_inside_a_module_is_detected():
+    model = GPT(tiny_config())
+    model.blocks[1] = ReusedInsideForward(model.blocks[1])
+    counts = count_params(model)
+    assert counts["counted"] == counts["unique"] + numel(model.blocks[1].inner.mlp) + numel(model.blocks[1].inner.norm2)
+
+
+class FusedQKV(nn.Module):
+    """One (3d x d) weight split into q, k, v: a single use of the matrix, not three."""
+
+    def __init__(self, d, twice=False, slices=False):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3 * d, d))
+        self.twice, self.slices = twice, slices
+
+    def forward(self, x):
+        d = x.size(-1)
+        if self.slices:
+            q, k, v = (F.linear(x, self.w[i * d:(i + 1) * d]) for i in range(3))
+        else:
+            q, k, v = (F.linear(x, w) for w in self.w.split(d))
+        y = q * k + v
+        if self.twice:  # the q part used once more: it now contributes twice
+            y = y + F.linear(y, self.w[:d]) if self.slices else y + F.linear(y, self.w.split(d)[0])
+        return y
+
+
+@pytest.mark.parametrize("slices", [False, True])
+@pytest.mark.parametrize("twice", [False, True])
+def test_fused_weights_split_into_parts_count_once_and_reused_parts_count_again(slices, twice):
+    d = 8
+    module = FusedQKV(d, twice=twice, slices=slices)
+    counts = count_params(module_as_model(module, d))
+    # conservative rule: the most-used part sets the multiplier of the whole matrix
+    assert counts["counted"] - counts["embedding"] == module.w.numel() * (2 if twice else 1)
+
+
+def module_as_model(module, d):
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(5, d)
+            self.body = module
+
+        def forward(self, idx):
+            return self.body(self.emb(idx))
+    return Wrapper()
+
+
+class IndexedTiedLM(nn.Module):
+    """An embedding written as w[idx], tied to the output: still one matrix counted once; a second
+    output use of it counts again."""
+
+    def __init__(self, twice=False):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(11, 6))
+        self.twice = twice
+
+    def forward(self, idx):
+        h = self.w[idx]
+        if self.twice:
+            h = h + F.linear(h, self.w).softmax(-1) @ self.w  # the matrix used again as a projection
+        return F.linear(h, self.w)
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_tied_matrix_written_by_hand(twice):
+    counts = count_params(IndexedTiedLM(twice))
+    assert counts["counted"] == 66 * (3 if twice else 1) and counts["embedding"] == counts["counted"]
+
+
+def test_count_on_meta_device_equals_real_count():
+    config = tiny_config(n_layer=4, n_unique_layers=2, value_embeds=1, tie_embeddings=True)
+    with torch.device("meta"):
+        meta_model = GPT(config)
+    assert meta_model.lm_head.weight.is_meta
+    assert count_params(meta_model) == count_params(GPT(config))
+
+
+def test_frozen_parameters_do_not_count():
+    model = GPT(tiny_config())
+    model.blocks[0].mlp.c_fc.weight.requires_grad_(False)
+    assert count_params(model)["counted"] == numel(model) - model.blocks[0].mlp.c_fc.weight.numel()
+
+
+@pytest.mark.parametrize("counted,klass", [
+    (0, "small"), (30_000_000, "small"), (30_000_001, "medium"), (60_000_000, "medium"), (60_000_001, "large"),
+    (120_000_000, "large"), (120_000_001, "open"), (10 ** 10, "open")])
+def test_weight_class_boundaries(counted, klass):
+    assert weight_class(counted) == klass
+
+
+@pytest.mark.parametrize("name,limit", [("small", 30_000_000), ("medium", 60_000_000), ("large", 120_000_000)])
+def test_class_presets_land_in_their_class_near_the_limit(name, limit):
+    config = M.build_config(name, 8192, 1024)  # the TinyStories default tokenizer, bpe:8192
+    with torch.device("meta"):
+        counted = count_params(GPT(config))["counted"]
+    assert weight_class(counted) == name
+    assert 0.9 * limit <= counted <= limit
+
+
+def test_other_presets():
+    with torch.device("meta"):
+        tiny = count_params(GPT(M.build_config("tiny", 8192, 256)))["counted"]
+        gpt2 = M.build_config("gpt2-124m", 50257, 1024)
+        gpt2_counted = count_params(GPT(gpt2))["counted"]
+    assert 1_000_000 <= tiny <= 3_000_000
+    assert gpt2.vocab_size == 50304 and (gpt2.n_layer, gpt2.n_embd, gpt2.n_head) == (12, 768, 12)
+    assert 123_000_000 < gpt2_counted < 125_000_000  # GPT-2 small, tied, RoPE instead of learned positions
+    with pytest.raises(ValueError, match="unknown preset"):
+        M.build_config("huge", 8192, 1024)

@@ -1,5 +1,6 @@
 """Tests for train.py on CPU: a tiny model on synthetic shards learns, resume is exact, 2 gloo processes equal
 1 process with grad_accum=2, budgets stop where they should, and the record is complete and consistent."""
+import dataclasses
 import hashlib
 import json
 import math
@@ -18,6 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import flops  # noqa: E402
+import model  # noqa: E402
 import prepare  # noqa: E402
 import train  # noqa: E402
 
@@ -25,7 +27,7 @@ DELIM = 256  # byte-level tokenizer: ids 0..255 are bytes, 256 is <|endoftext|>
 TINY = ["--preset=tiny", "--n_layer=2", "--n_embd=32", "--n_head=2", "--seq_len=32", "--batch_size=4",
         "--val_tokens=2048", "--warmup_steps=2", "--seed=7"]
 
-# DESIGN.md's record schema, field by field
+# leaderboard.py's record format, field by field
 SCHEMA = {
     "schema": None, "name": None, "track": None, "date": None, "description": None,
     "author": {"name", "affiliation", "url"},
@@ -102,11 +104,11 @@ def straight_run(tmp_path_factory, data_dir) -> tuple[pathlib.Path, dict]:
 
 def test_parse_args_types_overrides_and_errors():
     hp = train.parse_args(["--n_layer=3", "--matrix_lr=0.5", "--resume=true", "--max_tokens=1e6", "--name=x=y"])
-    assert (hp.n_layer, hp.matrix_lr, hp.resume, hp.max_tokens, hp.name) == (3, 0.5, True, 1_000_000, "x=y")
+    assert (hp.model["n_layer"], hp.matrix_lr, hp.resume, hp.max_tokens, hp.name) == (3, 0.5, True, 1_000_000, "x=y")
     assert hp.preset == "small" and hp.track == "tinystories" and hp.data_dir == "data/tinystories"
     for bad in (["--n_layer=2.5"], ["--n_layr=2"], ["--compile=maybe"], ["n_layer=2"], ["--max_seconds=nan"],
-                ["--batch_size=0"], ["--max_steps=0"]):
-        with pytest.raises(train.UsageError, match="train.py"):
+                ["--batch_size=0"], ["--max_steps=0"], ["--seed=1e30"], ["--mlp=swiglu2", "--data_dir=x"]):
+        with pytest.raises(ValueError):
             train.parse_args(bad)
 
 
@@ -114,10 +116,11 @@ def test_help_prints_the_block_with_every_setting_the_issue_names(capsys):
     train.main(["--help"])
     out = capsys.readouterr().out
     assert "class Hyperparameters" in out
-    for name in ("data_dir out_dir track name device n_layer n_head n_kv_head n_embd seq_len batch_size grad_accum "
+    for name in ("data_dir out_dir track name device model seq_len batch_size grad_accum "
                  "max_steps max_tokens max_flops max_seconds target_bpb val_every val_tokens batch_tokens "
-                 "checkpoint_every ckpt_dir resume seed compile wandb preset").split():
+                 "checkpoint_every ckpt_dir resume seed compile kernels wandb preset").split():
         assert re.search(rf"^    {name}: \w+ = ", out, re.M), name
+    assert all(name in out for name in ("n_layer", "n_head", "n_kv_head", "n_embd", "mlp", "value_embeds"))
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, data_dir):
@@ -126,10 +129,9 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, data_dir):
              ([f"--data_dir={data_dir}", f"--ckpt_dir={tmp_path / 'empty'}", "--resume=1", *TINY], "empty"),
              ([f"--data_dir={data_dir}", "--preset=huge", *TINY[1:]], "huge")]
     for argv, named in cases:
-        with pytest.raises(SystemExit) as exit_info:
-            train.main(argv)
+        code = train.main(argv)
         err = capsys.readouterr().err.strip()
-        assert exit_info.value.code == 2 and err.startswith("error: ") and "\n" not in err and named in err, err
+        assert code == 2 and err.startswith("error: ") and "\n" not in err and named in err, err
 
 
 def test_corrupt_shard_is_named(tmp_path, capsys, data_dir):
@@ -139,18 +141,31 @@ def test_corrupt_shard_is_named(tmp_path, capsys, data_dir):
         (broken / f.name).write_bytes(f.read_bytes())
     shard = broken / "train_000001.bin"
     shard.write_bytes(shard.read_bytes()[:-10])
-    with pytest.raises(SystemExit) as exit_info:
-        train.main([f"--data_dir={broken}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={tmp_path / 'c'}",
-                    "--max_steps=200", *TINY])
-    assert exit_info.value.code == 2 and "train_000001.bin" in capsys.readouterr().err
+    code = train.main([f"--data_dir={broken}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={tmp_path / 'c'}",
+                       "--max_steps=200", *TINY])
+    assert code == 2 and "train_000001.bin" in capsys.readouterr().err
 
 
 def test_model_config_from_preset_overrides_and_kernel_switch():
-    hp = train.parse_args(["--preset=tiny", "--n_layer=3", "--n_head=2", "--kernels=0"])
-    config = train.build_model_config(hp, n_vocab=300)
-    assert (config.n_layer, config.n_head, config.n_kv_head, config.use_kernels) == (3, 2, 2, False)
+    hp = train.parse_args(["--preset=tiny", "--n_layer=3", "--n_head=2", "--kernels=0", "--mlp=swiglu"])
+    config = train.model_config(hp, n_vocab=300)
+    assert (config.n_layer, config.n_head, config.n_kv_head, config.mlp) == (3, 2, 2, "swiglu")
     assert config.vocab_size % 64 == 0 and config.vocab_size >= 300  # padded, never smaller than the tokenizer
-    assert train.build_model_config(train.parse_args(["--preset=tiny"]), 300).use_kernels
+    assert "use_kernels" not in dataclasses.asdict(config)  # a runtime setting, not saved with the model
+    assert not train.GPT(config, use_kernels=hp.kernels).use_kernels
+
+
+@pytest.mark.parametrize("flags", [["--preset=small", "--n_head=16"], ["--preset=tiny", "--mlp=swiglu", "--n_layer=3"],
+                                   ["--preset=medium", "--n_kv_head=10", "--tie_embeddings=1", "--value_embeds=2"]])
+def test_one_config_builder_for_train_flops_and_model(flags):
+    """train.py, flops.py and model.build_config give the same config for the same flags."""
+    from_train = train.model_config(train.parse_args([*flags, "--seq_len=512"]), n_vocab=8192)
+    from_flops = flops.config_from_args(flops.make_parser().parse_args([*flags, "--vocab_size=8192", "--block_size=512"]))
+    overrides = dict(f[2:].split("=") for f in flags[1:])
+    types = {f.name: f.type for f in dataclasses.fields(model.GPTConfig)}
+    typed = {k: prepare.FIELD_PARSERS[types[k]](v) for k, v in overrides.items()}
+    from_model = model.build_config(flags[0].split("=")[1], 8192, 512, **typed)
+    assert from_train == from_flops == from_model
 
 
 def test_global_batch_and_indivisible_batch_tokens():
@@ -158,9 +173,9 @@ def test_global_batch_and_indivisible_batch_tokens():
     assert train.global_batch(hp, 1) == (8, 1024)
     assert train.global_batch(hp, 2) == (4, 1024)  # same global batch on 2 processes: half the accumulation
     assert train.global_batch(train.parse_args(["--batch_size=4", "--seq_len=32", "--grad_accum=3"]), 2) == (3, 768)
-    with pytest.raises(train.UsageError, match="not a multiple"):
+    with pytest.raises(ValueError, match="not a multiple"):
         train.global_batch(hp, 3)
-    with pytest.raises(train.UsageError, match="contradicts"):
+    with pytest.raises(ValueError, match="contradicts"):
         train.global_batch(train.parse_args(["--batch_size=4", "--seq_len=32", "--batch_tokens=1024",
                                              "--grad_accum=2"]), 1)
 
@@ -204,7 +219,7 @@ def test_muon_step_by_hand():
 
 def test_parameters_split_between_muon_and_adamw():
     hp = train.parse_args(["--preset=tiny", "--seq_len=16"])
-    model = train.GPT(train.build_model_config(hp, 257))
+    model = train.GPT(train.model_config(hp, 257))
     groups = train.split_parameters(model)
     assert model.lm_head.weight is model.transformer.wte.weight  # the tiny preset ties them
     assert any(p is model.lm_head.weight for p in groups["head"]) and not groups["embed"]
@@ -231,7 +246,7 @@ def test_planned_steps_never_exceed_a_budget():
     hp = train.parse_args(["--max_steps=50", "--max_flops=5.5e6"])
     assert train.planned_steps(hp, 256, 10**6) == (5, "max_flops")
     assert train.planned_steps(train.parse_args(["--max_steps=0", "--max_seconds=9"]), 256, 1) == (None, None)
-    with pytest.raises(train.UsageError, match="allows no step"):
+    with pytest.raises(ValueError, match="allows no step"):
         train.planned_steps(train.parse_args(["--max_tokens=100"]), 256, 1)
 
 
@@ -333,7 +348,7 @@ def test_record_has_every_field_and_consistent_numbers(straight_run, data_dir):
         compute["train_seconds"] * compute["device_count"] * compute["peak_flops_per_device"], rel=1e-12)
     assert compute["mfu"] == pytest.approx(compute["model_flops"] / compute["hardware_flops"])
     assert compute["peak_flops_source"] == "measured" and compute["device"].startswith("cpu")
-    counted = train.count_params(train.GPT(train.GPTConfig(**record["model"])))["counted"]
+    counted = flops.count_params(train.GPT(model.config_from_dict(record["model"])))["counted"]
     assert record["params"]["counted"] == counted and record["params"]["weight_class"] == "small"
     [(eval_id, ev)] = record["eval"].items()
     assert ev == {k: result["validations"][-1][k] for k in ("bpb", "loss", "tokens", "bytes", "fingerprint")}
@@ -373,7 +388,7 @@ def test_resume_is_exact(straight_run, data_dir, tmp_path):
     # resumed into a new record folder: its train.log is complete, sources first, as leaderboard.py needs
     assert (tmp_path / "record" / "train.log").read_text().startswith("=" * 20 + " train.py sha256=")
     # a resume that would change the global batch is refused, naming the batch it needs
-    with pytest.raises(train.UsageError, match="--batch_tokens="):
+    with pytest.raises(ValueError, match="--batch_tokens="):
         train.train(train.parse_args([
             f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'record2'}", f"--ckpt_dir={ckpt}", *TINY,
             "--batch_size=1", "--max_steps=60", "--resume=1", "--name=straight"]))
@@ -405,7 +420,7 @@ def test_two_gloo_processes_equal_one_process_with_grad_accum(data_dir, tmp_path
 ])
 def test_budgets_stop_where_they_should(data_dir, tmp_path, budget, steps, stopped_by):
     if "FLOPS_FOR" in budget:
-        config = train.build_model_config(train.parse_args(TINY), 257)
+        config = train.model_config(train.parse_args(TINY), 257)
         budget = f"--max_flops={5.5 * 128 * 3 * flops.forward_flops_per_token(config, 32)}"
     result = run_train(tmp_path, data_dir, "--max_steps=50", budget, "--val_every=0")
     training = result["record"]["training"]
@@ -425,18 +440,19 @@ def test_time_and_target_budgets(data_dir, tmp_path):
     assert 0 < t["seconds"] <= target["record"]["compute"]["train_seconds"]
 
 
-def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        train.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={tmp_path / 'c'}", *TINY,
-                    "--warmup_steps=0", "--max_steps=20", "--val_every=0", "--checkpoint_every=1",
-                    "--keep_checkpoints=50", "--matrix_lr=1e30", "--scalar_lr=1e30", "--head_lr=1e30"])
+def test_blow_up_is_never_checkpointed_and_names_the_last_good_checkpoint(data_dir, tmp_path, capsys):
+    """Issue: a learning rate of 1e30 gave finite losses for a step whose update had already made the weights
+    infinite, and that checkpoint was kept as "the last good one"."""
+    code = train.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={tmp_path / 'c'}", *TINY,
+                       "--warmup_steps=0", "--max_steps=20", "--val_every=0", "--checkpoint_every=1",
+                       "--keep_checkpoints=50", "--embed_lr=1e30", "--matrix_lr=1e30", "--scalar_lr=1e30",
+                       "--head_lr=1e30"])
     err = capsys.readouterr().err
-    match = re.search(r"at step (\d+); stopped\. The last good checkpoint is ", err)
-    assert exit_info.value.code == 1 and match, err
-    bad_step = int(match.group(1))
-    kept = sorted(p.name for p in (tmp_path / "c").glob("step_*.pt"))
-    assert kept == [f"step_{s:06d}.pt" for s in range(1, bad_step)]
-    assert (kept[-1] if kept else "none") in err
+    assert code == 1 and "The last good checkpoint is " in err, err
+    for path in (tmp_path / "c").glob("step_*.pt"):
+        weights = torch.load(path, weights_only=True)["model"]
+        assert all(bool(w.isfinite().all()) for w in weights.values()), path.name
+        assert path.name in err or len(list((tmp_path / "c").glob("step_*.pt"))) > 1
     assert not (tmp_path / "r" / "results.json").exists()
 
 
@@ -447,11 +463,10 @@ def test_non_finite_validation_stops_without_a_record(data_dir, tmp_path, capsys
         return {**real(*args, **kwargs), "bpb": float("nan")}
 
     monkeypatch.setattr(train.eval_bpb, "evaluate_bpb", nan_bpb)
-    with pytest.raises(SystemExit) as exit_info:
-        train.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={tmp_path / 'c'}", *TINY,
-                    "--max_steps=4", "--val_every=2"])
+    code = train.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={tmp_path / 'c'}", *TINY,
+                       "--max_steps=4", "--val_every=2"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 1 and "validation BPB is nan at step 0" in err, err
+    assert code == 1 and "validation BPB is nan at step 0" in err, err
     assert not (tmp_path / "r" / "results.json").exists()
 
 
@@ -461,5 +476,124 @@ def test_checkpoints_are_ordered_by_step_not_by_name(tmp_path):
     (tmp_path / "step_notes.pt").write_bytes(b"")  # not a checkpoint of this run
     assert [p.name for p in train.checkpoints_by_step(tmp_path)] == [
         "step_000020.pt", "step_999999.pt", "step_1000000.pt"]
-    assert train.latest_checkpoint(tmp_path).name == "step_1000000.pt"
-    assert train.latest_checkpoint(tmp_path / "absent") is None
+    assert train.checkpoints_by_step(tmp_path / "absent") == []
+
+
+# -----------------------------------------------------------------------------
+# Nothing lost: checkpoints owned by their run, locks, fallbacks, clear errors
+
+
+def test_a_fresh_run_never_prunes_another_runs_checkpoints(straight_run, data_dir, tmp_path, capsys):
+    """Issue: a new run into a folder holding an older run's higher-numbered checkpoints deleted every
+    checkpoint it wrote, the final one included."""
+    tmp, _ = straight_run
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for f in (tmp / "ckpt").glob("step_*.pt"):
+        (ckpt / f.name).write_bytes(f.read_bytes())
+    before = sorted(p.name for p in ckpt.iterdir())
+    code = train.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={ckpt}", *TINY,
+                       "--max_steps=12", "--val_every=0", "--checkpoint_every=5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--resume=1" in err and str(ckpt) in err, err
+    assert sorted(p.name for p in ckpt.iterdir()) == before  # nothing deleted, nothing written
+
+
+def test_resume_prunes_only_its_own_checkpoints(straight_run, data_dir, tmp_path):
+    tmp, _ = straight_run
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "step_000020.pt").write_bytes((tmp / "ckpt" / "step_000020.pt").read_bytes())
+    foreign = torch.load(ckpt / "step_000020.pt", weights_only=True)
+    foreign["progress"]["run_id"] = "another-run"
+    torch.save(foreign, ckpt / "step_000001.pt")  # an older, foreign checkpoint in the folder
+    train.train(train.parse_args([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={ckpt}", *TINY,
+                                  "--max_steps=40", "--val_every=0", "--checkpoint_every=5", "--resume=1"]))
+    assert sorted(p.name for p in ckpt.glob("step_*.pt")) == ["step_000001.pt", "step_000035.pt", "step_000040.pt"]
+
+
+def test_resume_refuses_other_data_or_tokenizer(straight_run, data_dir, tmp_path):
+    """Issue: --resume=1 continued on another tokenizer of the same size and applied the saved data position
+    to other shards."""
+    tmp, _ = straight_run
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "step_000020.pt").write_bytes((tmp / "ckpt" / "step_000020.pt").read_bytes())
+    other = write_dataset(tmp_path / "other", synthetic_stories(300, 5), synthetic_stories(20, 6), shard_tokens=30_000)
+    with pytest.raises(ValueError, match="other data or another tokenizer"):
+        train.train(train.parse_args([f"--data_dir={other}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={ckpt}",
+                                      *TINY, "--max_steps=40", "--resume=1"]))
+
+
+def test_resume_falls_back_past_a_truncated_checkpoint_and_removes_orphans(straight_run, data_dir, tmp_path, capsys):
+    """Issue: a 0-byte or truncated newest checkpoint stopped the resume (an IndexError); orphan *.tmp.PID files
+    from a kill -9 during a save were never removed."""
+    tmp, straight = straight_run
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "step_000020.pt").write_bytes((tmp / "ckpt" / "step_000020.pt").read_bytes())
+    (ckpt / "step_000030.pt").write_bytes(b"")                                                   # empty
+    (ckpt / "step_000035.pt").write_bytes((tmp / "ckpt" / "step_000040.pt").read_bytes()[:5000])  # truncated
+    (ckpt / "step_000036.pt.tmp.999999").write_bytes(b"partial")
+    resumed = train.train(train.parse_args([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}",
+                                            f"--ckpt_dir={ckpt}", *TINY, "--max_steps=40", "--val_every=20",
+                                            "--checkpoint_every=20", "--resume=1"]))
+    assert "skipping" in capsys.readouterr().err
+    np.testing.assert_allclose(resumed["losses"], straight["losses"][20:], rtol=0, atol=1e-6)
+    assert not list(ckpt.glob("*.tmp.*"))
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(data_dir, tmp_path, capsys):
+    """Issue: two runs into one out_dir/ckpt_dir interleaved train.log, overwrote results.json and deleted each
+    other's checkpoints. A lock names its holder; a stale lock (its process gone) is taken over."""
+    (tmp_path / "c").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "c" / "LOCK").write_text(json.dumps({"pid": holder.pid, "host": train.socket.gethostname(),
+                                                         "started": "now", "command": "train.py"}))
+        code = train.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={tmp_path / 'c'}",
+                           *TINY, "--max_steps=2", "--val_every=0"])
+        err = capsys.readouterr().err
+        assert code == 2 and "in use by another run" in err and str(holder.pid) in err, err
+        assert not (tmp_path / "r").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale, the run proceeds and releases its own locks at the end
+    result = run_train(tmp_path, data_dir, "--max_steps=2", "--val_every=0", f"--ckpt_dir={tmp_path / 'c'}")
+    assert result["record"]["training"]["steps"] == 2
+    assert not (tmp_path / "c" / "LOCK").exists() and not (tmp_path / "record" / "LOCK").exists()
+
+
+def test_token_ids_outside_the_vocabulary_are_named(data_dir, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in data_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    tokens = prepare.open_shard(bad / "train_000000.bin").copy()
+    tokens[100] = 400  # the tokenizer has 257 ids
+    prepare.write_shard(bad / "train_000000.bin", tokens)
+    code = train.main([f"--data_dir={bad}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={tmp_path / 'c'}", *TINY,
+                       "--max_steps=3", "--val_every=0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "train_000000.bin" in err and "400" in err and "\n" not in err, err
+
+
+def test_unwritable_out_dir_is_one_line(data_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = train.main([f"--data_dir={data_dir}", f"--out_dir={blocker / 'record'}", f"--ckpt_dir={tmp_path / 'c'}",
+                       *TINY, "--max_steps=2", "--val_every=0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: train.py: ") and "\n" not in err, err
+
+
+def test_a_second_ctrl_c_waits_for_the_checkpoint_write(tmp_path):
+    stop = train.StopRequested()
+    stop.requested = True
+    written = []
+    with pytest.raises(KeyboardInterrupt):
+        with stop.deferred():
+            stop._handle(2, None)  # the second Ctrl-C arrives during the write
+            written.append("checkpoint")
+    assert written == ["checkpoint"]
