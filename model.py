@@ -550,6 +550,3 @@ def model_from_checkpoint(ckpt: dict, device="cpu") -> GPT:
                               "written by a different model.py?")
     model.load_state_dict(state)
     return model
-
-
-CheckpointError = ValueError  # transitional alias while the other scripts move to ValueError; removed after

@@ -1416,7 +1416,6 @@ def main(argv=None) -> int:
     return run_main("prepare.py", run, argv)
 
 
-ShardError = ValueError  # kept for old imports; remove when none remains
 
 
 if __name__ == "__main__":

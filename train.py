@@ -145,6 +145,7 @@ def check_hyperparameters(hp: Hyperparameters) -> None:
         raise ValueError("no budget: set at least one of --max_steps, --max_tokens, --max_flops, --max_seconds")
     if 0 < hp.val_tokens < 2:
         raise ValueError(f"--val_tokens={hp.val_tokens} is too few; score at least 2 tokens (or 0 = all)")
+    leaderboard.check_track(hp.track)
     model_config(hp, n_vocab=64)  # a bad model setting is reported now, not after the data has loaded
 
 
