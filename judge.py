@@ -21,7 +21,9 @@ prompt, completion), so a re-run, or a run resumed after a crash, sends only the
 The API key is read from the environment variable named by --api_key_env and is never printed or written.
 """
 import argparse
+import collections
 import csv
+import dataclasses
 import email.utils
 import hashlib
 import http.client
@@ -105,15 +107,21 @@ DEFAULT_PROMPTS = [
     "The old toy robot sat at the bottom of the toy box. Nobody played with him anymore. One day, a little boy who had no toys came to visit, and he",
 ]
 
+DEFAULT_SAMPLES = 4  # completions per prompt
+
 # The TinyStories dataset's own evaluation prompts (44 beginnings, a YAML list of strings).
 TINYSTORIES_PROMPTS_REPO = "roneneldan/TinyStories"
 TINYSTORIES_PROMPTS_FILE = "Evaluation prompts.yaml"
 
 # -----------------------------------------------------------------------------
-# The grading protocol. The wording is the paper's; the last paragraph fixes an answer format so parsing
-# rarely needs the re-ask. PROTOCOL is part of every cache key: change the wording, bump the version.
+# The grading protocols. `paper`: the paper's wording, in one user message; its last paragraph fixes an
+# answer format so parsing rarely needs the follow-up. `hackathon`: the scoring the TinyStories Hackathon's
+# organisers ran (a system prompt asking GRAMMAR, CREATIVITY, CONSISTENCY, PLOT and OVERALL from 1 to 10 as
+# `LABEL: score` lines, the story as the user message `{story_start}***{completion}`, temperature 0.1, a
+# short answer, one follow-up when a score is missing), worded here in our own words; --protocol_file
+# loads the organisers' exact wording from their YAML layout. A protocol's id is part of every cache key:
+# change a wording, bump its version.
 
-PROTOCOL = "tinystories-paper/1"
 CATEGORIES = ("grammar", "creativity", "consistency", "plot")
 AGE_GROUPS = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12", "F": "13-16"}
 
@@ -139,50 +147,178 @@ Consistency: X/10
 Plot: X/10
 Age group: L"""
 
+HACKATHON_SYSTEM = """You grade short stories for young children. Each story you are shown begins with a given opening; the text after the *** marker is a student's continuation of it. Judge only the continuation, as writing meant for children of 3 to 4 years, on five scales, each a whole number from 1 (very poor) to 10 (excellent):
+GRAMMAR: correct spelling, grammar and sentence structure.
+CREATIVITY: fresh, imaginative ideas and word choice.
+CONSISTENCY: agreement with the opening (characters, setting, events), including finishing the sentence the opening leaves unfinished.
+PLOT: a clear and sensible sequence of events that reaches an ending.
+OVERALL: your judgement of the continuation as a whole.
+Reply with these five lines only, each a label, a colon and the score:
+GRAMMAR: score
+CREATIVITY: score
+CONSISTENCY: score
+PLOT: score
+OVERALL: score"""
 
-def grading_messages(prompt: str, completion: str) -> list[dict]:
-    """The chat messages that ask for one grade. The story is joined as 'beginning *** completion'."""
-    story = f"{prompt.rstrip()} *** {completion.strip()}"
-    return [{"role": "user", "content": GRADING_TEMPLATE.format(story=story)}]
+HACKATHON_USER = "{story_start}***{completion}"
+
+HACKATHON_FOLLOWUP = """One or more scores are missing. Reply with only the five lines GRAMMAR, CREATIVITY, CONSISTENCY, PLOT and OVERALL, each followed by a colon and a whole number from 1 to 10."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    name: str                  # paper | hackathon
+    id: str                    # part of every cache key
+    system_prompt: str | None
+    user_prompt: str           # paper: {story}; hackathon: {story_start} and {completion}
+    followup_prompt: str
+    temperature: float         # the judge's, unless --judge_temperature says otherwise
+    max_tokens: int            # the judge's answer cap, unless --judge_max_tokens says otherwise
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """What the judge is asked for: the four categories, then the paper's age group or the hackathon's OVERALL."""
+        return (*CATEGORIES, "age_group") if self.name == "paper" else (*CATEGORIES, "overall")
+
+    def user_message(self, prompt: str, completion: str) -> str:
+        if self.name == "paper":
+            return self.user_prompt.format(story=f"{prompt.rstrip()} *** {completion.strip()}")
+        # replace, not format: organisers' prompts may hold other braces
+        return self.user_prompt.replace("{story_start}", prompt).replace("{completion}", completion)
+
+    def messages(self, prompt: str, completion: str) -> list[dict]:
+        """The chat messages that ask for one grade."""
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return system + [{"role": "user", "content": self.user_message(prompt, completion)}]
+
+    def json_schema(self) -> dict:
+        """The grades as a JSON object, for servers that constrain their output (--structured). The paper's
+        assessment comes first, so the judge still writes it before it grades."""
+        score = {"type": "integer", "enum": list(range(1, 11))}
+        properties = {"assessment": {"type": "string", "maxLength": 600}} if self.name == "paper" else {}
+        properties.update({c: score for c in self.labels if c != "age_group"})
+        if self.name == "paper":
+            properties["age_group"] = {"type": "string", "enum": list(AGE_GROUPS)}
+        return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+    def json_note(self) -> str:
+        """Said to the judge (as a system message) with a structured request, whose answer is JSON."""
+        if self.name == "paper":
+            return ("Write your answer as a JSON object with these keys in this order: assessment (your assessment, "
+                    "a few sentences), grammar, creativity, consistency, plot (each a whole number from 1 to 10) "
+                    "and age_group (one letter from A to F).")
+        return ("Write your answer as a JSON object with the keys grammar, creativity, consistency, plot and "
+                "overall, each a whole number from 1 to 10.")
+
+
+PAPER = Protocol("paper", "tinystories-paper/1", None, GRADING_TEMPLATE, REASK, temperature=0.0, max_tokens=600)
+HACKATHON = Protocol("hackathon", "tinystories-hackathon/1", HACKATHON_SYSTEM, HACKATHON_USER, HACKATHON_FOLLOWUP,
+                     temperature=0.1, max_tokens=128)
+PROTOCOLS = {"paper": PAPER, "hackathon": HACKATHON}
+PROTOCOL = PAPER.id  # the default protocol's cache-key id
+
+
+def load_protocol_file(path: pathlib.Path) -> Protocol:
+    """The hackathon's scoring with prompts from a YAML file in the organisers' layout: `system_prompt`,
+    `user_prompt` (the story as {story_start} and {completion}), `followup_prompt`; a missing one keeps ours.
+    Its id names a hash of the prompts, so other wording never reuses these grades."""
+    import yaml  # PyYAML comes with datasets / huggingface_hub
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"--protocol_file={path}: no such file")
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"--protocol_file={path}: not valid YAML ({str(e).splitlines()[0]})")
+    keys = ("system_prompt", "user_prompt", "followup_prompt")
+    if not isinstance(data, dict) or not any(k in data for k in keys):
+        raise ValueError(f"--protocol_file={path}: expected a YAML mapping with {', '.join(keys)}")
+    prompts = {k: data.get(k, getattr(HACKATHON, k)) for k in keys}
+    for k, v in prompts.items():
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError(f"--protocol_file={path}: {k} must be a non-empty string")
+    if "{completion}" not in prompts["user_prompt"]:
+        raise ValueError(f"--protocol_file={path}: user_prompt must hold {{completion}} (and {{story_start}}), where "
+                         f"the story goes; the judge would never see it")
+    digest = hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()[:16]
+    return dataclasses.replace(HACKATHON, id=f"tinystories-hackathon-file/{digest}", **prompts)
 
 
 # -----------------------------------------------------------------------------
-# Parsing the judge's answer: a label, a separator or an '/10', a number; the last match wins, because
-# the assessment may mention a category before the grades at the end.
+# Parsing the judge's answer. A JSON object (a structured answer) is read by its keys; any other text by
+# labels: a label, a separator or an '/10', a number; the last match wins, because the assessment may
+# mention a category before the grades at the end.
 
-SCORE_RE = re.compile(r"\b(grammar|creativity|consistency|plot)\b([^0-9\n]{0,40}?)(?<![\d.])(\d+(?:\.\d+)?)"
+SCORE_RE = re.compile(r"\b(grammar|creativity|consistency|plot|overall)\b([^0-9\n]{0,40}?)(?<![\d.])(\d+(?:\.\d+)?)"
                       r"(?:\s*(?:/|out of)\s*(\d+(?:\.\d+)?))?", re.IGNORECASE)
 AGE_LETTER_RE = re.compile(r"\b(?i:age)\b(?:\s*(?i:group))?[^\n]{0,30}?\b([A-F])\b")
 AGE_RANGE_RE = re.compile(r"\b(?i:age)\b[^\n]{0,30}?(3 or under|4-5|6-7|8-9|10-12|13-16)")
 
 
-def parse_grades(text: str) -> dict:
-    """{"grammar": float|None, ..., "plot": ..., "age_group": "A".."F"|None} from one judge answer.
+def parse_grades(text: str, labels: tuple[str, ...] = (*CATEGORIES, "age_group")) -> dict:
+    """{label: float|None, ..., "age_group": "A".."F"|None} from one judge answer, for the labels asked
+    (the paper's four categories and age group by default; the hackathon's with "overall").
     A number counts only after a separator (':', '=', '-') or when written as 'n/10' / 'n out of 10', so
     'the grammar has 2 mistakes' is not read as a grade; the '10' of a '/10' is never a grade ('Grammar:
     X/10', 'N/A/10', '?/10' are unparsed), nor 'n/5'; values outside 0..10 are ignored."""
     text = text if isinstance(text, str) else ""
-    grades = {c: None for c in CATEGORIES}
+    grades = dict.fromkeys(labels)
+    from_json = json_grades(text, labels)
+    if from_json is not None:
+        return from_json
     for m in SCORE_RE.finditer(text):
         label, gap, number, scale = m.group(1).lower(), m.group(2), float(m.group(3)), m.group(4)
         # '/' between the label and the number means the number is a scale: 'Grammar: X/10', 'N/A/10'
-        if "/" in gap or (scale is not None and float(scale) != 10):
+        if label not in grades or "/" in gap or (scale is not None and float(scale) != 10):
             continue
         if (scale is not None or any(sep in gap for sep in ":=-")) and 0 <= number <= 10:
             grades[label] = number
-    age = None
-    for m in AGE_LETTER_RE.finditer(text):
-        age = m.group(1)
-    if age is None:
-        by_range = {v: k for k, v in AGE_GROUPS.items()}
-        for m in AGE_RANGE_RE.finditer(text):
-            age = by_range[m.group(1)]
-    grades["age_group"] = age
+    if "age_group" in grades:
+        for m in AGE_LETTER_RE.finditer(text):
+            grades["age_group"] = m.group(1)
+        if grades["age_group"] is None:
+            by_range = {v: k for k, v in AGE_GROUPS.items()}
+            for m in AGE_RANGE_RE.finditer(text):
+                grades["age_group"] = by_range[m.group(1)]
+    return grades
+
+
+def json_grades(text: str, labels: tuple[str, ...]) -> dict | None:
+    """The grades of an answer that is a JSON object (fenced in ``` or not), read by key; None when the
+    answer is not one. A score is a number from 0 to 10 (or a string holding one); anything else is None."""
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.strip("`").removeprefix("json").strip()
+    if not (body.startswith("{") and body.endswith("}")):
+        return None
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    by_key = {str(k).lower().replace(" ", "_"): v for k, v in obj.items()}
+    grades = dict.fromkeys(labels)
+    for label in labels:
+        value = by_key.get(label)
+        if label == "age_group":
+            grades[label] = value.strip()[:1].upper() if isinstance(value, str) and value.strip()[:1].upper() in AGE_GROUPS else None
+            continue
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                value = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 10:
+            grades[label] = float(value) if value != int(value) else int(value)
     return grades
 
 
 def scores_complete(grades: dict) -> bool:
     return all(grades[c] is not None for c in CATEGORIES)
+
+
+def grading_messages(prompt: str, completion: str, protocol: Protocol = PAPER) -> list[dict]:
+    return protocol.messages(prompt, completion)
 
 
 # -----------------------------------------------------------------------------
@@ -259,7 +395,7 @@ def close_socket(conn: http.client.HTTPConnection) -> None:
 
 class ChatClient:
     def __init__(self, base_url: str, api_key: str | None, timeout: float, retries: int, backoff: float,
-                 temperature: float, max_tokens: int):
+                 temperature: float, max_tokens: int, structured: str = "auto"):
         parts = urllib.parse.urlsplit(base_url.rstrip("/") + "/chat/completions")
         self.url = parts.geturl()  # parse_args refused a URL with credentials in it
         self.https, self.host, self.port = parts.scheme == "https", parts.hostname, parts.port
@@ -267,6 +403,10 @@ class ChatClient:
         self.api_key = api_key
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.temperature, self.max_tokens = temperature, max_tokens
+        self.structured = structured
+        # the response_format forms to try, in order; per judge model, the one that works is remembered
+        self.forms = {"auto": ("json_schema", "json_object", "off"), "off": ("off",)}.get(structured, (structured,))
+        self.forms_index = {}
         self.stop = threading.Event()  # set on Ctrl-C or a fatal error: nothing more is sent
         self.open = set()              # connections in flight, closed by abort()
         self.open_lock = threading.Lock()
@@ -283,7 +423,9 @@ class ChatClient:
         for conn in conns:
             close_socket(conn)
 
-    def post_once(self, body: dict) -> dict:
+    def post_once(self, body: dict) -> tuple[int, bytes, float | None, str | None]:
+        """One POST: (status, body, Retry-After, Location). TransientError for a timeout or a dropped
+        connection, Stopped when abort() cut it, ValueError when the server cannot be reached at all."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -313,8 +455,8 @@ class ChatClient:
             conn.request("POST", self.path, body=json.dumps(body).encode(), headers=headers)
             response = conn.getresponse()
             raw = response.read(MAX_REPLY_BYTES + 1)
-            status, location = response.status, response.getheader("Location")
-            retry_after = parse_retry_after(response.getheader("Retry-After"))
+            reply = (response.status, raw, parse_retry_after(response.getheader("Retry-After")),
+                     response.getheader("Location"))
         except (OSError, http.client.HTTPException) as e:
             if self.stop.is_set():
                 raise Stopped()
@@ -328,74 +470,118 @@ class ChatClient:
             conn.close()
         if expired.is_set():
             raise TransientError(f"no complete answer within --timeout={self.timeout:g}s")
-        if 300 <= status < 400:
-            target = urllib.parse.urlsplit(location or "")
-            host = target.netloc.rpartition("@")[2]  # never the credentials a Location may carry
-            where = (f"{target.scheme}://{host}{target.path}" if host else target.path or "nowhere")[:200]
-            raise ValueError(f"{self.url} answered HTTP {status}, a redirect to {where}; judge.py does not follow "
-                             f"redirects (the key goes only to --base_url): set --base_url to the address it points to")
-        if status == 429 or status >= 500:
-            raise TransientError(f"HTTP {status}", retry_after)
-        if not 200 <= status < 300:
-            detail = self.redact(raw[:300].decode("utf-8", "replace")).replace("\n", " ")
-            raise ValueError(f"{self.url} answered HTTP {status} for model {body['model']!r}: {detail}; "
-                             f"check --base_url, --model and --api_key_env")
+        return reply
+
+    def form_for(self, model: str) -> str:
+        with self.open_lock:
+            return self.forms[self.forms_index.get(model, 0)]
+
+    def reject_form(self, model: str, form: str) -> bool:
+        """The server refused `form` for `model`: move on to the next one (once, whichever worker saw it
+        first; never back). False when there is none left to try."""
+        with self.open_lock:
+            index = self.forms_index.get(model, 0)
+            if self.forms[index] == form and index + 1 < len(self.forms):
+                self.forms_index[model] = index + 1
+            return self.forms[self.forms_index.get(model, 0)] != form
+
+    def request_body(self, model: str, messages: list[dict], form: str, structure: tuple[dict, str] | None) -> dict:
+        body = {"model": model, "messages": messages, "temperature": self.temperature, "max_tokens": self.max_tokens}
+        if structure is None or form == "off":
+            return body
+        schema, note = structure
+        # the JSON note joins the system prompt (some servers take a single system message, at the start)
+        if messages[0]["role"] == "system":
+            messages = [{"role": "system", "content": f"{messages[0]['content']}\n\n{note}"}, *messages[1:]]
+        else:
+            messages = [{"role": "system", "content": note}, *messages]
+        body["messages"] = messages
+        if form == "json_schema":  # OpenAI, vLLM, SGLang, llama.cpp's own server
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "grades", "schema": schema}}
+        else:                      # llama-cpp-python's server (which answers json_schema with HTTP 500)
+            body["response_format"] = {"type": "json_object", "schema": schema}
+        return body
+
+    def chat(self, model: str, messages: list[dict], structure: tuple[dict, str] | None = None) -> tuple[str, dict, str]:
+        """One chat completion with retries: (answer text, {"prompt_tokens", "completion_tokens"}, the form
+        asked: json_schema, json_object or off). structure = (JSON schema, a note saying so to the judge)
+        asks for a JSON answer in the form --structured allows, falling back when the server rejects it."""
+        attempt = 0
+        while True:
+            if self.stop.is_set():
+                raise Stopped()
+            form = self.form_for(model) if structure is not None else "off"
+            body = self.request_body(model, messages, form, structure)
+            try:
+                status, raw, retry_after, location = self.post_once(body)
+            except TransientError as e:
+                status, failure = None, e
+            if status is not None and 200 <= status < 300:
+                break
+            if status is not None:
+                detail = self.redact(raw[:2000].decode("utf-8", "replace"))
+                if 300 <= status < 400:
+                    target = urllib.parse.urlsplit(location or "")
+                    host = target.netloc.rpartition("@")[2]  # never the credentials a Location may carry
+                    where = (f"{target.scheme}://{host}{target.path}" if host else target.path or "nowhere")[:200]
+                    raise ValueError(f"{self.url} answered HTTP {status}, a redirect to {where}; judge.py does not "
+                                     f"follow redirects (the key goes only to --base_url): set --base_url to the "
+                                     f"address it points to")
+                if form != "off" and status != 429 and re.search(r"response_format|json_schema|json_object", detail):
+                    if self.reject_form(model, form):
+                        continue  # the next form, at once: not a retry
+                    raise ValueError(f"{self.url} refused response_format {form} for model {model!r} (HTTP {status}: "
+                                     f"{detail[:200]!r}); try --structured=auto")
+                if status != 429 and status < 500:
+                    raise ValueError(f"{self.url} answered HTTP {status} for model {model!r}: "
+                                     f"{detail[:300].replace(chr(10), ' ')}; check --base_url, --model and --api_key_env")
+                failure = TransientError(f"HTTP {status}", retry_after)
+            if attempt == self.retries:
+                raise ValueError(f"{self.url} failed {self.retries + 1} times for model {model!r} (last: {failure}); "
+                                 f"try again later, or raise --retries / --timeout")
+            if self.stop.wait(retry_delay(attempt, failure.retry_after, self.backoff)):
+                raise Stopped()
+            attempt += 1
         if len(raw) > MAX_REPLY_BYTES:
             raise ValueError(f"{self.url} answered with more than {MAX_REPLY_BYTES >> 20} MiB; is it a chat-completions endpoint?")
         try:
-            return json.loads(raw)
-        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond reason
-            raise TransientError("a reply that is not JSON")
-
-    def chat(self, model: str, messages: list[dict]) -> tuple[str, dict]:
-        """One chat completion with retries: (answer text, {"prompt_tokens", "completion_tokens"})."""
-        body = {"model": model, "messages": messages, "temperature": self.temperature, "max_tokens": self.max_tokens}
-        for attempt in range(self.retries + 1):
-            if self.stop.is_set():
-                raise Stopped()
-            try:
-                reply = self.post_once(body)
-                break
-            except TransientError as e:
-                if attempt == self.retries:
-                    raise ValueError(f"{self.url} failed {self.retries + 1} times for model {model!r} (last: {e}); "
-                                     f"try again later, or raise --retries / --timeout")
-                if self.stop.wait(retry_delay(attempt, e.retry_after, self.backoff)):
-                    raise Stopped()
-        try:
+            reply = json.loads(raw)
             message = reply["choices"][0]["message"]
-        except (KeyError, IndexError, TypeError):
+        except (ValueError, RecursionError, KeyError, IndexError, TypeError):
             raise ValueError(f"{self.url} answered without choices[0].message for model {model!r}; "
                              f"is it an OpenAI-compatible chat-completions endpoint?")
         usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
         return message_text(message), {"prompt_tokens": token_count(usage.get("prompt_tokens")),
-                                       "completion_tokens": token_count(usage.get("completion_tokens"))}
+                                       "completion_tokens": token_count(usage.get("completion_tokens"))}, form
 
 
-def grade(client: ChatClient, model: str, prompt: str, completion: str) -> dict:
-    """Ask one judge for one grade; ask once more for the grades alone when a score is missing.
-    Returns the cache record body: status "ok" (all four scores) or "unparsed" (never guessed)."""
-    messages = grading_messages(prompt, completion)
-    answer, usage = client.chat(model, messages)
-    answers, grades = [answer], parse_grades(answer)
-    if not scores_complete(grades):
-        messages = messages + [{"role": "assistant", "content": answer}, {"role": "user", "content": REASK}]
-        answer2, usage2 = client.chat(model, messages)
+def grade(client: ChatClient, protocol: Protocol, model: str, prompt: str, completion: str) -> dict:
+    """Ask one judge for one grade; ask once more (the protocol's follow-up) when a score is missing.
+    Returns the cache record body: status "ok" (the four category scores) or "unparsed" (never guessed);
+    with the hackathon protocol, the judge's own OVERALL as `overall_judge` (None when it gave none)."""
+    structure = None if client.structured == "off" else (protocol.json_schema(), protocol.json_note())
+    messages = protocol.messages(prompt, completion)
+    answer, usage, form = client.chat(model, messages, structure)
+    answers, grades = [answer], parse_grades(answer, protocol.labels)
+    if any(grades[k] is None for k in protocol.labels):
+        messages = messages + [{"role": "assistant", "content": answer}, {"role": "user", "content": protocol.followup_prompt}]
+        answer2, usage2, form = client.chat(model, messages, structure)
         answers.append(answer2)
         usage = {k: usage[k] + usage2[k] for k in usage}
-        grades.update({k: v for k, v in parse_grades(answer2).items() if v is not None})
+        grades.update({k: v for k, v in parse_grades(answer2, protocol.labels).items() if v is not None})
     ok = scores_complete(grades)
     return {"judge": model, "status": "ok" if ok else "unparsed",
             "scores": {c: grades[c] for c in CATEGORIES} if ok else None,
-            "age_group": grades["age_group"], "answers": [client.redact(a) for a in answers], "usage": usage}
+            "overall_judge": grades.get("overall"), "age_group": grades.get("age_group"), "format": form,
+            "answers": [client.redact(a) for a in answers], "usage": usage}
 
 
 # -----------------------------------------------------------------------------
 # The grade cache: append-only JSONL, one line per answered (protocol, judge, prompt, completion), flushed
 # and fsync'd as each answer arrives, so a crash loses at most the requests in flight.
 
-def cache_key(model: str, prompt: str, completion: str) -> str:
-    return hashlib.sha256(json.dumps([PROTOCOL, model, prompt, completion]).encode()).hexdigest()
+def cache_key(model: str, prompt: str, completion: str, protocol_id: str = PROTOCOL) -> str:
+    return hashlib.sha256(json.dumps([protocol_id, model, prompt, completion]).encode()).hexdigest()
 
 
 class GradeCache:
@@ -439,15 +625,40 @@ class GradeCache:
 def read_csv_rows(path: pathlib.Path, columns: tuple[str, ...]) -> list[dict]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(f, restval="")
             missing = [c for c in columns if c not in (reader.fieldnames or [])]
             if missing:
                 raise ValueError(f"{path}: no {', '.join(repr(c) for c in missing)} column (found: "
                                  f"{', '.join(reader.fieldnames or []) or 'nothing'}); the file needs a header "
                                  f"row with {' and '.join(repr(c) for c in columns)}")
-            return list(reader)
+            rows = list(reader)
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text; save the CSV as UTF-8")
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable CSV ({e})")
+    for i, row in enumerate(rows):
+        if None in row:
+            raise ValueError(f"{path}: row {i + 2} has more fields than the header row; quote fields that hold commas")
+    return rows
+
+
+def read_submission_template(spec: str) -> tuple[list[str], list[dict]] | None:
+    """(columns, rows) of a `prompt,completion` CSV whose completions are to be filled (the hackathon's
+    submission file: each evaluation prompt on several rows); None for any other --prompts."""
+    path = pathlib.Path(spec)
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader(f), [])
+    if "prompt" not in header or "completion" not in header:
+        return None
+    rows = read_csv_rows(path, ("prompt", "completion"))
+    for i, row in enumerate(rows):
+        if not row["prompt"].strip():
+            raise ValueError(f"{path}: row {i + 2} has an empty prompt; every row needs the story beginning to complete")
+    if not rows:
+        raise ValueError(f"{path}: no rows to fill")
+    return header, rows
 
 
 def read_jsonl_rows(path: pathlib.Path, columns: tuple[str, ...]) -> list[dict]:
@@ -550,16 +761,16 @@ def load_completions(path: pathlib.Path) -> list[dict]:
 # Completions from a checkpoint. torch and the model are imported here, not at the top, so that
 # judging a submitted file starts at once and needs no torch.
 
-def generation_settings(args, prompts: list[str]) -> dict:
+def generation_settings(args, prompts: list[str], samples: int | list[int]) -> dict:
     """Everything the completions depend on; its hash names the saved completions file."""
     st = os.stat(args.ckpt)
     return {"ckpt": str(pathlib.Path(args.ckpt).resolve()), "ckpt_bytes": st.st_size, "ckpt_mtime_ns": st.st_mtime_ns,
             "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
-            "samples": args.samples, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+            "samples": samples, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
             "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "batch_size": args.batch_size}
 
 
-def generate_completions(ckpt_path: str, prompts: list[str], samples: int, max_new_tokens: int, temperature: float,
+def generate_completions(ckpt_path: str, prompts: list[str], samples: int | list[int], max_new_tokens: int, temperature: float,
                          top_k: int | None, top_p: float | None, seed: int, batch_size: int, device: str) -> list[dict]:
     """--samples completions of every prompt, batched with the model's KV-cache generate. Each prompt is
     preceded by the delimiter, as every training document is, and generation stops at the delimiter."""
@@ -587,7 +798,8 @@ def generate_completions(ckpt_path: str, prompts: list[str], samples: int, max_n
     if max_new_tokens > room:
         print(f"note: --max_new_tokens={max_new_tokens} capped to {room} so the longest prompt fits in block_size {block_size}")
         max_new_tokens = room
-    jobs = [(pid, s) for pid in range(len(prompts)) for s in range(samples)]
+    counts = [samples] * len(prompts) if isinstance(samples, int) else samples  # per prompt
+    jobs = [(pid, s) for pid in range(len(prompts)) for s in range(counts[pid])]
     generator = torch.Generator(device=device).manual_seed(seed)
     items = []
     # float32 throughout: the models are small and generation is seconds next to grading
@@ -603,10 +815,12 @@ def generate_completions(ckpt_path: str, prompts: list[str], samples: int, max_n
     return items
 
 
-def saved_or_generated_completions(args, prompts: list[str], cache_dir: pathlib.Path) -> tuple[list[dict], dict]:
+def saved_or_generated_completions(args, prompts: list[str], cache_dir: pathlib.Path,
+                                   samples: int | list[int] | None = None) -> tuple[list[dict], dict]:
     """Reuse the completions saved by an earlier run with the same settings, else generate and save them
     (before any grading, so an endpoint failure never costs the generation)."""
-    settings = generation_settings(args, prompts)
+    samples = (args.samples or DEFAULT_SAMPLES) if samples is None else samples
+    settings = generation_settings(args, prompts, samples)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"completions_{digest}.jsonl"
     if path.exists():
@@ -614,7 +828,7 @@ def saved_or_generated_completions(args, prompts: list[str], cache_dir: pathlib.
         if lines and json.loads(lines[0]).get("generation") == settings:
             print(f"reusing {len(lines) - 1} saved completions from {path}")
             return [json.loads(line) for line in lines[1:]], {"generation": settings, "completions_file": str(path)}
-    items = generate_completions(args.ckpt, prompts, args.samples, args.max_new_tokens, args.temperature,
+    items = generate_completions(args.ckpt, prompts, samples, args.max_new_tokens, args.temperature,
                                  args.top_k, args.top_p, args.seed, args.batch_size, args.device)
     cache_dir.mkdir(parents=True, exist_ok=True)
     prepare.write_file_atomic(path, "".join(json.dumps(row) + "\n" for row in [{"generation": settings}] + items).encode())
@@ -622,12 +836,33 @@ def saved_or_generated_completions(args, prompts: list[str], cache_dir: pathlib.
     return items, {"generation": settings, "completions_file": str(path)}
 
 
-def write_completions_file(path: pathlib.Path, items: list[dict]) -> None:
-    """The submission format that --completions reads back: CSV or JSONL with `prompt` and `completion`."""
-    rows = [{"prompt": it["prompt"], "completion": it["completion"]} for it in items]
+def fill_submission_template(args, columns: list[str], rows: list[dict]) -> list[dict]:
+    """Every row's `completion` generated, rows kept in order: a prompt on k rows gets k samples, the j-th
+    row the j-th sample (the saved completions are reused as for any --ckpt run)."""
+    if args.samples is not None:
+        raise ValueError(f"--samples does not apply with --prompts={args.prompts}: each of its rows is one sample "
+                         f"(a prompt on 4 rows gets 4 completions); drop --samples")
+    prompts = list(dict.fromkeys(row["prompt"] for row in rows))
+    counts = collections.Counter(row["prompt"] for row in rows)
+    items, _ = saved_or_generated_completions(args, prompts, pathlib.Path(args.cache_dir), [counts[p] for p in prompts])
+    completion = {(it["prompt_id"], it["sample"]): it["completion"] for it in items}
+    pid = {p: i for i, p in enumerate(prompts)}
+    seen = collections.Counter()
+    filled = []
+    for row in rows:
+        i = pid[row["prompt"]]
+        filled.append({**row, "completion": completion[(i, seen[i])]})
+        seen[i] += 1
+    return filled
+
+
+def write_completions_file(path: pathlib.Path, items: list[dict], columns: list[str] = ("prompt", "completion")) -> None:
+    """The submission format that --completions reads back: CSV or JSONL with `prompt` and `completion`
+    (and any other columns a filled template had, in its order)."""
+    rows = [{c: it[c] for c in columns} for it in items]
     if path.suffix.lower() == ".csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["prompt", "completion"])
+        writer = csv.DictWriter(buffer, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)
         text = buffer.getvalue()
@@ -642,7 +877,8 @@ def write_completions_file(path: pathlib.Path, items: list[dict]) -> None:
 # -----------------------------------------------------------------------------
 # Grading every (judge, item) pair: cached answers first, the rest through a bounded thread pool.
 
-def grade_all(items: list[dict], models: list[str], client: ChatClient, cache: GradeCache, concurrency: int) -> dict:
+def grade_all(items: list[dict], models: list[str], client: ChatClient, cache: GradeCache, concurrency: int,
+              protocol: Protocol = PAPER) -> dict:
     """Fills the cache for every (model, item); returns usage counters for this run. The workers are
     daemon threads and the main thread only waits on a queue, so Ctrl-C stops the run at once: requests in
     flight are cut, the grades already answered stay in the cache (a second Ctrl-C kills outright). On a
@@ -650,7 +886,7 @@ def grade_all(items: list[dict], models: list[str], client: ChatClient, cache: G
     todo = {}
     for model in models:
         for it in items:
-            key = cache_key(model, it["prompt"], it["completion"])
+            key = cache_key(model, it["prompt"], it["completion"], protocol.id)
             if cache.get(key) is None:
                 todo[key] = (model, it["prompt"], it["completion"])  # identical items are graded once
     usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
@@ -669,7 +905,7 @@ def grade_all(items: list[dict], models: list[str], client: ChatClient, cache: G
             except queue.Empty:
                 return
             try:
-                record = grade(client, model, prompt, completion)
+                record = grade(client, protocol, model, prompt, completion)
             except Stopped:
                 return
             except Exception as e:  # ValueError: the endpoint is unusable; anything else is a bug, raised below
@@ -735,9 +971,12 @@ def summarize(values: list[float]) -> dict:
 
 
 def score_table(rows: list[dict]) -> dict:
-    """Per category (and overall = mean of the four per item) statistics over rows of {category: score}."""
+    """Per category (and overall = mean of the four per item) statistics over rows of {category: score};
+    with the hackathon protocol also `overall_judge`, the OVERALL the judges gave, over the rows that have one."""
     table = {c: summarize([r[c] for r in rows]) for c in CATEGORIES}
     table["overall"] = summarize([sum(r[c] for c in CATEGORIES) / len(CATEGORIES) for r in rows])
+    if any("overall_judge" in r for r in rows):
+        table["overall_judge"] = summarize([r["overall_judge"] for r in rows if r.get("overall_judge") is not None])
     return table
 
 
@@ -745,45 +984,72 @@ def age_distribution(records: list[dict]) -> dict:
     counts = {letter: 0 for letter in AGE_GROUPS}
     counts["unknown"] = 0
     for r in records:
-        counts[r["age_group"] if r["status"] == "ok" and r["age_group"] in AGE_GROUPS else "unknown"] += 1
+        counts[r["age_group"] if r["status"] == "ok" and r.get("age_group") in AGE_GROUPS else "unknown"] += 1
     return counts
 
 
-def aggregate(items: list[dict], models: list[str], cache: GradeCache) -> dict:
+def item_scores(record: dict, protocol: Protocol) -> dict:
+    scores = dict(record["scores"])
+    if protocol.name == "hackathon":
+        scores["overall_judge"] = record.get("overall_judge")
+    return scores
+
+
+def mean_over_judges(scores: list[dict]) -> dict:
+    row = {c: sum(s[c] for s in scores) / len(scores) for c in CATEGORIES}
+    if "overall_judge" in scores[0]:
+        given = [s["overall_judge"] for s in scores if s["overall_judge"] is not None]
+        row["overall_judge"] = sum(given) / len(given) if given else None
+    return row
+
+
+def aggregate(items: list[dict], models: list[str], cache: GradeCache, protocol: Protocol = PAPER) -> dict:
     """The judge.json report: pooled block at the top level, then per-judge summaries and per-item rows.
-    Pooled: each item's scores are first averaged over the judges that parsed it, then summarized over items."""
+    Pooled: each item's scores are first averaged over the judges that parsed it, then summarized over items.
+    `overall` is always the mean of the four categories (the record's figure); with the hackathon protocol
+    `overall_judge` is the judges' own OVERALL, beside it."""
     per_judge, rows = {}, []
-    item_scores = [[] for _ in items]
-    for model in models:
-        records = [cache.get(cache_key(model, it["prompt"], it["completion"])) for it in items]
-        ok = [r["scores"] for r in records if r["status"] == "ok"]
-        per_judge[model] = {"n": len(ok), "unparsed": len(records) - len(ok), "scores": score_table(ok),
-                            "age_groups": age_distribution(records)}
+    per_item = [[] for _ in items]
+    records_of = {m: [cache.get(cache_key(m, it["prompt"], it["completion"], protocol.id)) for it in items] for m in models}
+    for model, records in records_of.items():
+        ok = [item_scores(r, protocol) for r in records if r["status"] == "ok"]
+        per_judge[model] = {"n": len(ok), "unparsed": len(records) - len(ok), "parse_rate": len(ok) / len(records),
+                            "formats": dict(sorted(collections.Counter(r.get("format", "off") for r in records).items())),
+                            "scores": score_table(ok)}
+        if protocol.name == "paper":
+            per_judge[model]["age_groups"] = age_distribution(records)
         for i, (it, r) in enumerate(zip(items, records)):
             if r["status"] == "ok":
-                item_scores[i].append(r["scores"])
+                per_item[i].append(item_scores(r, protocol))
             rows.append({"prompt_id": it["prompt_id"], "sample": it["sample"], "judge": model,
                          "prompt": it["prompt"], "completion": it["completion"],
-                         "scores": r["scores"] if r["status"] == "ok" else "unparsed",
-                         "age_group": r["age_group"], "answers": r["answers"]})
-    pooled_rows = [{c: sum(s[c] for s in scores) / len(scores) for c in CATEGORIES} for scores in item_scores if scores]
+                         "scores": item_scores(r, protocol) if r["status"] == "ok" else "unparsed",
+                         **({"age_group": r.get("age_group")} if protocol.name == "paper" else {}),
+                         "format": r.get("format", "off"), "answers": r["answers"]})
+    pooled_rows = [mean_over_judges(scores) for scores in per_item if scores]
     pooled = score_table(pooled_rows)
-    all_records = [cache.get(cache_key(m, it["prompt"], it["completion"])) for m in models for it in items]
+    all_records = [r for records in records_of.values() for r in records]
     block = {"judges": list(models), "n": len(pooled_rows),
-             **{c: pooled[c]["mean"] for c in (*CATEGORIES, "overall")}, "ci95": pooled["overall"]["ci95"]}
+             **{c: pooled[c]["mean"] for c in (*CATEGORIES, "overall")}, "ci95": pooled["overall"]["ci95"],
+             "protocol": protocol.id}
+    if protocol.name == "hackathon":
+        block["overall_judge"] = pooled["overall_judge"]["mean"] if "overall_judge" in pooled else None
     unique = {r["key"]: r for r in all_records}.values()  # identical items share one answer
     usage_total = {"requests": sum(len(r["answers"]) for r in unique),
                    "prompt_tokens": sum(r["usage"]["prompt_tokens"] for r in unique),
                    "completion_tokens": sum(r["usage"]["completion_tokens"] for r in unique)}
-    return {**block, "protocol": PROTOCOL, "items_total": len(items), "usage_total": usage_total,
-            "unparsed": sum(1 for r in all_records if r["status"] != "ok"),
-            "pooled": pooled, "age_groups": age_distribution(all_records),
-            "per_judge": per_judge, "items": rows}
+    report = {**block, "items_total": len(items), "usage_total": usage_total,
+              "unparsed": sum(1 for r in all_records if r["status"] != "ok"), "pooled": pooled}
+    if protocol.name == "paper":
+        report["age_groups"] = age_distribution(all_records)
+    return {**report, "per_judge": per_judge, "items": rows}
 
 
 def record_block(report: dict) -> dict:
-    """The record's results.json `judge` block: judges, n, four category means, overall, ci95."""
-    return {k: report[k] for k in ("judges", "n", *CATEGORIES, "overall", "ci95")}
+    """The record's results.json `judge` block: judges, n, four category means, overall (their mean), ci95,
+    the protocol's id, and with the hackathon protocol the judges' own OVERALL as overall_judge."""
+    keys = ("judges", "n", *CATEGORIES, "overall", "ci95", "protocol", "overall_judge")
+    return {k: report[k] for k in keys if k in report}
 
 
 def write_record(record_dir: pathlib.Path, block: dict) -> None:
@@ -807,16 +1073,21 @@ def print_summary(report: dict, usage: dict) -> None:
     def cell(stat):
         return "   -  " if stat["mean"] is None else f"{stat['mean']:6.2f}"
 
-    print(f"{'judge':<28} {'n':>5} {'unparsed':>8} " + " ".join(f"{c:>11}" for c in (*CATEGORIES, "overall")) + "  95% CI (overall)")
+    columns = (*CATEGORIES, "overall") + (("overall_judge",) if "overall_judge" in report["pooled"] else ())
+    print(f"{'judge':<28} {'n':>5} {'unparsed':>8} " + " ".join(f"{c:>13}" for c in columns) + "  95% CI (overall)")
     lines = [(m, j["n"], j["unparsed"], j["scores"]) for m, j in report["per_judge"].items()]
     if len(report["judges"]) > 1:
         lines.append(("pooled", report["n"], report["unparsed"], report["pooled"]))
     for name, n, unparsed, table in lines:
         ci = table["overall"]["ci95"]
         ci_text = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-"
-        print(f"{name[:28]:<28} {n:>5} {unparsed:>8} " + " ".join(f"{cell(table[c]):>11}" for c in (*CATEGORIES, "overall")) + f"  {ci_text}")
-    print("age groups: " + ", ".join(f"{k} ({AGE_GROUPS.get(k, '?')}) {v}" if k in AGE_GROUPS else f"{k} {v}"
-                                     for k, v in report["age_groups"].items()))
+        print(f"{name[:28]:<28} {n:>5} {unparsed:>8} " + " ".join(
+            f"{cell(table.get(c, {'mean': None})):>13}" for c in columns) + f"  {ci_text}")
+    print("parsed: " + ", ".join(f"{m} {j['parse_rate']:.0%} (asked as {', '.join(f'{k} {v}' for k, v in j['formats'].items())})"
+                                 for m, j in report["per_judge"].items()))
+    if "age_groups" in report:
+        print("age groups: " + ", ".join(f"{k} ({AGE_GROUPS.get(k, '?')}) {v}" if k in AGE_GROUPS else f"{k} {v}"
+                                         for k, v in report["age_groups"].items()))
     print(f"tokens this run: {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion in "
           f"{usage['requests']:,} requests; {usage['reused']:,} grades reused from the cache")
     total = report["usage_total"]
@@ -837,7 +1108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     gen.add_argument("--prompts", default="default", help="'default' (the project's 52 beginnings), 'tinystories' "
                      "(the dataset's Evaluation prompts.yaml from the hub), a local .yaml/.csv/.jsonl file, "
                      "or hf:OWNER/NAME[/FILE] (a hub dataset with a 'prompt' column, or a file in it)")
-    gen.add_argument("--samples", type=count, default=4, help="completions per prompt")
+    gen.add_argument("--samples", type=count, default=None, help="completions per prompt (default 4); with a "
+                     "prompt,completion CSV as --prompts and --generate_only, each row is one sample instead")
     gen.add_argument("--max_new_tokens", type=count, default=300, help="length cap of a completion, in tokens")
     gen.add_argument("--temperature", type=number, default=1.0, help="sampling temperature (0 = greedy)")
     gen.add_argument("--top_k", type=count, default=None, help="sample from the k most likely tokens only")
@@ -851,8 +1123,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     jd.add_argument("--api_key_env", default="OPENAI_API_KEY", help="NAME of the environment variable holding the "
                     "API key; give it empty (--api_key_env=) for a local server that needs no key")
     jd.add_argument("--api_key", help=argparse.SUPPRESS)  # only to refuse a key on the command line
-    jd.add_argument("--judge_temperature", type=number, default=0.0)
-    jd.add_argument("--judge_max_tokens", type=count, default=600, help="cap on each judge answer, in tokens")
+    jd.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None, help="paper (default): the TinyStories "
+                    "paper's prompt, an assessment then grades and an age group; hackathon: the TinyStories Hackathon "
+                    "organisers' scoring, GRAMMAR/CREATIVITY/CONSISTENCY/PLOT/OVERALL from 1 to 10")
+    jd.add_argument("--protocol_file", metavar="FILE.yaml", default=None, help="the hackathon protocol with the prompts "
+                    "of a YAML file: system_prompt, user_prompt (with {story_start} and {completion}), followup_prompt")
+    jd.add_argument("--structured", choices=("auto", "json_schema", "json_object", "off"), default="auto",
+                    help="ask for the grades as a JSON object: auto tries response_format json_schema (OpenAI, vLLM, "
+                    "llama.cpp server), then json_object with a schema (llama-cpp-python's server), then free text, "
+                    "remembering per judge what the server took; off: free text only")
+    jd.add_argument("--judge_temperature", type=number, default=None, help="default: the protocol's (paper 0, hackathon 0.1)")
+    jd.add_argument("--judge_max_tokens", type=count, default=None, help="cap on each judge answer, in tokens "
+                    "(default: the protocol's, paper 600, hackathon 128)")
     jd.add_argument("--concurrency", type=count, default=8, help="requests in flight at once")
     jd.add_argument("--retries", type=count, default=6, help="retries of a request on 429, 5xx and timeouts")
     jd.add_argument("--backoff", type=number, default=1.0, help="first retry wait in seconds, doubled each retry "
@@ -878,15 +1160,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.model and not args.generate_only:
         raise ValueError("no judge: give --model=NAME (repeat it for several judges)")
     for name in ("samples", "max_new_tokens", "batch_size", "concurrency", "judge_max_tokens"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1")
     if args.temperature < 0 or (args.top_k is not None and args.top_k < 1) or \
             (args.top_p is not None and not 0 < args.top_p <= 1):
         raise ValueError("--temperature must be >= 0, --top_k >= 1 and --top_p in (0, 1]")
     check_base_url(args.base_url)
-    if args.retries < 0 or args.backoff < 0 or args.timeout <= 0 or args.judge_temperature < 0:
+    if args.retries < 0 or args.backoff < 0 or args.timeout <= 0 or (args.judge_temperature or 0) < 0:
         raise ValueError("--retries, --backoff and --judge_temperature must be >= 0 and --timeout > 0")
+    if args.protocol_file and args.protocol == "paper":
+        raise ValueError("--protocol_file holds prompts of the hackathon protocol; drop --protocol=paper")
     return args
+
+
+def protocol_from_args(args) -> Protocol:
+    if args.protocol_file:
+        return load_protocol_file(pathlib.Path(args.protocol_file))
+    return PROTOCOLS[args.protocol or "paper"]
 
 
 def check_base_url(url: str) -> None:
@@ -926,10 +1216,19 @@ def run(args) -> dict:
     if args.generate_only:  # a submission file, or sample stories for a record: no judge, no key
         if not os.path.isfile(args.ckpt):
             raise ValueError(f"--ckpt={args.ckpt}: no such file")
-        items, _ = saved_or_generated_completions(args, load_prompts(args.prompts), pathlib.Path(args.cache_dir))
-        write_completions_file(pathlib.Path(args.generate_only), items)
+        if pathlib.Path(args.generate_only).suffix.lower() not in (".csv", ".jsonl"):
+            raise ValueError(f"--generate_only={args.generate_only}: use a .csv or .jsonl file name")
+        template = read_submission_template(args.prompts)
+        if template:
+            columns, rows = template
+            items = fill_submission_template(args, columns, rows)
+        else:
+            columns = ("prompt", "completion")
+            items, _ = saved_or_generated_completions(args, load_prompts(args.prompts), pathlib.Path(args.cache_dir))
+        write_completions_file(pathlib.Path(args.generate_only), items, columns)
         print(f"wrote {len(items)} completions to {args.generate_only}")
         return {"items": items}
+    protocol = protocol_from_args(args)  # a bad --protocol_file fails before any work
     api_key = api_key_from_env(args.api_key_env)
     cache_dir = pathlib.Path(args.cache_dir)
     record_dir = pathlib.Path(args.record) if args.record else None
@@ -948,13 +1247,17 @@ def run(args) -> dict:
         items, source = saved_or_generated_completions(args, load_prompts(args.prompts), cache_dir)
 
     cache = GradeCache(cache_dir / "grades.jsonl")
-    client = ChatClient(args.base_url, api_key, args.timeout, args.retries, args.backoff,
-                        args.judge_temperature, args.judge_max_tokens)
-    usage = grade_all(items, models, client, cache, args.concurrency)
+    temperature = protocol.temperature if args.judge_temperature is None else args.judge_temperature
+    max_tokens = protocol.max_tokens if args.judge_max_tokens is None else args.judge_max_tokens
+    client = ChatClient(args.base_url, api_key, args.timeout, args.retries, args.backoff, temperature, max_tokens,
+                        args.structured)
+    usage = grade_all(items, models, client, cache, args.concurrency, protocol)
 
-    report = aggregate(items, models, cache)
-    report["settings"] = {"base_url": args.base_url, "judge_temperature": args.judge_temperature,
-                          "judge_max_tokens": args.judge_max_tokens, **source}
+    report = aggregate(items, models, cache, protocol)
+    report["settings"] = {"base_url": args.base_url, "protocol": protocol.name, "protocol_id": protocol.id,
+                          **({"protocol_file": str(pathlib.Path(args.protocol_file).resolve())} if args.protocol_file else {}),
+                          "structured": args.structured, "judge_temperature": temperature,
+                          "judge_max_tokens": max_tokens, **source}
     report["usage_this_run"] = usage
     # the top-level block first, items last, so the file reads like the record
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,10 @@ A local OpenAI-compatible /v1/chat/completions server for judge.py's tests: a re
 process, real sockets, answering with planned grades and planned faults.
 
 What it answers to a request is a pure function of (model, the first user message), `plan()`, so a
-test can compute the expected scores on its own. The faults, by kind:
+test can compute the expected scores on its own. It answers in the protocol it is asked in: the paper's
+`Grammar: n/10` lines and age group, or, when a system prompt asks for OVERALL, the hackathon's
+`GRAMMAR: n` lines with OVERALL; and as a JSON object when the request's response_format is one the
+server kind (--kind) takes. The faults, by kind of answer:
     rate_limited     first request: 429 with Retry-After
     server_error     first request: 500
     slow             first request: no answer for --slow_seconds (longer than the client's timeout), then a 500
@@ -11,10 +14,17 @@ test can compute the expected scores on its own. The faults, by kind:
     scores_on_reask  first answer without scores, the re-ask gets them
     fancy            Markdown, 'n out of 10' forms, and an earlier wrong number that the last match overrides
     plain            the format the judge asked for
-Models named missing* answer 404. Every request is logged as a JSON line to --log.
+Models named missing* answer 404. Every request is logged as a JSON line to --log (event "request", with
+its body), and so is what was answered.
+--kind: what the server does with response_format:
+    plain             ignores it and answers in text (as servers without constrained output do)
+    openai            json_schema: a JSON answer; json_object with a schema: HTTP 400 naming response_format
+    llama-cpp-python  json_schema: HTTP 500 naming response_format; json_object with a schema: a JSON answer
+    text-only         any response_format: HTTP 400 naming response_format
 
     python tests/fake_judge_server.py --log=server.jsonl [--require_key=K] [--retry_after=1]
         [--slow_seconds=2] [--exit_after=N] [--hang_after=N] [--echo_key] [--redirect=CODE:URL] [--drip=SECONDS]
+        [--content=list|number] [--kind=plain|openai|llama-cpp-python|text-only]
 It prints `port N` on its first stdout line once it listens (port 0 = any free port).
 --exit_after=N: exit right after the answer that completes the N-th grade (the endpoint becomes unreachable).
 --hang_after=N: after N completed grades, never answer again (so a test can kill the client mid-run).
@@ -47,7 +57,16 @@ def plan(model: str, content: str) -> dict:
     kind = KINDS[h % len(KINDS)]
     scores = {c: 1 + (h >> (8 * (i + 1))) % 10 for i, c in enumerate(CATEGORIES)}
     age = "ABCDEF"[(h >> 48) % 6]
-    return {"kind": kind, "scores": None if kind == "never_scores" else scores, "age_group": age}
+    return {"kind": kind, "scores": None if kind == "never_scores" else scores, "age_group": age,
+            "overall": 1 + (h >> 56) % 10}
+
+
+def json_answer(p: dict, hackathon: bool, with_scores: bool) -> str:
+    obj = {} if hackathon else {"assessment": assessment_only()}
+    if with_scores:
+        obj.update(p["scores"])
+        obj.update({"overall": p["overall"]} if hackathon else {"age_group": p["age_group"]})
+    return json.dumps(obj)
 
 
 def assessment_only() -> str:
@@ -55,8 +74,13 @@ def assessment_only() -> str:
             "The grammar is mostly fine and the story stays close to the beginning.")
 
 
-def graded_answer(p: dict) -> str:
+def graded_answer(p: dict, hackathon: bool = False) -> str:
     s = p["scores"]
+    if hackathon:
+        if p["kind"] == "fancy":
+            return (f"Here are my scores.\n**GRAMMAR**: {s['grammar']}/10\n**CREATIVITY:** {s['creativity']}\n"
+                    f"CONSISTENCY - {s['consistency']}\nPLOT: {s['plot']} out of 10\nOVERALL: {p['overall']}")
+        return "\n".join([*(f"{c.upper()}: {s[c]}" for c in CATEGORIES), f"OVERALL: {p['overall']}"])
     if p["kind"] == "fancy":
         return (f"Assessment: the grammar has 2 small slips, and the plot: 3 events happen.\n\n"
                 f"**Grammar:** {s['grammar']} out of 10\n**Creativity**: {s['creativity']}/10\n"
@@ -143,8 +167,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         model, messages = body["model"], body["messages"]
         if model.startswith("missing"):
             return self.reply(404, {"error": {"message": f"The model `{model}` does not exist"}})
-        content = messages[0]["content"]
-        sha, reask = content_sha(model, content), len(messages) > 1
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        content = users[0]
+        sha, reask = content_sha(model, content), len(users) > 1
+        form = (body.get("response_format") or {}).get("type")
+        state.write_log(event="request", model=model, sha=sha, reask=reask, form=form, body=body)
+        hackathon = messages[0]["role"] == "system" and "OVERALL" in messages[0]["content"]
+        refused = {"openai": ("json_object", 400), "llama-cpp-python": ("json_schema", 500),
+                   "text-only": (form, 400)}.get(args.kind)
+        if form and refused and refused[0] == form:
+            state.write_log(event="refused_format", model=model, sha=sha, form=form)
+            message = (f"1 validation error: ('body', 'response_format', 'type') Input should be 'text' or "
+                       f"'json_object', input: {form}" if args.kind == "llama-cpp-python" else
+                       f"Invalid parameter: response_format of type {form} is not supported")
+            return self.reply(refused[1], {"error": {"message": message}})
+        as_json = form is not None and args.kind != "plain"
         p = plan(model, content)
         with state.lock:
             attempt = state.attempts.get((sha, reask), 0)
@@ -159,10 +196,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             state.write_log(event="slow", model=model, sha=sha, reask=reask)
             time.sleep(args.slow_seconds)
             return self.reply(500, {"error": {"message": "too late"}})
-        if p["scores"] is None or (p["kind"] == "scores_on_reask" and not reask):
-            answer = assessment_only()
+        with_scores = not (p["scores"] is None or (p["kind"] == "scores_on_reask" and not reask))
+        if as_json:
+            answer = json_answer(p, hackathon, with_scores)
+        elif with_scores:
+            answer = graded_answer(p, hackathon)
         else:
-            answer = graded_answer(p)
+            answer = assessment_only()
         if args.echo_key:
             answer = f"(you sent {self.headers.get('Authorization')}) {answer}"
         usage = {"prompt_tokens": sum(len(m["content"]) for m in messages) // 4, "completion_tokens": len(answer) // 4}
@@ -176,7 +216,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with state.answer_lock:
             if limit is None or state.completed < limit:
                 state.completed += final
-                state.write_log(event="answer", model=model, sha=sha, reask=reask, final=final, usage=usage)
+                state.write_log(event="answer", model=model, sha=sha, reask=reask, final=final, usage=usage,
+                                json=as_json)
                 self.reply(200, {"id": "chatcmpl-fake", "object": "chat.completion", "model": model,
                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": reply_content},
                                               "finish_reason": "stop"}], "usage": usage})
@@ -200,6 +241,7 @@ def main():
     parser.add_argument("--redirect", default=None)
     parser.add_argument("--drip", type=float, default=None)
     parser.add_argument("--content", choices=["list", "number"], default=None)
+    parser.add_argument("--kind", choices=["plain", "openai", "llama-cpp-python", "text-only"], default="plain")
     args = parser.parse_args()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True

@@ -1,6 +1,7 @@
 """Tests of judge.py against a real local HTTP server process (tests/fake_judge_server.py) that answers with
 planned grades and planned faults: 429 with Retry-After, 500, replies without scores, answers too slow."""
 import collections
+import csv
 import json
 import math
 import os
@@ -100,12 +101,12 @@ def write_jsonl(path, rows):
     return path
 
 
-def planned(model, item):
-    return fake.plan(model, judge.grading_messages(item["prompt"], item["completion"])[0]["content"])
+def planned(model, item, protocol=judge.PAPER):
+    return fake.plan(model, protocol.user_message(item["prompt"], item["completion"]))
 
 
-def sha_of(model, item):
-    return fake.content_sha(model, judge.grading_messages(item["prompt"], item["completion"])[0]["content"])
+def sha_of(model, item, protocol=judge.PAPER):
+    return fake.content_sha(model, protocol.user_message(item["prompt"], item["completion"]))
 
 
 def expected_stats(values):
@@ -241,13 +242,14 @@ def test_faulty_server_run_completes_with_the_servers_scores(tmp_path, server_fa
     # per-item rows: the story, the judge, the scores or "unparsed"
     assert len(report["items"]) == len(items) * len(models)
     for row in report["items"]:
-        p = fake.plan(row["judge"], judge.grading_messages(row["prompt"], row["completion"])[0]["content"])
+        p = planned(row["judge"], row)
         assert row["scores"] == ("unparsed" if p["scores"] is None else {c: p["scores"][c] for c in judge.CATEGORIES})
 
     # the record's judge block, the rest of results.json kept
     results = json.loads((record / "results.json").read_text())
     assert results["schema"] == "speedrun-record/1" and results["name"] == "r"
-    assert results["judge"] == {k: report[k] for k in ("judges", "n", *judge.CATEGORIES, "overall", "ci95")}
+    assert results["judge"] == {k: report[k] for k in ("judges", "n", *judge.CATEGORIES, "overall", "ci95", "protocol")}
+    assert results["judge"]["protocol"] == "tinystories-paper/1"
 
     # every grade answered exactly once; the 429s were waited out as long as Retry-After said
     answered = answered_grades(server)
@@ -674,3 +676,176 @@ def test_an_answer_whose_content_is_not_a_string(tmp_path, server_factory, form)
         assert report["grammar"] == pytest.approx(np.mean([planned("judge-a", it)["scores"]["grammar"] for it in items]))
     else:
         assert report["n"] == 0 and report["unparsed"] == 3
+
+
+# -----------------------------------------------------------------------------
+# the hackathon's protocol, structured outputs, and its submission file
+
+def requests_of(server) -> list[dict]:
+    return [e for e in server.events() if e["event"] == "request"]
+
+
+def hackathon_items(n_each=2):
+    """Items whose planned answers cover the plain, fancy, never-scores and scores-on-follow-up kinds."""
+    by_kind = collections.defaultdict(list)
+    for it in make_items(40, 1):
+        by_kind[planned("judge-a", it, judge.HACKATHON)["kind"]].append(it)
+    return [it for kind in ("plain", "fancy", "never_scores", "scores_on_reask") for it in by_kind[kind][:n_each]]
+
+
+def test_hackathon_protocol_request_bodies_follow_up_and_both_overalls(tmp_path, server_factory):
+    server = server_factory()
+    items = hackathon_items()
+    record = tmp_path / "record"
+    record.mkdir()
+    (record / "results.json").write_text(json.dumps({"name": "r", "judge": None}))
+    proc = run_judge(f"--completions={write_jsonl(tmp_path / 's.jsonl', items)}", f"--base_url={server.base_url}",
+                     "--model=judge-a", "--protocol=hackathon", "--structured=off", f"--cache_dir={tmp_path / 'cache'}",
+                     f"--record={record}", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    # the requests: the system prompt, the story as {story_start}***{completion}, temperature 0.1, a short
+    # answer, no response_format; the follow-up only where a score was missing, after the first answer
+    bodies = [e["body"] for e in requests_of(server)]
+    for body in bodies:
+        assert body["temperature"] == 0.1 and body["max_tokens"] == 128 and "response_format" not in body
+        assert body["messages"][0] == {"role": "system", "content": judge.HACKATHON_SYSTEM}
+    firsts = {b["messages"][1]["content"] for b in bodies if len(b["messages"]) == 2}
+    assert firsts == {f"{it['prompt']}***{it['completion']}" for it in items}
+    follow_ups = [b["messages"] for b in bodies if len(b["messages"]) == 4]
+    assert len(follow_ups) == 4   # the never-scores and scores-on-follow-up items, once each
+    assert all(m[2]["role"] == "assistant" and m[3] == {"role": "user", "content": judge.HACKATHON_FOLLOWUP}
+               for m in follow_ups)
+    # the scores: the four categories, overall as their mean, and the judge's own OVERALL beside it
+    report = json.loads((record / "judge.json").read_text())
+    plans = [planned("judge-a", it, judge.HACKATHON) for it in items]
+    ok = [p for p in plans if p["scores"]]
+    assert report["n"] == len(ok) == 6 and report["per_judge"]["judge-a"]["parse_rate"] == pytest.approx(6 / 8)
+    for c in judge.CATEGORIES:
+        assert report[c] == pytest.approx(np.mean([p["scores"][c] for p in ok]))
+    assert report["overall"] == pytest.approx(np.mean([np.mean([p["scores"][c] for c in judge.CATEGORIES]) for p in ok]))
+    assert report["overall_judge"] == pytest.approx(np.mean([p["overall"] for p in ok]))
+    assert "age_groups" not in report
+    block = json.loads((record / "results.json").read_text())["judge"]
+    assert block["protocol"] == "tinystories-hackathon/1" and block["overall_judge"] == report["overall_judge"]
+    assert block["overall"] == pytest.approx(np.mean([block[c] for c in judge.CATEGORIES]))
+    # another protocol is other grades: nothing of the hackathon's cache is reused by the paper's
+    proc = run_judge(f"--completions={write_jsonl(tmp_path / 's.jsonl', items)}", f"--base_url={server.base_url}",
+                     "--model=judge-a", "--structured=off", f"--cache_dir={tmp_path / 'cache'}",
+                     f"--out={tmp_path / 'paper.json'}", *FAST)
+    assert proc.returncode == 0 and "0 grades reused" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("kind, protocol, forms", [
+    ("openai", "paper", ["json_schema"]),                                    # taken at once
+    ("llama-cpp-python", "hackathon", ["json_schema", "json_object"]),       # 500, then json_object
+    ("text-only", "hackathon", ["json_schema", "json_object", None]),        # 400, 400, then free text
+])
+def test_structured_output_falls_back_once_and_remembers(tmp_path, server_factory, kind, protocol, forms):
+    server = server_factory(f"--kind={kind}")
+    proto = judge.PROTOCOLS[protocol]
+    items = [it for it in make_items(30, 1) if planned("judge-a", it, proto)["kind"] in ("plain", "fancy")][:5]
+    proc = run_judge(f"--completions={write_jsonl(tmp_path / 's.jsonl', items)}", f"--base_url={server.base_url}",
+                     "--model=judge-a", f"--protocol={protocol}", "--concurrency=1", f"--cache_dir={tmp_path / 'cache'}",
+                     f"--out={tmp_path / 'j.json'}", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    requests = requests_of(server)
+    # the forms in the order the server saw them: each refused one once (no retry, no loop), then the one
+    # that works for every other request
+    seen = [r["form"] for r in requests]
+    assert seen == forms + [forms[-1]] * (len(items) - 1)
+    schema = proto.json_schema()
+    for r in requests:
+        body = r["body"]
+        if r["form"] == "json_schema":
+            assert body["response_format"] == {"type": "json_schema", "json_schema": {"name": "grades", "schema": schema}}
+        elif r["form"] == "json_object":
+            assert body["response_format"] == {"type": "json_object", "schema": schema}
+        if r["form"]:   # a JSON answer is asked for in words too, at the end of the system prompt
+            assert body["messages"][0]["role"] == "system" and body["messages"][0]["content"].endswith(proto.json_note())
+        else:           # free text: the protocol's own messages, nothing about JSON
+            assert "response_format" not in body and not any(proto.json_note() in m["content"] for m in body["messages"])
+    report = json.loads((tmp_path / "j.json").read_text())
+    judge_report = report["per_judge"]["judge-a"]
+    assert judge_report["parse_rate"] == 1.0 and judge_report["formats"] == {forms[-1] or "off": len(items)}
+    for c in judge.CATEGORIES:
+        assert report[c] == pytest.approx(np.mean([planned("judge-a", it, proto)["scores"][c] for it in items]))
+    if protocol == "paper":   # the JSON answer's assessment and age group are kept
+        ages = collections.Counter(planned("judge-a", it)["age_group"] for it in items)
+        assert {k: v for k, v in report["age_groups"].items() if v} == dict(ages)
+        assert all(json.loads(row["answers"][0])["assessment"] for row in report["items"])
+    # a form asked for by name is not swapped for another: one line when the server refuses it
+    if kind == "llama-cpp-python":
+        proc = run_judge(f"--completions={write_jsonl(tmp_path / 's.jsonl', items)}", f"--base_url={server.base_url}",
+                         "--model=judge-b", "--structured=json_schema", f"--cache_dir={tmp_path / 'cache'}", *FAST)
+        assert_one_line_error(proc, "refused response_format json_schema", "--structured=auto")
+
+
+def test_parse_json_answers():
+    labels = judge.HACKATHON.labels
+    assert judge.parse_grades('{"grammar": 7, "creativity": "8", "consistency": 6.5, "plot": 9, "overall": 7}', labels) == \
+        {"grammar": 7, "creativity": 8, "consistency": 6.5, "plot": 9, "overall": 7}
+    # fenced, upper-case keys; out of range, booleans and words are not scores
+    assert judge.parse_grades('```json\n{"GRAMMAR": 11, "Creativity": true, "consistency": "seven", "plot": 3}\n```',
+                              labels) == {"grammar": None, "creativity": None, "consistency": None, "plot": 3, "overall": None}
+    # text answers in the hackathon's LABEL: score form
+    assert judge.parse_grades("GRAMMAR: 6\nCREATIVITY: 5\nCONSISTENCY: 4\nPLOT: 3\nOVERALL: 5", labels) == \
+        {"grammar": 6, "creativity": 5, "consistency": 4, "plot": 3, "overall": 5}
+
+
+def test_protocol_file_in_the_organisers_yaml_layout(tmp_path, server_factory):
+    server = server_factory()
+    spec = tmp_path / "prompts.yaml"
+    spec.write_text("system_prompt: |\n  Score the story. Give GRAMMAR, CREATIVITY, CONSISTENCY, PLOT, OVERALL.\n"
+                    "user_prompt: \"Beginning and continuation {like this}: {story_start}***{completion}\"\n"
+                    "followup_prompt: Scores only, please.\nmodels: [ignored]\n")
+    proto = judge.load_protocol_file(spec)
+    assert proto.followup_prompt == "Scores only, please." and proto.temperature == 0.1
+    items = [it for it in make_items(30, 1) if planned("judge-a", it, proto)["kind"] == "plain"][:2]
+    proc = run_judge(f"--completions={write_jsonl(tmp_path / 's.jsonl', items)}", f"--base_url={server.base_url}",
+                     "--model=judge-a", f"--protocol_file={spec}", "--structured=off", f"--cache_dir={tmp_path / 'cache'}",
+                     f"--out={tmp_path / 'j.json'}", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    bodies = [r["body"] for r in requests_of(server)]
+    assert {b["messages"][0]["content"] for b in bodies} == {
+        "Score the story. Give GRAMMAR, CREATIVITY, CONSISTENCY, PLOT, OVERALL.\n"}
+    assert {b["messages"][1]["content"] for b in bodies} == {
+        f"Beginning and continuation {{like this}}: {it['prompt']}***{it['completion']}" for it in items}
+    assert all(b["temperature"] == 0.1 for b in bodies)
+    report = json.loads((tmp_path / "j.json").read_text())
+    assert report["protocol"].startswith("tinystories-hackathon-file/") and report["n"] == 2
+    # files that cannot work: one line each, before any request
+    for text, needle in [("user_prompt: 'no story here'\n", "{completion}"), ("- a list\n", "YAML mapping"),
+                         ("system_prompt: [1, 2]\n", "non-empty string"), ("system_prompt: 'a\n", "not valid YAML")]:
+        spec.write_text(text)
+        proc = run_judge(f"--completions={write_jsonl(tmp_path / 's.jsonl', items)}", f"--base_url={server.base_url}",
+                         "--model=judge-a", f"--protocol_file={spec}", f"--cache_dir={tmp_path / 'cache'}", *FAST)
+        assert_one_line_error(proc, "--protocol_file", needle)
+    assert_one_line_error(run_judge(f"--completions={tmp_path / 's.jsonl'}", "--model=judge-a", "--protocol=paper",
+                                    f"--protocol_file={spec}"), "--protocol=paper")
+
+
+def test_generate_only_fills_a_submission_template_row_by_row(tmp_path, one_thread):
+    ckpt = tmp_path / "tiny.pt"
+    tiny_checkpoint(ckpt)
+    a, b = "Tom had a red ball, and he", "The cat sat by the door, and"
+    template = tmp_path / "evaluation_prompts.csv"
+    order = [a, b, a, b, b, a, a, b]   # each prompt four times, interleaved
+    template.write_text("id,prompt,completion\n" + "".join(f'{i},"{p}",\n' for i, p in enumerate(order)))
+    common = [f"--ckpt={ckpt}", f"--prompts={template}", "--max_new_tokens=8", f"--cache_dir={tmp_path / 'cache'}",
+              "--device=cpu"]
+    proc = run_judge(*common, f"--generate_only={tmp_path / 'submission.csv'}", env_key=None)
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / "submission.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == [str(i) for i in range(8)] and [r["prompt"] for r in rows] == order
+    # the j-th row of a prompt holds its j-th sample: the completions a plain --ckpt run generates
+    expected = judge.generate_completions(str(ckpt), [a, b], samples=[4, 4], max_new_tokens=8, temperature=1.0, top_k=None,
+                                          top_p=None, seed=1337, batch_size=32, device="cpu")
+    samples = {p: [it["completion"] for it in expected if it["prompt"] == p] for p in (a, b)}
+    assert [r["completion"] for r in rows] == [samples[p][order[:i].count(p)] for i, p in enumerate(order)]
+    assert len(set(samples[a])) > 1                                        # four samples, not one copied
+    items = judge.load_completions(tmp_path / "submission.csv")           # and it judges like any submission
+    assert [(it["prompt_id"], it["sample"]) for it in items][:3] == [(0, 0), (1, 0), (0, 1)]
+    # --samples contradicts the rows
+    assert_one_line_error(run_judge(*common, "--samples=2", f"--generate_only={tmp_path / 'x.csv'}", env_key=None),
+                          "--samples does not apply")
