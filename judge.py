@@ -1,24 +1,38 @@
 """
-The TinyStories-paper LLM-as-a-judge: story beginnings, completions, grades from a chat model.
+The TinyStories LLM-as-a-judge: story beginnings, completions, grades from a chat model.
 
-The protocol is the one of Eldan & Li, "TinyStories" (arXiv:2305.07759), as the TinyStories Hackathon
-applied it: a model completes story beginnings that are cut mid-sentence; a judge model sees the
-beginning and the completion separated by `***`, is told a student wrote the part after it, writes a
-short assessment, then grades grammar, creativity, consistency and plot out of 10 and guesses the
-student's age group (A: 3 or under ... F: 13-16). Any OpenAI-compatible /v1/chat/completions endpoint
-can judge (OpenAI, vLLM, llama.cpp server, Ollama, SGLang); several --model flags mean several judges.
+Two grading protocols (--protocol). `paper` (the default) is Eldan & Li, "TinyStories" (arXiv:2305.07759):
+a model completes story beginnings that are cut mid-sentence; a judge sees the beginning and the
+completion separated by `***`, is told a student wrote the part after it, writes a short assessment, then
+grades grammar, creativity, consistency and plot out of 10 and guesses the student's age group (A: 3 or
+under ... F: 13-16). `hackathon` is the scoring the TinyStories Hackathon's organisers ran: a system
+prompt asking GRAMMAR, CREATIVITY, CONSISTENCY, PLOT and OVERALL from 1 to 10 as `LABEL: score` lines, the
+story as `{story_start}***{completion}`, temperature 0.1, a short answer; --protocol_file FILE.yaml takes
+its prompts from a YAML file in the organisers' layout (system_prompt, user_prompt, followup_prompt).
+Either way one follow-up is sent when a score is missing, and the record's `overall` is the mean of the
+four categories (the hackathon's own OVERALL is reported beside it as `overall_judge`).
+
+Any OpenAI-compatible /v1/chat/completions endpoint can judge (OpenAI, vLLM, llama.cpp server, Ollama,
+SGLang); several --model flags mean several judges. --structured=auto (the default) asks for the grades
+as a JSON object, which small local models need: response_format json_schema, then json_object with a
+schema (llama-cpp-python's server), then free text, as the server accepts; judge.json gives the parse
+rate per judge.
 
 Judge a checkpoint (generates --samples completions per prompt, then grades them):
     OPENAI_API_KEY=sk-... python judge.py --ckpt=ckpt.pt --model=gpt-4o --base_url=https://api.openai.com/v1
 Judge a submitted file of completions (CSV or JSONL with `prompt` and `completion`), no model needed:
     python judge.py --completions=submission.csv --model=qwen2.5:14b --base_url=http://localhost:11434/v1 --api_key_env=
+Write the hackathon's submission file: every row of a `prompt,completion` CSV gets its completion (a
+prompt on four rows gets four samples), rows kept in order; no judge is called:
+    python judge.py --ckpt=ckpt.pt --prompts=evaluation_prompts.csv --generate_only=submission.csv
 Write the summary into a record's results.json (and the full report to DIR/judge.json):
     python judge.py --ckpt=ckpt.pt --model=gpt-4o --record=records/tinystories/2025-01-01_me
 
 Re-runs are free: generated completions are saved in --cache_dir keyed by the generation arguments,
 and every judge answer is appended (fsync'd) to --cache_dir/grades.jsonl keyed by (protocol, judge model,
-prompt, completion), so a re-run, or a run resumed after a crash, sends only the requests not yet answered.
-The API key is read from the environment variable named by --api_key_env and is never printed or written.
+prompt, completion), so a re-run, or a run resumed after a crash or Ctrl-C, sends only the requests not
+yet answered. The API key is read from the environment variable named by --api_key_env; it is sent only
+to --base_url (redirects are refused), and never printed or written (a server that echoes it is redacted).
 """
 import argparse
 import collections
@@ -41,6 +55,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import urllib.request  # the proxy settings only: requests go through http.client
 
 from tqdm import tqdm
 
@@ -409,7 +424,11 @@ class ChatClient:
         self.forms_index = {}
         self.stop = threading.Event()  # set on Ctrl-C or a fatal error: nothing more is sent
         self.open = set()              # connections in flight, closed by abort()
-        self.open_lock = threading.Lock()
+        self.lock = threading.Lock()      # guards open and forms_index
+        self.proxy = None  # an HTTP(S)_PROXY that applies to --base_url, as urllib would use it
+        if not urllib.request.proxy_bypass(self.host):
+            proxy = urllib.request.getproxies().get("https" if self.https else "http")
+            self.proxy = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}") if proxy else None
 
     def redact(self, text: str) -> str:
         """Servers may echo the key (in an answer or an error body); it never reaches our output or files."""
@@ -418,7 +437,7 @@ class ChatClient:
     def abort(self) -> None:
         """Stop now: no new request, and every request in flight fails at once."""
         self.stop.set()
-        with self.open_lock:
+        with self.lock:
             conns = list(self.open)
         for conn in conns:
             close_socket(conn)
@@ -430,7 +449,15 @@ class ChatClient:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         factory = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-        conn = factory(self.host, self.port, timeout=self.timeout)
+        path = self.path
+        if self.proxy is None:
+            conn = factory(self.host, self.port, timeout=self.timeout)
+        elif self.https:  # a CONNECT tunnel through the proxy; TLS to the server itself
+            conn = factory(self.proxy.hostname, self.proxy.port or 8080, timeout=self.timeout)
+            conn.set_tunnel(self.host, self.port)
+        else:             # plain HTTP: the proxy gets the whole URL
+            conn = http.client.HTTPConnection(self.proxy.hostname, self.proxy.port or 8080, timeout=self.timeout)
+            path = self.url
         expired = threading.Event()
 
         def expire():
@@ -439,7 +466,7 @@ class ChatClient:
 
         timer = threading.Timer(self.timeout, expire)
         timer.daemon = True
-        with self.open_lock:
+        with self.lock:
             self.open.add(conn)
         timer.start()
         try:
@@ -452,7 +479,7 @@ class ChatClient:
                     raise Stopped()
                 raise ValueError(f"cannot reach {self.url}: {self.redact(str(e.strerror or e))}; "
                                  f"start the server or fix --base_url")
-            conn.request("POST", self.path, body=json.dumps(body).encode(), headers=headers)
+            conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
             response = conn.getresponse()
             raw = response.read(MAX_REPLY_BYTES + 1)
             reply = (response.status, raw, parse_retry_after(response.getheader("Retry-After")),
@@ -465,7 +492,7 @@ class ChatClient:
             raise TransientError(type(e).__name__)
         finally:
             timer.cancel()
-            with self.open_lock:
+            with self.lock:
                 self.open.discard(conn)
             conn.close()
         if expired.is_set():
@@ -473,13 +500,13 @@ class ChatClient:
         return reply
 
     def form_for(self, model: str) -> str:
-        with self.open_lock:
+        with self.lock:
             return self.forms[self.forms_index.get(model, 0)]
 
     def reject_form(self, model: str, form: str) -> bool:
         """The server refused `form` for `model`: move on to the next one (once, whichever worker saw it
         first; never back). False when there is none left to try."""
-        with self.open_lock:
+        with self.lock:
             index = self.forms_index.get(model, 0)
             if self.forms[index] == form and index + 1 < len(self.forms):
                 self.forms_index[model] = index + 1
