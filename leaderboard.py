@@ -60,8 +60,17 @@ SCHEMA = "speedrun-record/1"
 TRACKS = ("tinystories", "tinystories-wiki", "fineweb-edu", "open")
 TINYSTORIES_TRACKS = ("tinystories", "tinystories-wiki")
 # The primary BPB of a run is every eval entry whose id, lower-cased with punctuation dropped, starts with this.
-PRIMARY_EVAL_PREFIX = {"tinystories": "tinystories", "tinystories-wiki": "tinystories", "fineweb-edu": "c4", "open": "c4"}
-PRIMARY_EVAL_NAME = {"tinystories": "TinyStories valid BPB", "c4": "C4-EN valid BPB"}
+# Paloma's C4-EN (allenai/paloma, c4_en, val) is what Marin scores; allenai/c4's validation set (eval id c4-en-val)
+# is another text and counts as a secondary eval.
+PALOMA_EVAL_ID = "paloma-c4-en"
+PALOMA_PREFIX = "palomac4en"
+PRIMARY_EVAL_PREFIX = {"tinystories": "tinystories", "tinystories-wiki": "tinystories",
+                       "fineweb-edu": PALOMA_PREFIX, "open": PALOMA_PREFIX}
+PRIMARY_EVAL_NAME = {"tinystories": "TinyStories valid BPB", PALOMA_PREFIX: "Paloma C4-EN BPB"}
+PRIMARY_EVAL_EXAMPLE = {"tinystories": "tinystories-valid", PALOMA_PREFIX: PALOMA_EVAL_ID}
+# Marin's size tracks: the Paloma C4-EN BPB its reference Llamas reached; a run is listed under every threshold
+# it reaches, ranked by hardware FLOPs (fewest first).
+MARIN_SIZE_TRACKS = (("llama_30m", 1.5264), ("llama_75m", 1.2789), ("llama_300m", 1.1037), ("llama_1_4b", 0.9557))
 # Folder names under records/ and eval ids: they become links and table titles, so plain names only.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
 TOLERANCE = 0.01  # recomputed figures may differ from the record's by at most 1%
@@ -73,7 +82,7 @@ MARIN_NAME = "speedrun_results.json"
 MAX_JSON_DEPTH = 64  # a record is a few levels deep; deeper nesting is refused before anything walks it
 
 # Marin's records: the eval is Paloma's C4-EN, which carries no byte fingerprint, so they get their own.
-MARIN_EVAL_ID = "c4_en"
+MARIN_EVAL_ID = PALOMA_EVAL_ID
 MARIN_FINGERPRINT = "marin-paloma-c4_en"
 MARIN_BPB_KEY = "eval/paloma/c4_en/bpb"
 MARIN_DEFAULT_VOCAB = 128_256  # "tokenizer": null in a Marin config means Marin's default, Llama 3's tokenizer
@@ -469,11 +478,15 @@ def check_code_against_log(results_path, code):
 # ----------------------------------------------------------------------------------------------------
 # Reading one record file into runs. A run is a plain dict with the fields the tables need.
 
+def normalized_id(eval_id):
+    """An eval id lower-cased with punctuation dropped: "Paloma-C4_EN" -> "palomac4en"."""
+    return re.sub(r"[^a-z0-9]", "", eval_id.lower())
+
+
 def primary_evals(track, evals):
     """[(eval id, bpb, fingerprint)] for the eval entries that count as the track's primary BPB."""
     prefix = PRIMARY_EVAL_PREFIX[track]
-    return sorted((k, v["bpb"], v["fingerprint"]) for k, v in evals.items()
-                  if re.sub(r"[^a-z0-9]", "", k.lower()).startswith(prefix))
+    return sorted((k, v["bpb"], v["fingerprint"]) for k, v in evals.items() if normalized_id(k).startswith(prefix))
 
 
 def load_speedrun_record(path, track):
@@ -510,8 +523,10 @@ def load_speedrun_record(path, track):
         problems.append(invalid(path, "compute.flops_convention", "expected \"marin\" (the project's one FLOPs convention)"))
     evals = primary_evals(track, rec["eval"])
     if not evals:
-        problems.append(invalid(path, "eval", f"no primary eval: track {track} needs an eval id starting with "
-                                                    f"\"{PRIMARY_EVAL_PREFIX[track]}\" (has: {', '.join(rec['eval']) or 'none'})"))
+        example = PRIMARY_EVAL_EXAMPLE[PRIMARY_EVAL_PREFIX[track]]
+        problems.append(invalid(path, "eval", f"no primary eval: track {track} needs an eval id like \"{example}\" "
+                                              f"(python eval_bpb.py --data {example} --record ...; "
+                                              f"has: {', '.join(rec['eval']) or 'none'})"))
     problems += recompute_speedrun_record(path, rec)
     problems += check_code_against_log(path, rec["code"])
     if problems:
@@ -525,7 +540,7 @@ def load_speedrun_record(path, track):
         "model_flops": float(compute["model_flops"]), "hardware_flops": float(compute["hardware_flops"]),
         "seconds": float(compute["train_seconds"]), "hardware": f"{compute['device_count']}× {compute['device']}",
         "mfu": float(compute["mfu"]), "evals": evals,
-        "target": target, "judge_overall": float(judge["overall"]) if judge else None,
+        "target": target, "judge_overall": float(judge["overall"]) if judge else None, "notes": [],
     }
     return [run], []
 
@@ -608,34 +623,80 @@ def recompute_speedrun_record(path, rec):
     return [p for p in problems if p]
 
 
-def marin_hardware(resources):
-    """(device name, device count, peak per device or None, peak is measured) from Marin's resources block."""
-    resources = resources or {}
-    override = resources.get("device_flops_override")
-    if isinstance(resources.get("tpu_type"), str) and re.fullmatch(r"v\w+-\d+", resources["tpu_type"]):
-        kind, count = resources["tpu_type"].split("-")
-        slices = resources.get("slice_count") or 1
-        slices = max(slices) if isinstance(slices, list) else slices
-        device, n = f"TPU {kind}", int(count) * int(slices)  # Marin counts the number after the dash as devices
-    elif is_int(resources.get("gpu_count")) and isinstance(resources.get("accelerator_type"), str):
-        device, n = resources["accelerator_type"], resources["gpu_count"]
-    else:
-        return None, None, None, False
-    if is_number(override):
-        return device, n, float(override), True
-    return device, n, datasheet_peak(device), False
+# ----------------------------------------------------------------------------------------------------
+# Marin's speedrun_results.json, in every form Marin has written it:
+#   current  {"runs": [{"run_info": {model_size, model_flops, training_hardware_flops, training_time (s),
+#            resources, ...; later also num_devices, num_chips, device_flops, model_flops_per_token}}]}
+#   older    {"runs": [{"run_related_info": {num_parameters, total_tokens, hardware_config, model_config,
+#            train_config: {resources: {accelerator_type, gpu_count}}, ...},
+#            "run_stats": {eval/paloma/c4_en/bpb, total_training_flops, training_time_in_minutes, ...}}]}
+# Resources come as {tpu_type, slice_count}, {accelerator_type, gpu_count} or {device: {kind, variant, count}};
+# the sequence length as seq_len or max_seq_len. Marin's own figures are shown as Marin reported them. A figure is
+# recomputed only where the config maps exactly onto a model this repository computes (a plain Llama, or our
+# own GPTConfig as --export_marin writes it); where Marin's own conventions explain a difference (TPU cores
+# counted as devices, a non-Llama architecture, an older FLOPs measure) the row carries a note. A file is
+# refused only when it is malformed (a field missing or of the wrong type) or its figures contradict each other
+# under every convention Marin has used.
+
+MARIN_EXTRA_FIELDS = {"num_devices": "count?", "num_chips": "count?", "device_flops": "positive?",
+                      "model_flops_per_token": "positive?", "train_config": "dict?", "tokenized_dataset": "str?",
+                      "wandb_run_link": "str?"}
+MARIN_OLD_INFO_FIELDS = {"model_config": "dict", "num_parameters": "count", "total_tokens": "count",
+                         "run_completion_timestamp": "str", "hardware_config": "dict?", "train_config": "dict?",
+                         "author": "dict?", "description": "str?", "tokenized_dataset": "str?", "wandb_run_link": "str?"}
+MARIN_OLD_STATS_FIELDS = {MARIN_BPB_KEY: "positive", "training_time_in_minutes": "positive",
+                          "total_training_flops": "positive?", "pre_run_flops_estimate": "positive?"}
+MARIN_HARDWARE_FIELDS = {"device_flops": "positive?", "device_type": "str?", "num_devices": "count?"}
+MARIN_SEQ_KEYS = ("seq_len", "max_seq_len")
+# Levanter's Llama config: the keys a plain Llama has. Feature switches are plain only when off (false/null/0).
+MARIN_LLAMA_KEYS = {"activation_function", "attn_backend", "cross_entropy_block_size", "flash_attention_block_size",
+                    "gradient_checkpointing", "head_dim", "hidden_dim", "initializer_range", "intermediate_dim",
+                    "layer_norm_epsilon", "num_heads", "num_kv_heads", "num_layers", "reference_checkpoint", "rope",
+                    "scan_layers", "seq_len", "max_seq_len", "tie_word_embeddings", "tokenizer", "upcast_attn",
+                    "use_flash_attention", "use_layer_norm_weight", "sliding_window"}
+MARIN_FEATURES = {"use_gated_deltanet": "Gated DeltaNet", "use_gated_attention": "gated attention",
+                  "gated_attention": "gated attention", "use_attention_sink": "attention sinks",
+                  "use_qk_norm": "QK norm", "qk_norm": "QK norm", "use_sliding_window": "sliding-window attention",
+                  "hybrid_norm": "hybrid norm", "input_embedding_norm": "input embedding norm", "use_bias": "biases"}
+# TPU type "v5p-32": the number counts TensorCores; v4 and v5p have two per chip, v5e and v6e one.
+TPU_CORES_PER_CHIP = {"v2": 2, "v3": 2, "v4": 2, "v5p": 2, "v5e": 1, "v5litepod": 1, "v6e": 1}
+
+
+def marin_features(model_config):
+    """What keeps a Marin config from being a plain Llama: [feature names] (empty for a plain Llama)."""
+    found = []
+    for key, value in model_config.items():
+        if key in MARIN_FEATURES:
+            if value not in (None, False, 0):
+                found.append(MARIN_FEATURES[key])
+        elif key not in MARIN_LLAMA_KEYS:
+            found.append(f"field {key}")
+    if model_config.get("activation_function", "silu") != "silu":
+        found.append(f"activation {model_config['activation_function']}")
+    if any(name.startswith("field ") for name in found) and any(not name.startswith("field ") for name in found):
+        found = [name for name in found if not name.startswith("field ")]  # named features say enough
+    return sorted(set(found), key=found.index)
+
+
+def marin_seq_len(model_config, path, prefix):
+    """(seq_len or None, problems): Marin writes seq_len or max_seq_len; a present one must be a count."""
+    for key in MARIN_SEQ_KEYS:
+        if key in model_config and model_config[key] is not None:
+            if not TYPE_CHECKS["count"][0](model_config[key]):
+                return None, [invalid(path, f"{prefix}model_config.{key}", f"expected an integer >= 1, "
+                                                                            f"got {short_json(model_config[key])}")]
+            return model_config[key], []
+    return None, []
 
 
 def marin_config_as_gpt(model_config):
-    """Marin's (Levanter's) Llama config as this repo's GPTConfig fields, or None when it does not map
-    (another architecture, a head_dim that is not hidden/heads), in which case its FLOPs are not recomputed."""
-    needed = ("hidden_dim", "intermediate_dim", "num_layers", "num_heads", "num_kv_heads", "seq_len")
-    if not all(is_int(model_config.get(k)) for k in needed):
-        return None
-    if any("expert" in k or "moe" in k for k in model_config):
+    """Marin's (Levanter's) Llama config as this repo's GPTConfig fields, whatever its extra switches, or None
+    when its shape is not a Llama's (no hidden_dim ..., a head_dim that is not hidden/heads, another tokenizer)."""
+    needed = ("hidden_dim", "intermediate_dim", "num_layers", "num_heads", "num_kv_heads")
+    if not all(is_int(model_config.get(k)) and model_config[k] >= 1 for k in needed):
         return None
     d, heads = model_config["hidden_dim"], model_config["num_heads"]
-    if model_config.get("head_dim") not in (None, d // heads) or model_config.get("activation_function", "silu") != "silu":
+    if model_config.get("head_dim") not in (None, d // heads) or d % heads:
         return None
     if model_config.get("tokenizer") is not None:
         return None  # only the default tokenizer's vocabulary size is known here
@@ -643,6 +704,199 @@ def marin_config_as_gpt(model_config):
             "n_kv_head": model_config["num_kv_heads"], "n_embd": d, "mlp": "swiglu",
             "mlp_ratio": model_config["intermediate_dim"] / d,
             "tie_embeddings": bool(model_config.get("tie_word_embeddings", False))}
+
+
+def our_config_in_marin(model_config):
+    """The GPTConfig dict that --export_marin writes as model_config (our fields plus seq_len), or None."""
+    import model as model_lib
+    ours = {k: v for k, v in model_config.items() if k not in MARIN_SEQ_KEYS}
+    if not {"n_layer", "n_embd", "vocab_size"} <= set(ours):
+        return None
+    try:
+        model_lib.config_from_dict(ours)
+    except (TypeError, ValueError):
+        return None
+    return ours
+
+
+def tpu_devices(tpu_type, slices):
+    """("TPU v5p", TensorCores, chips) for a TPU type such as "v5p-32" (times the slice count), or None."""
+    m = re.fullmatch(r"(v\d+[a-z]*)-(\d+)", tpu_type or "")
+    if not m or m.group(1) not in TPU_CORES_PER_CHIP:
+        return None
+    slices = max(slices) if isinstance(slices, list) and slices else slices
+    slices = slices if is_int(slices) and slices >= 1 else 1
+    cores = int(m.group(2)) * slices
+    kind = "v5e" if m.group(1) == "v5litepod" else m.group(1)
+    return f"TPU {kind}", cores, max(1, cores // TPU_CORES_PER_CHIP[m.group(1)])
+
+
+def device_name(name):
+    """A device name as the tables show it: Marin's short lower-case ones ("a100", "h100") upper-cased."""
+    if not isinstance(name, str) or not name:
+        return None
+    return name.upper() if re.fullmatch(r"[a-z]\d+[a-z]?", name) else name
+
+
+def marin_hardware(info, resources, hardware_config):
+    """(device name or None, [(count, what it counts)], [(peak FLOP/s per device, where it comes from)]) from every
+    place Marin has put them: resources {tpu_type, slice_count} / {accelerator_type, gpu_count} /
+    {device: {kind, variant, count}}, the older hardware_config, and num_devices / num_chips / device_flops."""
+    resources = resources if isinstance(resources, dict) else {}
+    hardware_config = hardware_config if isinstance(hardware_config, dict) else {}
+    device, counts, peaks = None, [], []
+    spec = resources.get("device") if isinstance(resources.get("device"), dict) else {}
+    if isinstance(resources.get("tpu_type"), str):
+        tpu = tpu_devices(resources["tpu_type"], resources.get("slice_count"))
+    elif spec.get("kind") == "tpu" and isinstance(spec.get("variant"), str):
+        tpu = tpu_devices(spec["variant"], resources.get("replicas"))  # replicas: the slices
+    else:
+        tpu = None
+    if tpu:
+        device, cores, chips = tpu
+        counts += [(chips, "chips")] + ([(cores, "TPU cores")] if cores != chips else [])
+    elif spec:
+        variant = spec.get("variant")
+        kind = str(spec.get("kind") or "device").upper() if spec.get("kind") in ("gpu", "cpu") else str(spec.get("kind") or "device")
+        device = variant if isinstance(variant, str) and variant not in ("", "auto") else kind
+        if is_int(spec.get("count")) and spec["count"] >= 1:
+            counts.append((spec["count"], "devices"))
+    elif isinstance(resources.get("accelerator_type"), str) or is_int(resources.get("gpu_count")):
+        device = device_name(resources.get("accelerator_type") or hardware_config.get("device_type"))
+        if is_int(resources.get("gpu_count")) and resources["gpu_count"] >= 1:
+            counts.append((resources["gpu_count"], "GPUs"))
+    if device is None and isinstance(hardware_config.get("device_type"), str):
+        device = device_name(hardware_config["device_type"])
+    for key, what in (("num_chips", "chips"), ("num_devices", "devices")):
+        for source in (info, hardware_config):
+            n = source.get(key)
+            if is_int(n) and n >= 1 and n not in [c for c, _ in counts]:
+                counts.append((n, what))
+    for source, key, what in ((info, "device_flops", "Marin's device_flops"),
+                              (hardware_config, "device_flops", "Marin's device_flops"),
+                              (resources, "device_flops_override", "Marin's device_flops_override")):
+        if is_number(source.get(key)) and source[key] > 0 and float(source[key]) not in [p for p, _ in peaks]:
+            peaks.append((float(source[key]), what))
+    known = datasheet_peak(device) if device else None
+    if known is not None and known not in [p for p, _ in peaks]:
+        peaks.append((known, f"the {device} datasheet peak"))
+    return device, counts, peaks
+
+
+def marin_fields(entry, path, i):
+    """One entry of "runs" in Marin's current or older form, as one dict of what the tables need
+    (the figures as Marin wrote them, None where that form has none), or (None, problems)."""
+    if not isinstance(entry, dict):
+        return None, [invalid(path, f"runs[{i}]", "expected an object")]
+    if isinstance(entry.get("run_info"), dict):
+        info, prefix = entry["run_info"], f"runs[{i}].run_info."
+        problems = check_types(info, MARIN_FIELDS, path, prefix) + check_types(info, MARIN_EXTRA_FIELDS, path, prefix)
+        if problems:
+            return None, problems
+        fields = {"form": "run_info", "prefix": prefix, "info": info, "bpb": float(info[MARIN_BPB_KEY]),
+                  "model_flops": float(info["model_flops"]), "params": info["model_size"],
+                  "tokens": info["total_tokens"], "seconds": float(info["training_time"]),
+                  "hardware_flops": float(info["training_hardware_flops"]), "hardware_config": None,
+                  "resources": info.get("resources")}
+    elif isinstance(entry.get("run_related_info"), dict) or "run_stats" in entry:
+        info, stats = entry.get("run_related_info"), entry.get("run_stats")
+        prefix = f"runs[{i}].run_related_info."
+        if not isinstance(info, dict) or not isinstance(stats, dict):
+            missing = "run_related_info" if not isinstance(info, dict) else "run_stats"
+            return None, [invalid(path, f"runs[{i}].{missing}", "missing: the older form has both run_related_info "
+                                                              "and run_stats")]
+        problems = check_types(info, MARIN_OLD_INFO_FIELDS, path, prefix)
+        problems += check_types(stats, MARIN_OLD_STATS_FIELDS, path, f"runs[{i}].run_stats.")
+        if isinstance(info.get("hardware_config"), dict):
+            problems += check_types(info["hardware_config"], MARIN_HARDWARE_FIELDS, path, prefix + "hardware_config.")
+        if problems:
+            return None, problems
+        train_config = info.get("train_config") or {}
+        fields = {"form": "run_related_info", "prefix": prefix, "info": info, "stats": stats,
+                  "bpb": float(stats[MARIN_BPB_KEY]), "model_flops": None, "params": info["num_parameters"],
+                  "tokens": info["total_tokens"], "seconds": 60.0 * stats["training_time_in_minutes"],
+                  "hardware_flops": None, "hardware_config": info.get("hardware_config"),
+                  "resources": train_config.get("resources") if isinstance(train_config, dict) else None}
+    else:
+        return None, [invalid(path, f"runs[{i}]", "expected run_info (Marin's current form) or run_related_info "
+                                                  "with run_stats (its older form)")]
+    seq_len, problems = marin_seq_len(fields["info"]["model_config"], path, prefix)
+    fields["seq_len"], fields["index"] = seq_len, i
+    return (None, problems) if problems else (fields, [])
+
+
+def check_marin_model_flops(path, f, notes):
+    """Model FLOPs: Marin's as reported, checked where the config maps exactly; (model FLOPs, problems)."""
+    import flops
+    config, prefix, reported = f["info"]["model_config"], f["prefix"], f["model_flops"]
+    ours = our_config_in_marin(config)
+    llama = marin_config_as_gpt(config) if ours is None else None
+    features = marin_features(config) if ours is None else []
+    recomputed = None
+    if f["seq_len"] is not None and (ours is not None or llama is not None):
+        recomputed = 3.0 * flops.forward_flops_per_token(ours or llama, f["seq_len"]) * f["tokens"]
+    if f["form"] == "run_related_info":  # older files: total_training_flops measured otherwise
+        stats = f["stats"]
+        older = stats.get("total_training_flops") or stats.get("pre_run_flops_estimate")
+        if recomputed is not None and not features:
+            if older:
+                notes.append(f"model FLOPs 3 × forward FLOPs/token × tokens = {fmt_sci(recomputed)}; Marin's older "
+                             f"file reports total_training_flops {fmt_sci(older)}, measured another way")
+            return recomputed, []
+        if older:
+            notes.append(f"model FLOPs: Marin's older total_training_flops {fmt_sci(older)}, as reported")
+            return float(older), []
+        return None, [invalid(path, f"runs[{f['index']}].run_stats.total_training_flops",
+                              "missing, and the config is not one whose FLOPs can be computed here")]
+    problems = []
+    per_token = f["info"].get("model_flops_per_token")
+    if per_token is not None and relative_gap(reported, 3 * per_token * f["tokens"]) > TOLERANCE:
+        notes.append(f"model_flops {fmt_sci(reported)} is not 3 × model_flops_per_token × total_tokens "
+                     f"({fmt_sci(3 * per_token * f['tokens'])}); shown as reported")
+    if recomputed is None:
+        return reported, problems
+    if features:  # another architecture: Marin's figure stands; the Llama of the same shape shown beside it
+        if relative_gap(reported, recomputed) > TOLERANCE:
+            notes.append(f"{', '.join(features)}: not a plain Llama; model FLOPs as Marin reported them (a plain "
+                         f"Llama of this shape: {fmt_sci(recomputed)}, {100 * relative_gap(recomputed, reported):+.0f}%)"
+                         .replace("+-", "-"))
+        return reported, problems
+    how = ("3 × forward FLOPs/token (this repository's model config) × total_tokens" if ours is not None
+           else "3 × forward FLOPs/token (Llama config) × total_tokens")
+    problem = check_close(path, prefix + "model_flops", reported, recomputed, how)
+    return reported, [problem] if problem else []
+
+
+def check_marin_hardware(path, f, notes):
+    """(hardware FLOPs, device shown, problems). Marin's figure is kept; it must be training_time × devices × peak
+    under one of the ways Marin counted devices; TPU cores counted as devices get a note."""
+    device, counts, peaks = marin_hardware(f["info"], f["resources"], f["hardware_config"])
+    seconds, reported, prefix = f["seconds"], f["hardware_flops"], f["prefix"]
+    shown = lambda n: f"{n}× {device}" if device else f"{n}× device" if n else "—"
+    if reported is None:  # the older form: Marin's time × devices × device_flops
+        if not counts or not peaks:
+            return None, device or "—", []
+        (n, _), (peak, where) = counts[0], peaks[0]
+        hardware = seconds * n * peak
+        known = datasheet_peak(device) if device else None
+        if known is not None and relative_gap(peak, known) > TOLERANCE:
+            notes.append(f"hardware FLOPs from {where} {fmt_sci(peak)} per device; the {device} bf16 datasheet "
+                         f"peak {fmt_sci(known)} would give {fmt_sci(seconds * n * known)}")
+        return hardware, shown(n), []
+    candidates = [(n, what, peak, where) for n, what in counts for peak, where in peaks]
+    for n, what, peak, where in candidates:
+        if relative_gap(reported, seconds * n * peak) <= TOLERANCE:
+            chips = next((c for c, w in counts if w == "chips"), None)
+            if what == "TPU cores" and chips:
+                notes.append(f"Marin counted the {n} TPU cores as devices at the per-chip peak; per chip ({chips}) "
+                             f"the hardware FLOPs would be {fmt_sci(seconds * chips * peak)}")
+            return reported, shown(n), []
+    if not candidates:
+        return reported, shown(counts[0][0] if counts else None), []
+    tried = "; ".join(f"{n} {what} × {fmt_sci(peak)} gives {fmt_sci(seconds * n * peak)}" for n, what, peak, _ in candidates[:4])
+    return reported, shown(counts[0][0]), [invalid(path, prefix + "training_hardware_flops",
+                                                    f"{reported:.6g} but training_time × devices × peak matches no "
+                                                    f"way Marin counts devices ({tried})")]
 
 
 def load_marin_record(path, track, folder_name):
@@ -658,46 +912,116 @@ def load_marin_record(path, track, folder_name):
         return [], [invalid(path, "runs", "expected {\"runs\": [{\"run_info\": {...}}, ...]} with at least one run")]
     runs, problems = [], []
     for i, entry in enumerate(data["runs"]):
-        prefix = f"runs[{i}].run_info."
-        info = entry.get("run_info") if isinstance(entry, dict) else None
-        if not isinstance(info, dict):
-            problems.append(invalid(path, f"runs[{i}].run_info", "missing (older Marin files with "
-                                          "run_related_info/run_stats must be converted)"))
-            continue
-        found = check_types(info, MARIN_FIELDS, path, prefix)
+        f, found = marin_fields(entry, path, i)
         if found:
             problems += found
             continue
-        mapped = marin_config_as_gpt(info["model_config"])
-        if mapped is not None:
-            forward = flops.forward_flops_per_token(mapped, info["model_config"]["seq_len"])
-            found.append(check_close(path, prefix + "model_flops", info["model_flops"], 3 * forward * info["total_tokens"],
-                                     "3 × forward FLOPs/token (Llama config) × total_tokens"))
-        device, count, peak, _ = marin_hardware(info.get("resources"))
-        if peak is not None:
-            found.append(check_close(path, prefix + "training_hardware_flops", info["training_hardware_flops"],
-                                     info["training_time"] * count * peak, "training_time × devices × peak"))
-        if info["model_flops"] > info["training_hardware_flops"]:
-            found.append(invalid(path, prefix + "training_hardware_flops", "below model_flops: an MFU above 100%"))
-        found = [p for p in found if p]
+        notes = []
+        model_flops, found = check_marin_model_flops(path, f, notes)
+        hardware_flops, hardware, more = check_marin_hardware(path, f, notes)
+        found += more
+        if model_flops is not None and hardware_flops is not None and model_flops > hardware_flops * (1 + TOLERANCE):
+            field = "training_hardware_flops" if f["form"] == "run_info" else "(hardware FLOPs)"
+            found.append(invalid(path, f["prefix"] + field, "below model_flops: an MFU above 100%"))
         if found:
             problems += found
             continue
+        info = f["info"]
         author = info.get("author") or {}
-        hardware_flops = float(info["training_hardware_flops"])
         runs.append({
             "file": pathlib.Path(path), "track": track, "format": "marin",
             "name": folder_name if len(data["runs"]) == 1 else f"{folder_name}#{i}",
             "author": author.get("name") if isinstance(author.get("name"), str) else "—",
-            "date": info["run_completion_timestamp"][:10], "params": info["model_size"],
-            "weight_class": flops.weight_class(info["model_size"]), "tokens": info["total_tokens"],
-            "model_flops": float(info["model_flops"]), "hardware_flops": hardware_flops,
-            "seconds": float(info["training_time"]), "hardware": f"{count}× {device}" if device else "—",
-            "mfu": info["model_flops"] / hardware_flops,
-            "evals": [(MARIN_EVAL_ID, float(info[MARIN_BPB_KEY]), MARIN_FINGERPRINT)],
-            "target": None, "judge_overall": None,
+            "date": info["run_completion_timestamp"][:10], "params": f["params"],
+            "weight_class": flops.weight_class(f["params"]), "tokens": f["tokens"],
+            "model_flops": model_flops, "hardware_flops": hardware_flops,
+            "seconds": f["seconds"], "hardware": hardware,
+            "mfu": model_flops / hardware_flops if model_flops and hardware_flops else None,
+            "evals": [(MARIN_EVAL_ID, f["bpb"], MARIN_FINGERPRINT)],
+            "target": None, "judge_overall": None, "notes": notes,
         })
     return runs, problems
+
+
+# ----------------------------------------------------------------------------------------------------
+# --export_marin: a record in Marin's current run_info form, so it can be submitted to Marin's speedrun
+
+def paloma_eval(rec):
+    """(eval id, entry) of the record's Paloma C4-EN eval: the id paloma-c4-en, else the first whose id starts
+    with it (ignoring case and punctuation); None when there is none."""
+    evals = rec.get("eval") if isinstance(rec.get("eval"), dict) else {}
+    ids = sorted(k for k, v in evals.items() if normalized_id(k).startswith(PALOMA_PREFIX) and isinstance(v, dict))
+    if not ids:
+        return None
+    eval_id = PALOMA_EVAL_ID if PALOMA_EVAL_ID in ids else ids[0]
+    return eval_id, evals[eval_id]
+
+
+def marin_run_info(rec, record_path) -> dict:
+    """A speedrun-record/1 record as Marin's run_info (every figure the record's own), or a ValueError naming
+    what is missing."""
+    found = paloma_eval(rec)
+    if found is None:
+        names = ", ".join(sorted(rec.get("eval") or {})) or "none"
+        raise ValueError(f"{display_path(record_path)}: no Paloma C4-EN eval (eval ids: {names}); Marin scores "
+                         f"{MARIN_BPB_KEY}: run python eval_bpb.py --ckpt CKPT --data {PALOMA_EVAL_ID} "
+                         f"--record {display_path(pathlib.Path(record_path).parent)} first")
+    problems = check_types(rec, RECORD_FIELDS, record_path) + check_types(found[1], EVAL_FIELDS, record_path,
+                                                                          f"eval.{found[0]}.")
+    if problems:
+        raise ValueError(problems[0])
+    compute, training, author = rec["compute"], rec["training"], rec["author"]
+    device = compute["device"]
+    kind = "cpu" if device.lower().startswith("cpu") else "tpu" if device.startswith("TPU") else "gpu"
+    return {
+        "author": {"name": author["name"], "affiliation": author.get("affiliation"), "url": author.get("url")},
+        "description": rec["description"],
+        MARIN_BPB_KEY: found[1]["bpb"],
+        "device_flops": compute["peak_flops_per_device"],
+        "model_config": {**rec["model"], "seq_len": training["seq_len"]},
+        "model_flops": compute["model_flops"],
+        "model_flops_per_token": compute["flops_per_token"],
+        "model_size": rec["params"]["counted"],
+        "num_chips": compute["device_count"],
+        "num_devices": compute["device_count"],
+        "resources": {"device": {"kind": kind, "variant": device, "count": compute["device_count"]}},
+        "run_completion_timestamp": f"{rec['date']} 00:00:00 UTC",
+        "tokenized_dataset": (rec.get("data") or {}).get("dataset"),
+        "total_tokens": training["tokens"],
+        "train_config": {"num_train_steps": training["steps"], "train_batch_size": training["batch_tokens"] // training["seq_len"],
+                         "train_seq_len": training["seq_len"], "batch_tokens": training["batch_tokens"],
+                         "seed": training["seed"], "world_size": training["world_size"],
+                         "stopped_by": training["stopped_by"], "hyperparameters": rec.get("hyperparameters")},
+        "training_hardware_flops": compute["hardware_flops"],
+        "training_time": compute["train_seconds"],
+        "wandb_run_link": rec.get("wandb_run_link"),
+    }
+
+
+def export_marin(record_dir) -> pathlib.Path:
+    """Write RECORD_DIR/speedrun_results.json from RECORD_DIR/results.json (atomically)."""
+    path, rec = read_record(record_dir)
+    if rec.get("schema") != SCHEMA:
+        raise ValueError(f"{display_path(path)}: schema {short_json(rec.get('schema'))}, expected \"{SCHEMA}\"")
+    out = pathlib.Path(record_dir) / MARIN_NAME
+    prepare.write_json_atomic(out, {"runs": [{"run_info": marin_run_info(rec, path)}]})
+    return out
+
+
+def check_marin_export(path):
+    """A speedrun_results.json beside a results.json is that record exported by --export_marin: it must still say
+    what results.json says (else it is stale)."""
+    try:
+        rec = read_json(path.parent / RESULTS_NAME)
+        exported = read_json(path)
+        if exported != {"runs": [{"run_info": json.loads(json.dumps(marin_run_info(rec, path.parent / RESULTS_NAME)))}]}:
+            return [invalid(path, "runs", f"differs from the {RESULTS_NAME} beside it; re-run "
+                                          f"python leaderboard.py --export_marin {display_path(path.parent)}")]
+    except ValueError as e:
+        return [invalid(path, "(export)", f"cannot be checked against {RESULTS_NAME}: {e}")]
+    except OSError as e:
+        return [invalid(path, "(file)", f"cannot be read: {e.strerror}")]
+    return []
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -749,7 +1073,9 @@ def load_records(records_dir):
             continue
         track, name = path.relative_to(records_dir).parts[:2]
         folder = records_dir / track / name
-        if path.name == MARIN_NAME:
+        if path.name == MARIN_NAME and (path.parent / RESULTS_NAME).is_file():
+            found, bad = [], check_marin_export(path)  # --export_marin's copy of the run beside it: not a second run
+        elif path.name == MARIN_NAME:
             found, bad = load_marin_record(path, track, name)
         else:
             found, bad = load_speedrun_record(path, track)
@@ -784,6 +1110,10 @@ def make_row(folder, runs, link):
         "params": max(r["params"] for r in runs), "weight_class": first["weight_class"],
         "tokens": sum(r["tokens"] for r in runs) / len(runs),
         "model_flops": sum(r["model_flops"] for r in runs) / len(runs),
+        "hardware_flops": (sum(r["hardware_flops"] for r in runs) / len(runs)
+                           if all(r["hardware_flops"] is not None for r in runs) else None),
+        # each note once, in the runs' order; a run of several gets its name in front
+        "notes": list(dict.fromkeys((f"{r['name']}: {n}" if len(runs) > 1 else n) for r in runs for n in r.get("notes", ()))),
         "seconds": sum(r["seconds"] for r in runs) / len(runs),
         "hardware": " / ".join(sorted({r["hardware"] for r in runs})),
         "mfu": sum(mfus) / len(mfus) if mfus else None,
@@ -888,12 +1218,14 @@ def fmt_p(p):
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
+def short_fingerprint(fingerprint):
+    """A hash's head is enough to tell eval sets apart; other fingerprints (Marin's) are shown whole."""
+    return fingerprint[:16] if re.fullmatch(r"[0-9a-f]{17,}", fingerprint) else fingerprint
+
+
 def table_title(table, markdown=True):
     kind = PRIMARY_EVAL_NAME[PRIMARY_EVAL_PREFIX[table["track"]]]
-    fingerprint = table["fingerprint"]
-    if re.fullmatch(r"[0-9a-f]{17,}", fingerprint):
-        fingerprint = fingerprint[:16]  # a hash: its head is enough to tell eval sets apart
-    eval_id, fingerprint = escape(table["eval_id"], markdown), escape(fingerprint, markdown)
+    eval_id, fingerprint = escape(table["eval_id"], markdown), escape(short_fingerprint(table["fingerprint"]), markdown)
     code = "`" if markdown else ""
     return f"{table['track']} · {kind} ({code}{eval_id}{code}, eval data {code}{fingerprint}{code})"
 
@@ -933,6 +1265,32 @@ def table_views(table):
     return views
 
 
+def table_notes(table):
+    """[(folder, link, note)]: what a row's figures mean where they follow Marin's own conventions."""
+    return [(r["folder"], r["link"], note) for r in table["rows"] for note in r["notes"]]
+
+
+SIZE_TRACK_HEADING = ("Marin's size tracks: runs that reached each Paloma C4-EN BPB threshold, fewest hardware "
+                      "FLOPs first (the run's total: the FLOPs to reach the threshold are at most that)")
+SIZE_TRACK_COLUMNS = ["size track", "threshold", "#", "run", "eval data", "BPB", "hardware FLOPs", "hardware", "params"]
+
+
+def size_track_cells(track_tables):
+    """The size-track view of one track: every row of its Paloma C4-EN tables (ours and Marin's) under each
+    threshold it reaches; None when the track has no Paloma C4-EN table."""
+    rows = [(t, r) for t in track_tables if normalized_id(t["eval_id"]).startswith(PALOMA_PREFIX) for r in t["rows"]]
+    if not rows:
+        return None
+    cells = []
+    for name, threshold in MARIN_SIZE_TRACKS:
+        reached = sorted(((t, r) for t, r in rows if r["bpb"] <= threshold and r["hardware_flops"] is not None),
+                         key=lambda tr: (tr[1]["hardware_flops"], tr[1]["bpb"], tr[1]["folder"]))
+        cells += [[name, f"{threshold:.4f}", str(i), (r["folder"], r["link"]), short_fingerprint(t["fingerprint"]),
+                   fmt_bpb(r), fmt_sci(r["hardware_flops"]), r["hardware"], fmt_count(r["params"])]
+                  for i, (t, r) in enumerate(reached, 1)]
+    return cells
+
+
 def markdown_cell(cell):
     """A cell: text, or a (text, target) pair for a link."""
     return link(*cell) if isinstance(cell, tuple) else escape(cell)
@@ -957,6 +1315,14 @@ def render_markdown(tables, problems=(), how_to_submit="records/README.md"):
                 if heading:
                     out += [f"**{heading}**", ""]
                 out += [markdown_table(columns, cells), ""]
+            notes = table_notes(table)
+            if notes:
+                out += ["**Notes** (Marin's own conventions: shown as Marin reported them)", ""]
+                out += [f"- {link(folder, target)}: {escape(note)}" for folder, target, note in notes] + [""]
+        cells = size_track_cells(track_tables)
+        if cells is not None:
+            out += [f"#### {track} · {SIZE_TRACK_HEADING}", ""]
+            out += [markdown_table(SIZE_TRACK_COLUMNS, cells) if cells else "No run has reached a threshold yet.", ""]
     if problems:
         out += ["**Not listed: invalid records**", ""] + [f"- {escape(p)}" for p in problems] + [""]
     return "\n".join(out).rstrip("\n")
@@ -1068,6 +1434,14 @@ def render_html(tables, problems=()):
             parts.append(f"<h2>{table_title(table, markdown=False)}</h2>")
             for heading, columns, cells in table_views(table):
                 parts.append((f"<h3>{escape(heading, markdown=False)}</h3>" if heading else "") + html_table(columns, cells))
+            notes = table_notes(table)
+            if notes:
+                parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{escape(folder, markdown=False)}: {escape(note, markdown=False)}</li>"
+                                                            for folder, _, note in notes) + "</ul>")
+        cells = size_track_cells(track_tables)
+        if cells is not None:
+            parts.append(f"<h3>{escape(track + ' · ' + SIZE_TRACK_HEADING, markdown=False)}</h3>" +
+                         (html_table(SIZE_TRACK_COLUMNS, cells) if cells else "<p>No run has reached a threshold yet.</p>"))
     if problems:
         parts.append("<h2>Invalid records (not listed)</h2><ul>" +
                      "".join(f"<li>{escape(p, markdown=False)}</li>" for p in problems) + "</ul>")
@@ -1110,6 +1484,9 @@ def parse_args(argv):
     p.add_argument("--readme", default=str(ROOT / "README.md"), help="README holding the leaderboard markers")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a record is invalid or the tables are stale")
     p.add_argument("--skip_invalid", action="store_true", help="write the tables from the valid records and list the others")
+    p.add_argument("--export_marin", metavar="RECORD_DIR",
+                   help="write RECORD_DIR/speedrun_results.json, the record in Marin's run_info form (needs its "
+                        f"{PALOMA_EVAL_ID} eval), and change nothing else")
     p.add_argument("--plot", metavar="FILE.svg", help="also write the BPB vs model FLOPs plot (with --check: check it is current)")
     # --serve stays: it shows a record's row and plot point before it is committed, with nothing to install
     p.add_argument("--serve", nargs="?", const=8000, type=prepare.parse_count, metavar="PORT",
@@ -1120,6 +1497,10 @@ def parse_args(argv):
 def run(argv):
     args = parse_args(argv)
     readme = pathlib.Path(args.readme)
+    if args.export_marin is not None:
+        out = export_marin(args.export_marin)
+        print(f"wrote {out}: submit it to Marin with the run (experiments/speedrun/<run name>/{MARIN_NAME})")
+        return 0
     if args.serve is not None:
         server = make_server(args.records, readme.parent, args.serve)
         print(f"serving the leaderboard on http://localhost:{server.server_address[1]} (Ctrl-C stops)")

@@ -5,7 +5,7 @@ tinystories/2025-01-12_muon_3seeds     three seeds 1.20/1.21/1.19, target 1.25 r
 tinystories/2025-01-15_cheap           one tiny run, BPB 1.35, the fewest FLOPs
 tinystories/2025-01-20_medium_cpu      a medium-class model on a CPU (measured peak), BPB 1.40, dominated
 tinystories/2025-02-01_other_eval      evaluated on other data (FP2): a table of its own
-fineweb-edu/2025-03-01_c4_small        our schema with a C4-EN eval (and a FineWeb-Edu eval that is not primary)
+fineweb-edu/2025-03-01_c4_small        our schema with a Paloma C4-EN eval (and allenai/c4 and FineWeb-Edu evals, not primary)
 fineweb-edu/2025-06-27_marin_llama_130m_adamw   Marin's published 130M record, Marin's format
 """
 import hashlib
@@ -164,8 +164,9 @@ def test_fixture_tables(repo, capsys):
     marin = next(rows for h, rows in fw.items() if "marin-paloma-c4_en" in h)
     assert marin[0]["BPB"] == "1.1862" and marin[0]["hardware"] == "32× TPU v5p" and marin[0]["author"] == "William Held"
     assert marin[0]["model FLOPs"] == "1.78e18" and marin[0]["MFU"] == "10.8%"
-    ours = next(rows for h, rows in fw.items() if "c4-en-val" in h)
+    ours = next(rows for h, rows in fw.items() if "`paloma-c4-en`" in h and "marin" not in h)
     assert ours[0]["BPB"] == "1.5200"
+    assert "c4-en-val" not in text  # allenai/c4's validation set is a secondary eval: no table
     assert "### tinystories-wiki" in text and "### open" in text and text.count("No records yet") == 2
     # per-weight-class view and time-to-target view
     assert "**By weight class**" in text
@@ -597,3 +598,178 @@ def test_serve(repo):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Marin's results files in every form (issue 14): the six real files in ../shared/data/marin, hand-written
+# fixtures of each variant in tests/fixtures/marin, the size-track view, and --export_marin
+
+MARIN_FIXTURES = ROOT / "tests" / "fixtures" / "marin"
+
+
+def marin_repo(tmp_path, files):
+    """A records tree with one fineweb-edu folder per {folder name: speedrun_results.json path}."""
+    for name, source in files.items():
+        folder = tmp_path / "records" / "fineweb-edu" / name
+        folder.mkdir(parents=True)
+        shutil.copy(source, folder / lb.MARIN_NAME)
+        (folder / "README.md").write_text("a Marin run\n")
+    (tmp_path / "README.md").write_text(f"x\n{lb.START_MARKER}\n{lb.END_MARKER}\n")
+    return tmp_path
+
+
+def marin_table(repo):
+    text = (repo / "README.md").read_text()
+    rows = next(rows for h, rows in section_tables(text).items() if "marin-paloma-c4_en" in h)
+    return {r["run"].split("]")[0][1:]: r for r in rows}, text
+
+
+def test_the_six_real_marin_files_are_tabled_with_their_own_bpb(shared_data, tmp_path, capsys):
+    files = {p.name.removeprefix("experiments__speedrun__").removesuffix("__speedrun_results.json").replace("__", "_"): p
+             for p in sorted((shared_data / "marin").glob("*.json"))}
+    assert len(files) == 6
+    repo = marin_repo(tmp_path, files)
+    code, out, err = run_cli(repo, capsys=capsys)
+    assert code == 0 and err == "", err
+    rows, text = marin_table(repo)
+    assert set(rows) == set(files)
+    for name, path in files.items():
+        run = json.loads(path.read_text())["runs"][0]
+        bpb = (run.get("run_info") or run.get("run_stats"))["eval/paloma/c4_en/bpb"]
+        assert rows[name]["BPB"] == f"{bpb:.4f}", name
+    assert rows["llama_75m_fineweb_edu"]["hardware"] == "2× A100"           # the older run_related_info/run_stats form
+    assert rows["adamw_llama_scaling_130m"]["hardware"] == "32× TPU v5p"    # v5p-32 counted as 32 devices
+    assert rows["adamw_llama_scaling_1_2b"]["hardware"] == "16× TPU v5p"    # ... and as 16 chips
+    assert rows["c-adamc_llama_scaling_200m"]["model FLOPs"] == "4.16e18"  # max_seq_len, resources.device
+    assert rows["adamuon_qwen3_scaling_130m"]["hardware"] == "1× GPU"
+    assert rows["hackable_transformer_gdn_130m"]["model FLOPs"] == "1.77e18"  # Marin's own, not a Llama's 2.13e18
+    notes = text.split("**Notes**")[1].split("####")[0]
+    assert "Gated DeltaNet: not a plain Llama" in notes and "32 TPU cores as devices" in notes
+    assert "total_training_flops 4.57e15" in notes and "device_flops 1.95e13" in notes
+    assert run_cli(repo, "--check", capsys=capsys)[0] == 0
+
+
+@pytest.mark.parametrize("variant,hardware,model_flops,hardware_flops,note", [
+    ("tpu_type_cores", "8× TPU v4", "2.33e16", "2.20e18", "Marin counted the 8 TPU cores as devices"),
+    ("tpu_chips_explicit", "8× TPU v5p", "2.33e16", "3.67e18", None),
+    ("device_tpu_max_seq_len", "8× TPU v6e", "2.33e16", "7.34e18", None),
+    ("device_gpu", "8× H100", "2.33e16", "7.92e18", None),
+    ("accelerator_gpu_count", "4× A100", "2.33e16", "1.25e18", None),
+    ("older_run_stats", "2× A100", "2.33e16", "1.12e18", "total_training_flops 1.00e16, measured another way"),
+    ("attention_sink", "4× TPU v5p", "2.14e16", "1.84e18", "attention sinks: not a plain Llama"),
+])
+def test_each_marin_variant_is_read(tmp_path, capsys, variant, hardware, model_flops, hardware_flops, note):
+    runs, problems = lb.load_marin_record(MARIN_FIXTURES / f"{variant}.json", "fineweb-edu", variant)
+    assert problems == [] and len(runs) == 1
+    run = runs[0]
+    assert (run["hardware"], lb.fmt_sci(run["model_flops"]), lb.fmt_sci(run["hardware_flops"])) == \
+        (hardware, model_flops, hardware_flops)
+    assert run["mfu"] == pytest.approx(run["model_flops"] / run["hardware_flops"])
+    assert (note is None and run["notes"] == []) or any(note in n for n in run["notes"]), run["notes"]
+    repo = marin_repo(tmp_path, {variant: MARIN_FIXTURES / f"{variant}.json"})
+    assert run_cli(repo, capsys=capsys)[0] == 0
+    rows, text = marin_table(repo)
+    assert rows[variant]["hardware"] == hardware and (note is None) == ("**Notes**" not in text)
+
+
+def info_of(d):
+    return d["runs"][0]["run_info"]
+
+
+@pytest.mark.parametrize("variant,change,field", [
+    ("device_gpu", lambda d: info_of(d).pop("model_size"), "runs[0].run_info.model_size: missing"),
+    ("device_gpu", lambda d: info_of(d)["model_config"].update(max_seq_len="4k"),
+     "runs[0].run_info.model_config.max_seq_len: expected an integer >= 1"),
+    ("tpu_chips_explicit", lambda d: info_of(d).update(num_chips=0), "runs[0].run_info.num_chips: expected an integer >= 1"),
+    ("device_gpu", lambda d: d["runs"][0].update(run_info=None), "runs[0]: expected run_info"),
+    ("older_run_stats", lambda d: d["runs"][0].pop("run_stats"), "runs[0].run_stats: missing"),
+    ("older_run_stats", lambda d: d["runs"][0]["run_stats"].pop("training_time_in_minutes"),
+     "runs[0].run_stats.training_time_in_minutes: missing"),
+    ("older_run_stats", lambda d: d["runs"][0]["run_related_info"]["hardware_config"].update(num_devices="two"),
+     "runs[0].run_related_info.hardware_config.num_devices: expected an integer >= 1"),
+    # figures that no convention of Marin's explains: a plain Llama's FLOPs, a time that matches no device count
+    ("device_gpu", lambda d: info_of(d).update(model_flops=info_of(d)["model_flops"] * 0.9), "runs[0].run_info.model_flops:"),
+    ("tpu_type_cores", lambda d: info_of(d).update(training_time=600.0), "runs[0].run_info.training_hardware_flops:"),
+])
+def test_malformed_marin_files_are_refused_naming_file_and_field(tmp_path, capsys, variant, change, field):
+    data = json.loads((MARIN_FIXTURES / f"{variant}.json").read_text())
+    change(data)
+    source = tmp_path / "edited.json"
+    source.write_text(json.dumps(data))
+    repo = marin_repo(tmp_path, {variant: source})
+    code, _, err = run_cli(repo, capsys=capsys)
+    assert code == 1 and f"{variant}/speedrun_results.json: {field}" in err, err
+
+
+def test_marin_size_tracks_rank_by_hardware_flops(repo, capsys):
+    """Ours (Paloma C4-EN 1.52, 5.94e16 hardware FLOPs) and Marin's 130M (1.1862, 1.65e19) under each threshold
+    they reach; the allenai/c4 eval (c4-en-val) is not primary and makes no row."""
+    assert run_cli(repo, capsys=capsys)[0] == 0
+    text = (repo / "README.md").read_text()
+    view = text.split("#### fineweb-edu · Marin's size tracks")[1].split("###")[0]
+    lines = [line for line in view.splitlines() if line.startswith("| llama")]
+    got = [(c[0], c[2], c[3].split("]")[0][1:], c[6]) for c in (line.strip("|").split(" | ") for line in lines)]
+    assert [(t.strip(), i, run, f) for t, i, run, f in got] == [
+        ("llama_30m", "1", "2025-03-01_c4_small", "5.94e16"),
+        ("llama_30m", "2", "2025-06-27_marin_llama_130m_adamw", "1.65e19"),
+        ("llama_75m", "1", "2025-06-27_marin_llama_130m_adamw", "1.65e19")]
+    assert "#### open" not in text  # no Paloma table in the open track: no view
+    html = lb.render_html(lb.build_tables(lb.load_records(repo / "records")[0], repo))
+    assert "Marin&#x27;s size tracks" in html and "llama_75m" in html
+
+
+def test_a_fineweb_record_needs_the_paloma_eval(repo, capsys):
+    path = repo / "records" / "fineweb-edu" / "2025-03-01_c4_small" / "results.json"
+    edit_json(path, lambda r: r["eval"].pop("paloma-c4-en"))
+    code, _, err = run_cli(repo, capsys=capsys)
+    assert code == 1 and "2025-03-01_c4_small/results.json: eval: no primary eval" in err
+    assert "--data paloma-c4-en" in err and "c4-en-val" in err
+
+
+def test_export_marin_round_trip(repo, tmp_path, capsys):
+    """--export_marin writes Marin's run_info form; our Marin reader reads it back with the record's figures."""
+    record = repo / "records" / "fineweb-edu" / "2025-03-01_c4_small"
+    assert lb.main(["--export_marin", str(record)]) == 0
+    assert "speedrun_results.json" in capsys.readouterr().out
+    exported = json.loads((record / lb.MARIN_NAME).read_text())
+    info = exported["runs"][0]["run_info"]
+    rec = json.loads((record / "results.json").read_text())
+    assert set(info) >= {"author", "description", "eval/paloma/c4_en/bpb", "model_config", "model_flops", "model_size",
+                         "resources", "run_completion_timestamp", "tokenized_dataset", "total_tokens", "train_config",
+                         "training_hardware_flops", "training_time", "wandb_run_link", "num_devices", "device_flops"}
+    assert info["eval/paloma/c4_en/bpb"] == rec["eval"]["paloma-c4-en"]["bpb"]
+    assert (info["model_flops"], info["training_hardware_flops"], info["training_time"], info["model_size"],
+            info["total_tokens"], info["num_devices"], info["device_flops"]) == \
+        (rec["compute"]["model_flops"], rec["compute"]["hardware_flops"], rec["compute"]["train_seconds"],
+         rec["params"]["counted"], rec["training"]["tokens"], rec["compute"]["device_count"],
+         rec["compute"]["peak_flops_per_device"])
+    assert info["resources"] == {"device": {"kind": "gpu", "variant": "H100 SXM", "count": 1}}
+
+    # read back by the Marin reader: the same figures as the record's own row
+    ours, problems = lb.load_speedrun_record(record / "results.json", "fineweb-edu")
+    back, problems_back = lb.load_marin_record(record / lb.MARIN_NAME, "fineweb-edu", record.name)
+    assert problems == problems_back == [] and back[0]["notes"] == []
+    for key in ("params", "weight_class", "tokens", "model_flops", "hardware_flops", "seconds", "hardware", "mfu", "date"):
+        assert back[0][key] == ours[0][key], key
+    assert back[0]["evals"][0][:2] == ("paloma-c4-en", ours[0]["evals"][0][1])
+    # a tampered export is caught by the recomputation (the config is this repository's own model)
+    info["model_flops"] *= 0.5
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(exported))
+    assert "runs[0].run_info.model_flops:" in lb.load_marin_record(other, "fineweb-edu", "x")[1][0]
+
+    # beside its results.json the export is the same run, not a second one; a stale export is named
+    assert run_cli(repo, capsys=capsys)[0] == 0
+    rows = [r for h, rs in section_tables((repo / "README.md").read_text()).items() if "c4_small" in str(rs) for r in rs]
+    assert [r["BPB"] for r in rows if "2025-03-01_c4_small" in r["run"]] == ["1.5200"]
+    edit_json(record / "results.json", lambda r: r.__setitem__("description", "changed"))
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "2025-03-01_c4_small/speedrun_results.json: runs: differs from the results.json" in err
+
+
+def test_export_marin_needs_a_paloma_eval(repo, capsys):
+    record = repo / "records" / "tinystories" / "2025-01-10_baseline"
+    assert lb.main(["--export_marin", str(record)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "no Paloma C4-EN eval" in err and "--data paloma-c4-en" in err
+    assert not (record / lb.MARIN_NAME).exists()
