@@ -611,6 +611,18 @@ def cache_key(model: str, prompt: str, completion: str, protocol_id: str = PROTO
     return hashlib.sha256(json.dumps([protocol_id, model, prompt, completion]).encode()).hexdigest()
 
 
+def is_cache_record(record) -> bool:
+    """The shape grade() writes: what aggregate() reads from it is there and of the right type."""
+    if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+        return False
+    usage, answers, scores = record.get("usage"), record.get("answers"), record.get("scores")
+    return (record.get("status") in ("ok", "unparsed") and isinstance(answers, list)
+            and all(isinstance(a, str) for a in answers) and isinstance(usage, dict)
+            and all(isinstance(usage.get(k), int) for k in ("prompt_tokens", "completion_tokens"))
+            and (record["status"] != "ok" or isinstance(scores, dict) and all(
+                isinstance(scores.get(c), (int, float)) and not isinstance(scores.get(c), bool) for c in CATEGORIES)))
+
+
 class GradeCache:
     def __init__(self, path: pathlib.Path):
         self.path = path
@@ -628,9 +640,11 @@ class GradeCache:
                 continue
             try:
                 record = json.loads(line)
-                self.records[record["key"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (ValueError, RecursionError):
+                record = None
+            if not is_cache_record(record):
                 raise ValueError(f"{path}: line {i + 1} is not a cache record; move the file away to start over")
+            self.records[record["key"]] = record
 
     def get(self, key: str) -> dict | None:
         return self.records.get(key)
@@ -697,6 +711,8 @@ def read_jsonl_rows(path: pathlib.Path, columns: tuple[str, ...]) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: line {i + 1} is not JSON ({e.msg}); one JSON object per line")
+        except RecursionError:
+            raise ValueError(f"{path}: line {i + 1} is nested too deeply; one flat JSON object per line")
         missing = [c for c in columns if not isinstance(row, dict) or not isinstance(row.get(c), str)]
         if missing:
             raise ValueError(f"{path}: line {i + 1} has no string field {', '.join(repr(c) for c in missing)}; "

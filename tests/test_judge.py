@@ -849,3 +849,21 @@ def test_generate_only_fills_a_submission_template_row_by_row(tmp_path, one_thre
     # --samples contradicts the rows
     assert_one_line_error(run_judge(*common, "--samples=2", f"--generate_only={tmp_path / 'x.csv'}", env_key=None),
                           "--samples does not apply")
+
+
+def test_malformed_cache_and_completions_files_are_one_line_errors(tmp_path):
+    items = make_items(1, 1)
+    completions = write_jsonl(tmp_path / "ok.jsonl", items)
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    # a cache line that is JSON, with the item's key, but not a grade: said, not a KeyError in the report
+    key = judge.cache_key("judge-a", items[0]["prompt"], items[0]["completion"])
+    (cache_dir / "grades.jsonl").write_text(json.dumps({"key": key, "status": "ok", "scores": {"grammar": "ten"}}) + "\n")
+    proc = run_judge(f"--completions={completions}", "--model=judge-a", "--base_url=http://127.0.0.1:9/v1",
+                     f"--cache_dir={cache_dir}", f"--out={tmp_path / 'j.json'}", *FAST)
+    assert_one_line_error(proc, "grades.jsonl", "line 1 is not a cache record")
+    # a completions line nested beyond what a JSON parser recurses into
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 200_000 + "\n")
+    proc = run_judge(f"--completions={deep}", "--model=judge-a", f"--cache_dir={tmp_path / 'c2'}", *FAST)
+    assert_one_line_error(proc, "deep.jsonl", "line 1")
