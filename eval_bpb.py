@@ -4,11 +4,13 @@ Bits per byte (BPB) of a checkpoint on an eval set: the score of every track.
     python eval_bpb.py --ckpt checkpoints/run/final.pt --data tinystories-valid
     python eval_bpb.py --ckpt final.pt --data data/tinystories --seq_len 1024 --json
     python eval_bpb.py --ckpt final.pt --data "texts/*.jsonl" --record records/open/2026-01-01_me --eval_id my-texts
-    torchrun --standalone --nproc_per_node=8 eval_bpb.py --ckpt final.pt --data c4-en-val
+    torchrun --standalone --nproc_per_node=8 eval_bpb.py --ckpt final.pt --data paloma-c4-en
 
 --data is one of
-  - an official eval set by name (tinystories-valid, c4-en-val, fineweb-edu-val): data/eval/<name>/,
-    written by prepare.py;
+  - an official eval set by name (tinystories-valid, paloma-c4-en, c4-en-val, fineweb-edu-val): data/eval/<name>/,
+    written by prepare.py. The primary eval of the TinyStories tracks is tinystories-valid; of fineweb-edu and
+    open, paloma-c4-en (Paloma's C4-EN val split, what Marin scores as eval/paloma/c4_en/bpb). c4-en-val is
+    allenai/c4's validation set, another text, kept as a secondary eval;
   - a folder prepared by prepare.py: its val shards (the checkpoint's tokenizer must be the folder's, or
     --retokenize decodes the shards' text and tokenizes it with the checkpoint's; automatic for the
     official sets, which prepare.py tokenizes once for everybody);
@@ -67,7 +69,11 @@ EVAL_DIR = ROOT / "data" / "eval"
 OFFICIAL_EVAL_SETS = {
     "tinystories-valid": ("TinyStoriesV2-GPT4 validation", "python prepare.py --dataset tinystories-valid "
                           "--tokenizer data/tinystories --out data/eval/tinystories-valid"),
-    "c4-en-val": ("C4 English validation", "python prepare.py --dataset c4-val --out data/eval/c4-en-val"),
+    "paloma-c4-en": ("Paloma C4-EN validation, Marin's score (primary for fineweb-edu and open)",
+                     "python prepare.py --dataset paloma-c4-en --out data/eval/paloma-c4-en (a gated dataset: accept "
+                     "its terms on Hugging Face and log in first)"),
+    "c4-en-val": ("allenai/c4 English validation (secondary)",
+                  "python prepare.py --dataset c4-val --out data/eval/c4-en-val"),
     "fineweb-edu-val": ("FineWeb-Edu held-out set", "prepare.py has no held-out FineWeb-Edu dataset yet: write "
                         "one with --all_val into data/eval/fineweb-edu-val"),
 }

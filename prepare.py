@@ -3,7 +3,8 @@ Prepare a training corpus: raw text in, verified token shards and meta.json out.
 
     python prepare.py --dataset tinystories --out data/tinystories              # HF download, BPE 8192
     python prepare.py --input a.txt b.jsonl.gz --tokenizer gpt2 --out data/mine  # local files
-    python prepare.py --dataset c4-val --out data/eval/c4-en-val                 # an official eval set (all val)
+    python prepare.py --dataset paloma-c4-en --out data/eval/paloma-c4-en         # an official eval set (all val)
+    python prepare.py --dataset tinystories --max_docs 20000 --tokenizer bpe:4096 --out data/ts-small  # a quick start
 
 What it does, in order, streaming (memory does not grow with the input's size):
   read documents -> clean (strip, drop empty, exact de-duplication, TinyStories mojibake repair)
@@ -427,9 +428,15 @@ DATASETS = {
                        tokenizer="bpe:8192", about="Simple English Wikipedia 2023 (tinystories-wiki track)"),
     "fineweb-edu": dict(repo="HuggingFaceFW/fineweb-edu", stream=dict(name="sample-10BT", split="train"),
                         field="text", tokenizer="gpt2", about="FineWeb-Edu sample-10BT, streamed"),
+    # Marin's score (eval/paloma/c4_en/bpb): the primary eval of the fineweb-edu and open tracks. Gated on the Hub.
+    "paloma-c4-en": dict(repo="allenai/paloma", stream=dict(name="c4_en", split="val"), field="text",
+                         tokenizer="gpt2", eval_set=True, gated=True,
+                         about="Paloma C4-EN validation (config c4_en, split val), Marin's score and the primary eval "
+                               "of the fineweb-edu and open tracks; gated: accept its terms on Hugging Face, log in"),
     "c4-val": dict(repo="allenai/c4", stream=dict(data_files={"validation": "en/c4-validation.*.json.gz"},
                                                   split="validation"),
-                   field="text", tokenizer="gpt2", eval_set=True, about="C4 en validation, for evaluation"),
+                   field="text", tokenizer="gpt2", eval_set=True,
+                   about="C4 en validation (allenai/c4; eval id c4-en-val), another text than Paloma's C4-EN"),
 }
 HF_HOST = "huggingface.co"
 
@@ -456,6 +463,11 @@ def quiet_hf_logs() -> None:
 
 def hub_error(repo: str, e: Exception) -> ValueError:
     first_line = (str(e).strip().splitlines() or [""])[0][:200]
+    gated = any(spec["repo"] == repo and spec.get("gated") for spec in DATASETS.values())
+    if gated or "gated" in f"{type(e).__name__} {e}".lower():
+        return ValueError(f"could not fetch {repo} from the Hugging Face Hub ({type(e).__name__}: {first_line}); it is "
+                          f"a gated dataset: accept its terms at https://{HF_HOST}/datasets/{repo} with your account, "
+                          "then log in here (huggingface-cli login, or set HF_TOKEN) and run again")
     return ValueError(f"could not fetch {repo} from the Hugging Face Hub ({type(e).__name__}: {first_line}); "
                       "check the network (and HF_TOKEN), or pass local files with --input")
 
@@ -463,6 +475,35 @@ def hub_error(repo: str, e: Exception) -> ValueError:
 def resolve_revision(repo: str, revision: str | None) -> str:
     from huggingface_hub import HfApi
     return HfApi().dataset_info(repo, revision=revision).sha
+
+
+def remote_files(name: str, revision: str | None) -> tuple[list[tuple], dict]:
+    """A named dataset's files to be read over HTTP as they are needed (--max_docs: no whole download)."""
+    spec = DATASETS[name]
+    check_hub_reachable()
+    quiet_hf_logs()
+    try:
+        sha = resolve_revision(spec["repo"], revision)
+    except Exception as e:
+        raise hub_error(spec["repo"], e) from None
+    return [(spec["repo"], sha, f) for f in spec["files"]], {"hf": spec["repo"], "revision": sha, "files": spec["files"],
+                                                              "read": "streamed, up to --max_docs documents"}
+
+
+def remote_file_tasks(repo: str, revision: str, name: str):
+    """Tasks of a dataset repo's file read through huggingface_hub's HfFileSystem, a block at a time: when the
+    reader stops (--max_docs), so does the download."""
+    try:
+        from huggingface_hub import HfFileSystem
+        f = HfFileSystem().open(f"datasets/{repo}@{revision}/{name}", "rb", block_size=TASK_BYTES)
+    except Exception as e:
+        raise hub_error(repo, e) from None
+    with f:
+        try:
+            yield from (tar_json_tasks(pathlib.Path(name), f) if name.endswith(".tar.gz")
+                        else txt_tasks(pathlib.Path(name), f))
+        except (OSError, EOFError) as e:
+            raise hub_error(repo, e) from None
 
 
 def download_dataset_files(name: str, revision: str | None) -> tuple[list[pathlib.Path], dict]:
@@ -542,9 +583,18 @@ def txt_has_delimiter(path: pathlib.Path) -> bool:
         return m.find(DELIMITER.encode()) >= 0
 
 
-def txt_tasks(path: pathlib.Path):
-    """Cut a .txt into tasks at document boundaries: after a <|endoftext|> marker, or inside a blank line."""
-    by_marker = txt_has_delimiter(path)
+def txt_tasks(path: pathlib.Path, fileobj=None):
+    """Cut a .txt into tasks at document boundaries: after a <|endoftext|> marker, or inside a blank line.
+    fileobj: read from it instead of `path` (a remote file: markers are looked for in its first block)."""
+    marker = DELIMITER.encode()
+    f = open(path, "rb") if fileobj is None else contextlib.nullcontext(fileobj)
+    with f as f:
+        first = f.read(TASK_BYTES)
+        by_marker = txt_has_delimiter(path) if fileobj is None else marker in first
+        yield from _txt_cut(f, first, by_marker, str(path))
+
+
+def _txt_cut(f, first: bytes, by_marker: bool, where: str):
     marker = DELIMITER.encode()
     kind = "txt_marker" if by_marker else "txt_blank"
 
@@ -555,18 +605,18 @@ def txt_tasks(path: pathlib.Path):
         i = max(buf.rfind(b"\n\n"), buf.rfind(b"\n\r\n"))
         return -1 if i < 0 else i + 1  # cut between the two newlines: both halves strip cleanly
 
-    carry = b""
-    with open(path, "rb") as f:
-        while chunk := f.read(TASK_BYTES):
-            buf = carry + chunk
-            cut = last_boundary(buf)
-            if cut <= 0:  # one document longer than a task: keep reading
-                carry = buf
-                continue
-            yield (kind, str(path), buf[:cut])
+    carry, chunk = b"", first
+    while chunk:
+        buf = carry + chunk
+        cut = last_boundary(buf)
+        if cut <= 0:  # one document longer than a task: keep reading
+            carry = buf
+        else:
+            yield (kind, where, buf[:cut])
             carry = buf[cut:]
+        chunk = f.read(TASK_BYTES)
     if carry:
-        yield (kind, str(path), carry)
+        yield (kind, where, carry)
 
 
 def open_maybe_gzip(path: pathlib.Path):
@@ -613,13 +663,31 @@ def parquet_tasks(path: pathlib.Path):
         yield ("docs", str(path), batch.column(0).to_pylist())
 
 
-def tar_json_tasks(path: pathlib.Path):
-    """TinyStories_all_data.tar.gz: data00.json ... data49.json, each a JSON array; one member at a time."""
+def tar_json_tasks(path: pathlib.Path, fileobj=None):
+    """TinyStories_all_data.tar.gz: data00.json ... data49.json, each a JSON array; one member at a time
+    (from `fileobj` as a stream when given)."""
     import tarfile
-    with tarfile.open(path, "r:*") as tar:
+    with (tarfile.open(path, "r:*") if fileobj is None else tarfile.open(fileobj=fileobj, mode="r|*")) as tar:
         for member in tar:
             if member.isfile() and member.name.endswith(".json"):
                 yield ("json_array", f"{path}/{member.name}", tar.extractfile(member).read())
+
+
+def limit_documents(tasks, max_docs: int, gpt4_only: bool = False):
+    """The first max_docs documents of a task stream (those with text: blank ones are passed on, uncounted), as
+    tasks of parsed documents; stops pulling tasks, and so reading or downloading, once it has them."""
+    _worker.setdefault("gpt4_only", gpt4_only)
+    left = max_docs
+    for task in tasks:
+        docs = []
+        for doc in task_documents(task):
+            docs.append(doc)
+            left -= bool(isinstance(doc, str) and doc.strip())
+            if left == 0:
+                break
+        yield ("parsed", task[1], docs)
+        if left == 0:
+            return
 
 
 def stream_tasks(documents, where: str):
@@ -726,6 +794,8 @@ def task_documents(task) -> list[str]:
     try:
         if kind == "docs":
             return [d if isinstance(d, str) else "" for d in payload]
+        if kind == "parsed":  # already split by limit_documents (None: a record --gpt4_only leaves out)
+            return payload
         if kind in ("txt_marker", "txt_blank"):
             text = payload.decode("utf-8")
             if kind == "txt_blank":
@@ -1040,15 +1110,20 @@ def resolve_tokenizer(arg: str):
                      f"{TOKENIZER_FILE} to reuse")
 
 
-def plan_sources(datasets: list[str], inputs: list[str], revision: str | None, gpt4_only: bool):
+def plan_sources(datasets: list[str], inputs: list[str], revision: str | None, gpt4_only: bool,
+                 max_docs: int | None = None):
     """Validate everything before any download or write; returns a function that opens the task
-    streams (called once per pass) and the sources' descriptions. The dataset names are known ones (prepare)."""
+    streams (called once per pass) and the sources' descriptions. The dataset names are known ones (prepare).
+    max_docs: each named dataset, and the --input files together, stop after that many documents."""
     paths = [pathlib.Path(p) for p in inputs]
     for p in paths:
         check_input_file(p)
-    downloaded, streamed, sources = [], [], []
+    downloaded, remote, streamed, sources = [], [], [], []
     for name in datasets:
-        if "files" in DATASETS[name]:
+        if "files" in DATASETS[name] and max_docs is not None:
+            files, source = remote_files(name, revision)
+            remote.append(files)
+        elif "files" in DATASETS[name]:
             files, source = download_dataset_files(name, revision)
             downloaded += files
         else:
@@ -1061,17 +1136,21 @@ def plan_sources(datasets: list[str], inputs: list[str], revision: str | None, g
     if gpt4_only and not any(d == "tinystories-all" for d in datasets) and not paths:
         raise ValueError("--gpt4_only applies to tinystories-all (or local TinyStories JSON); drop it")
 
+    def limited(tasks):
+        return tasks if max_docs is None else limit_documents(tasks, max_docs, gpt4_only)
+
     def open_tasks():
         for p in downloaded:
-            yield from (tar_json_tasks(p) if p.name.endswith(".tar.gz") else file_tasks(p))
+            yield from limited(tar_json_tasks(p) if p.name.endswith(".tar.gz") else file_tasks(p))
+        for files in remote:  # one dataset: its files together
+            yield from limited(t for repo, sha, f in files for t in remote_file_tasks(repo, sha, f))
         for name in streamed:
             docs, _ = stream_dataset(name, revision)
-            yield from stream_tasks(docs, name)
-        for p in paths:
-            yield from file_tasks(p)
-    # the bar counts input bytes: known in advance only for uncompressed text files
+            yield from limited(stream_tasks(docs, name))
+        yield from limited(t for p in paths for t in file_tasks(p))
+    # the bar counts input bytes: known in advance only for uncompressed text files read whole
     plain = all(input_kind(p) in (".txt", ".jsonl", ".json") for p in downloaded + paths)
-    total = sum(p.stat().st_size for p in downloaded + paths) if plain and not streamed else None
+    total = sum(p.stat().st_size for p in downloaded + paths) if plain and not streamed and not remote and max_docs is None else None
     return open_tasks, sources, total
 
 
@@ -1186,7 +1265,9 @@ def prepare(args) -> dict:
     mojibake = default_mojibake(datasets, inputs) if args.mojibake == "auto" else args.mojibake
     workers = args.workers if args.workers >= 0 else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
-    open_tasks, sources, total = plan_sources(datasets, inputs, args.revision, args.gpt4_only)
+    if args.max_docs is not None and args.max_docs < 1:
+        raise ValueError(f"--max_docs {args.max_docs}: must be >= 1")
+    open_tasks, sources, total = plan_sources(datasets, inputs, args.revision, args.gpt4_only, args.max_docs)
     out = pathlib.Path(args.out)
     with building(out) as tmp:  # `out` itself changes only when the run is complete
         new_splitter = lambda: Splitter(args.val_docs, args.val_fraction, all_val)
@@ -1235,6 +1316,7 @@ def prepare(args) -> dict:
         meta = {
             "dataset": "+".join(datasets + (["local"] if inputs else [])),
             "sources": sources,
+            "max_docs": args.max_docs,  # each named dataset, and the --input files together, stopped after this many
             "cleaning": {"strip": True, "drop_empty": True, "dedup": "exact (blake2b-64 of the UTF-8 text)" if args.dedup else "off",
                          "mojibake": mojibake, "gpt4_only": args.gpt4_only, "counts": counts},
             "split": {"by": "blake2b-64 of the cleaned UTF-8 text", "val_docs": args.val_docs,
@@ -1369,7 +1451,11 @@ def make_parser() -> ArgumentParser:
     p.add_argument("--val_fraction", type=parse_finite, default=0.005, help="share of documents in val (by hash)")
     p.add_argument("--val_docs", type=parse_count, help="exactly N documents in val (the N smallest hashes)")
     p.add_argument("--all_val", action="store_true",
-                   help="every document goes to val (an official eval set; automatic for c4-val, tinystories-valid)")
+                   help="every document goes to val (an official eval set; automatic for paloma-c4-en, c4-val, "
+                        "tinystories-valid)")
+    p.add_argument("--max_docs", type=parse_count, metavar="N",
+                   help="stop each named dataset (and the --input files together) after N documents, read as they "
+                        "are needed, not downloaded whole: a quick start in minutes")
     p.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=True, help="exact de-duplication")
     p.add_argument("--mojibake", choices=("auto", "repair", "drop", "off"), default="auto",
                    help="TinyStories' cp1252 mojibake (â€™): auto = repair for TinyStories sources, off otherwise")

@@ -15,6 +15,7 @@ import torch
 
 import eval_bpb
 import prepare
+from conftest import write_prepared_dir
 from model import GPT, GPTConfig, save_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -253,22 +254,6 @@ def test_retokenize_keeps_text_bytes_and_fingerprint(gpt2, bpe):
 # -----------------------------------------------------------------------------
 # Prepared folders, checkpoints and the command line
 
-def make_prepared_dir(path, enc, spec, docs) -> pathlib.Path:
-    """A folder as prepare.py lays it out: one val shard, meta.json, and the BPE's file."""
-    path.mkdir(parents=True, exist_ok=True)
-    tokens = encode_docs(enc, docs)
-    prepare.write_shard(path / "val_000000.bin", tokens, vocab_size=enc.n_vocab)
-    tokenizer = {"name": spec["name"], "vocab_size": enc.n_vocab, "delimiter_id": prepare.delimiter_id(enc)}
-    if spec["name"] != "gpt2":
-        (path / prepare.TOKENIZER_FILE).write_text(json.dumps(spec))
-        tokenizer["file"] = prepare.TOKENIZER_FILE
-    meta = {"dataset": "test", "tokenizer": tokenizer,
-            "splits": {"val": {"docs": len(docs), "tokens": len(tokens), "shards": 1,
-                               "bytes": sum(len(d.encode()) for d in docs)}}}
-    (path / "meta.json").write_text(json.dumps(meta))
-    return path
-
-
 def make_checkpoint(path, spec, n_vocab, block_size=32) -> pathlib.Path:
     from model import padded_vocab_size
     model = tiny_gpt(padded_vocab_size(n_vocab), block_size)
@@ -278,7 +263,7 @@ def make_checkpoint(path, spec, n_vocab, block_size=32) -> pathlib.Path:
 
 @pytest.fixture
 def gpt2_setup(gpt2, tmp_path):
-    data = make_prepared_dir(tmp_path / "data", gpt2, GPT2_SPEC, DOCS * 4)
+    data = write_prepared_dir(tmp_path / "data", GPT2_SPEC, val=DOCS * 4)
     ckpt = make_checkpoint(tmp_path / "ckpt.pt", GPT2_SPEC, gpt2.n_vocab)
     return data, ckpt
 
@@ -337,7 +322,7 @@ def test_cli_on_prepare_output(gpt2, bpe_spec, tmp_path, capsys, monkeypatch):
 
 def test_two_gloo_processes_match_one(bpe, bpe_spec, tmp_path, capsys):
     """torchrun with 2 CPU (gloo) processes gives the same numbers as one process."""
-    data = make_prepared_dir(tmp_path / "data", bpe, bpe_spec, DOCS * 4)
+    data = write_prepared_dir(tmp_path / "data", bpe_spec, val=DOCS * 4)
     ckpt = make_checkpoint(tmp_path / "ckpt.pt", bpe_spec, bpe.n_vocab)
     args = ["--ckpt", str(ckpt), "--data", str(data), "--seq_len", "8", "--batch_size", "2"]
     single = run_cli_json(capsys, *args)
@@ -373,7 +358,7 @@ def test_tokenizer_mismatch_between_checkpoint_and_shards(gpt2_setup, bpe, bpe_s
     assert "tokenizer mismatch" in err and "bpe:300" in err and "gpt2" in err and str(data) in err
 
     # same name, other merges: a BPE trained on other text
-    other = make_prepared_dir(tmp_path / "other", bpe, spec, DOCS)
+    other = write_prepared_dir(tmp_path / "other", spec, val=DOCS)
     spec2 = train_small_bpe("zebra quartz jumps; " * 50 + "\n".join(DOCS), 300)
     assert spec2["ranks"] != spec["ranks"]
     err = cli_error(capsys, "--ckpt", str(make_checkpoint(tmp_path / "bpe2.pt", spec2, 300)), "--data", str(other))
@@ -420,6 +405,8 @@ def test_other_bad_inputs(gpt2_setup, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(eval_bpb, "EVAL_DIR", tmp_path / "no_eval_sets")
     err = cli_error(capsys, "--ckpt", str(ckpt), "--data", "c4-en-val")
     assert "c4-en-val" in err and "prepare.py" in err
+    err = cli_error(capsys, "--ckpt", str(ckpt), "--data", "paloma-c4-en")
+    assert "prepare.py --dataset paloma-c4-en --out data/eval/paloma-c4-en" in err and "accept its terms" in err
     err = cli_error(capsys, "--ckpt", str(ckpt), "--data", str(tmp_path / "nothing_*.txt"))
     assert "nothing_*.txt" in err
     err = cli_error(capsys, "--ckpt", str(ckpt), "--data", str(data), "--seq_len", "64")
@@ -462,3 +449,24 @@ def test_eval_id_must_be_a_plain_name(gpt2_setup, tmp_path, capsys, eval_id):
     err = cli_error(capsys, "--ckpt", str(ckpt), "--data", str(data), "--record", str(record), "--eval_id", eval_id)
     assert "--eval_id" in err and "not a plain name" in err
     assert (record / "results.json").read_text() == '{"name": "run"}'
+
+
+def test_paloma_c4_en_is_the_primary_eval_of_fineweb_edu_and_open(gpt2_setup, tmp_path, capsys, monkeypatch):
+    """--data paloma-c4-en (data/eval/paloma-c4-en) records the eval id the fineweb-edu and open tables rank by;
+    allenai/c4's validation set (c4-en-val) is kept, as a secondary eval."""
+    import shutil
+    import leaderboard
+    data, ckpt = gpt2_setup
+    shutil.copytree(data, tmp_path / "eval" / "paloma-c4-en")
+    shutil.copytree(data, tmp_path / "eval" / "c4-en-val")
+    monkeypatch.setattr(eval_bpb, "EVAL_DIR", tmp_path / "eval")
+    record = tmp_path / "record"
+    record.mkdir()
+    (record / "results.json").write_text(json.dumps({"name": "run", "eval": {}}))
+    for name in ("paloma-c4-en", "c4-en-val"):
+        assert eval_bpb.main(["--ckpt", str(ckpt), "--data", name, "--seq_len", "16", "--device", "cpu",
+                              "--record", str(record)]) == 0
+    evals = json.loads((record / "results.json").read_text())["eval"]
+    assert set(evals) == {"paloma-c4-en", "c4-en-val"}
+    for track in ("fineweb-edu", "open"):
+        assert [e[0] for e in leaderboard.primary_evals(track, evals)] == ["paloma-c4-en"]

@@ -606,3 +606,124 @@ def test_cli_subprocess_exit_code_and_help():
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, str(ROOT / "prepare.py"), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "c4-val" in r.stdout and "--val_docs" in r.stdout
+
+
+# -----------------------------------------------------------------------------
+# --max_docs, and the named datasets read through the Hub's client (faked: no network in the tests)
+
+def test_max_docs_stops_local_input_after_n_documents(tmp_path, byte_tok, capsys):
+    docs = make_docs(60)
+    a, b = write_txt(tmp_path / "a.txt", docs[:20]), write_txt(tmp_path / "b.txt", docs[20:])
+    out = tmp_path / "out"
+    assert run(["--input", a, b, "--tokenizer", byte_tok, "--out", out, "--workers", 0, "--quiet",
+                "--val_docs", 3, "--max_docs", 25]) == 0
+    meta = prepare.read_meta(out)
+    assert meta["max_docs"] == 25 and "--max_docs 25" in meta["command"]
+    assert meta["cleaning"]["counts"]["kept"] == 25  # blank documents (the end of a.txt) are not counted
+    assert sorted(byte_docs(out, "train") + byte_docs(out, "val")) == sorted(docs[:25])  # the input files together
+    # with worker processes, and JSON lines: the same cut
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    assert run(["--input", jsonl, "--tokenizer", byte_tok, "--out", out, "--workers", 2, "--quiet", "--max_docs", 7,
+                "--val_docs", 2]) == 0
+    assert sorted(byte_docs(out, "train") + byte_docs(out, "val")) == sorted(docs[:7])
+    assert prepare.read_meta(out)["max_docs"] == 7
+    assert run(["--input", jsonl, "--tokenizer", byte_tok, "--out", out, "--quiet"]) == 0
+    assert prepare.read_meta(out)["max_docs"] is None
+    assert run(["--input", jsonl, "--out", out, "--max_docs", 0]) == 2
+    assert "--max_docs 0" in capsys.readouterr().err
+
+
+class FakeHubFile:
+    """What huggingface_hub's HfFileSystem.open gives: a file read block by block; counts the bytes read."""
+
+    def __init__(self, path, log):
+        self.f, self.log = open(path, "rb"), log
+
+    def read(self, n=-1):
+        data = self.f.read(n)
+        self.log["read"] += len(data)
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def fake_hub(monkeypatch, files, log):
+    """The Hub as prepare.py reaches it: revision lookup and HfFileSystem (dataset files by name)."""
+    import huggingface_hub
+
+    class FakeFS:
+        def open(self, url, mode="rb", block_size=None):
+            log["urls"].append(url)
+            return FakeHubFile(files[url.rsplit("/", 1)[1]], log)
+    monkeypatch.setattr(prepare, "check_hub_reachable", lambda: None)
+    monkeypatch.setattr(prepare, "resolve_revision", lambda repo, revision: "0123abcd")
+    monkeypatch.setattr(huggingface_hub, "HfFileSystem", FakeFS)
+    monkeypatch.setattr(prepare, "download_dataset_files", lambda *a: pytest.fail("downloaded the whole file"))
+
+
+def test_max_docs_reads_a_named_dataset_only_as_far_as_needed(tmp_path, byte_tok, monkeypatch, capsys):
+    """--dataset tinystories --max_docs N: the file is read over HTTP block by block, and reading stops with the
+    N-th document (the README's CPU quick start does not download 2 GB)."""
+    docs = [d * 40 for d in make_docs(3000)]  # about 5 MB: several blocks
+    big = write_txt(tmp_path / "TinyStoriesV2-GPT4-train.txt", docs)
+    log = {"read": 0, "urls": []}
+    fake_hub(monkeypatch, {"TinyStoriesV2-GPT4-train.txt": big}, log)
+    monkeypatch.setattr(prepare, "TASK_BYTES", 1 << 16)
+    out = tmp_path / "ts-small"
+    assert run(["--dataset", "tinystories", "--max_docs", 50, "--tokenizer", byte_tok, "--out", out,
+                "--workers", 0, "--quiet", "--val_docs", 5]) == 0
+    meta = prepare.read_meta(out)
+    assert meta["cleaning"]["counts"]["kept"] == 50 and meta["max_docs"] == 50
+    assert meta["sources"][0]["hf"] == "roneneldan/TinyStories" and meta["sources"][0]["revision"] == "0123abcd"
+    assert log["urls"][0] == "datasets/roneneldan/TinyStories@0123abcd/TinyStoriesV2-GPT4-train.txt"
+    assert sorted(byte_docs(out, "train") + byte_docs(out, "val")) == sorted(docs[:50])
+    assert log["read"] < big.stat().st_size / 10  # two passes (BPE reuse + tokenize) of the first blocks only
+
+
+def test_paloma_c4_en_is_streamed_from_allenai_paloma(tmp_path, byte_tok, monkeypatch, capsys):
+    """--dataset paloma-c4-en: allenai/paloma, config c4_en, split val, every document in val (an eval set)."""
+    calls = []
+
+    class FakeDatasets:
+        @staticmethod
+        def load_dataset(repo, **kwargs):
+            calls.append((repo, kwargs))
+            return iter([{"text": f"paloma document {i}"} for i in range(30)])
+    monkeypatch.setitem(sys.modules, "datasets", FakeDatasets)
+    monkeypatch.setattr(prepare, "check_hub_reachable", lambda: None)
+    monkeypatch.setattr(prepare, "resolve_revision", lambda repo, revision: "feedbeef")
+    out = tmp_path / "eval" / "paloma-c4-en"
+    assert run(["--dataset", "paloma-c4-en", "--tokenizer", byte_tok, "--out", out, "--workers", 0, "--quiet"]) == 0
+    assert calls[0] == ("allenai/paloma", {"streaming": True, "revision": "feedbeef", "name": "c4_en", "split": "val"})
+    meta = prepare.read_meta(out)
+    assert meta["split"]["all_val"] and meta["splits"]["val"]["docs"] == 30 and meta["splits"]["train"]["docs"] == 0
+    assert meta["sources"][0] == {"dataset": "paloma-c4-en", "hf": "allenai/paloma", "name": "c4_en", "split": "val"}
+    # --max_docs stops the stream
+    assert run(["--dataset", "paloma-c4-en", "--tokenizer", byte_tok, "--out", out, "--workers", 0, "--quiet",
+                "--max_docs", 4]) == 0
+    assert prepare.read_meta(out)["splits"]["val"]["docs"] == 4
+
+
+def test_gated_dataset_error_says_accept_the_terms_and_log_in(tmp_path, capsys, monkeypatch):
+    def refused(repo, revision):
+        raise RuntimeError("401 Client Error: Unauthorized for url: https://huggingface.co/api/datasets/allenai/paloma")
+    monkeypatch.setattr(prepare, "check_hub_reachable", lambda: None)
+    monkeypatch.setattr(prepare, "resolve_revision", refused)
+    line = one_error_line(capsys, ["--dataset", "paloma-c4-en", "--out", tmp_path / "out"])
+    assert "allenai/paloma" in line and "gated dataset: accept its terms at https://huggingface.co/datasets/allenai/paloma" in line
+    assert "log in" in line and "HF_TOKEN" in line
+    # another dataset whose error names a gate gets the same advice; a plain failure does not
+    class GatedRepoError(Exception):
+        pass
+
+    def gated(repo, revision):
+        raise GatedRepoError("Access to dataset x is restricted")
+    monkeypatch.setattr(prepare, "resolve_revision", gated)
+    assert "accept its terms" in one_error_line(capsys, ["--dataset", "fineweb-edu", "--out", tmp_path / "out"])
+    monkeypatch.setattr(prepare, "resolve_revision", refused)
+    assert "accept its terms" not in one_error_line(capsys, ["--dataset", "c4-val", "--out", tmp_path / "out"])
