@@ -7,13 +7,25 @@ The leaderboard: read every record under records/, check it, and write the READM
     python leaderboard.py --plot=records/frontier.svg   # also draw BPB vs model FLOPs (hand-written SVG)
     python leaderboard.py --serve 8000         # tables and plot on http://localhost:8000
     python leaderboard.py --records=DIR --readme=FILE   # other places (the tests use temporary ones)
+    python leaderboard.py --export_marin records/fineweb-edu/<folder>   # the record in Marin's format, to submit there
 
 Where records live (records/README.md tells participants the same):
 
     records/<track>/<folder>/results.json            one run, schema "speedrun-record/1" (train.py writes it)
     records/<track>/<folder>/train.log               the log of that run, beside its results.json
     records/<track>/<folder>/<sub>/results.json      several runs (seeds) of one record: one subfolder each
-    records/<track>/<folder>/speedrun_results.json   Marin's format, {"runs": [{"run_info": {...}}, ...]}
+    records/<track>/<folder>/speedrun_results.json   Marin's format, {"runs": [{"run_info": {...}}, ...]} (beside a
+                                                     results.json: its --export_marin copy, checked, not a 2nd run)
+
+Primary evals: tinystories-valid for the TinyStories tracks; Paloma's C4-EN val split (eval id paloma-c4-en, what
+Marin scores as eval/paloma/c4_en/bpb) for fineweb-edu and open, whose sections also show Marin's size tracks
+(MARIN_SIZE_TRACKS: the runs that reached each threshold, fewest hardware FLOPs first). allenai/c4's validation
+set (c4-en-val) is another text: a secondary eval.
+
+Marin's files are read in every form Marin has written (see load_marin_record); Marin's figures are shown as
+reported, recomputed only where the config maps exactly onto a model computed here, and where Marin's own
+conventions explain a difference (TPU cores counted as devices, another architecture, an older FLOPs measure)
+the row gets a note under its table instead of a refusal.
 
 A record folder is one row of a table; when it holds several runs the row shows their mean BPB, the
 spread and the one-sided t-test p-value of the mean against the runs' target (modded-nanogpt's rule).
@@ -756,9 +768,9 @@ def marin_hardware(info, resources, hardware_config):
         device, cores, chips = tpu
         counts += [(chips, "chips")] + ([(cores, "TPU cores")] if cores != chips else [])
     elif spec:
-        variant = spec.get("variant")
-        kind = str(spec.get("kind") or "device").upper() if spec.get("kind") in ("gpu", "cpu") else str(spec.get("kind") or "device")
-        device = variant if isinstance(variant, str) and variant not in ("", "auto") else kind
+        variant, kind = spec.get("variant"), spec.get("kind")
+        generic = kind.upper() if kind in ("gpu", "cpu") else str(kind or "device")  # variant "auto": the kind only
+        device = variant if isinstance(variant, str) and variant not in ("", "auto") else generic
         if is_int(spec.get("count")) and spec["count"] >= 1:
             counts.append((spec["count"], "devices"))
     elif isinstance(resources.get("accelerator_type"), str) or is_int(resources.get("gpu_count")):
