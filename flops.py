@@ -15,7 +15,9 @@ One convention for the whole project, so our records and Marin's share the FLOPs
     hardware FLOPs = training seconds * devices * peak dense bf16 FLOP/s per device
     MFU = model FLOPs / hardware FLOPs
 
-Layers are counted as applied (n_layer), so layer reuse saves parameters but not FLOPs.
+Layers are counted as applied (n_layer), so layer reuse saves parameters but not FLOPs. Sliding windows and
+document masks change nothing on this axis either: what they save is a separate, labelled figure
+(attended_forward_flops_per_token: attention over the keys each query attends to), shown beside it.
 
     python flops.py                                   # the weight-class presets table (README)
     python flops.py --preset=small --tokens=1e9 --device="H100 SXM" --mfu=0.4
@@ -75,6 +77,42 @@ def causal_forward_flops_per_token(config, seq_len: int) -> int:
     t = forward_flops_terms(config, seq_len)
     attention = t["attn_scores"] + t["attn_softmax"] + t["attn_values"]
     return sum(t.values()) - attention + attention // 2
+
+
+def keys_per_query(seq_len: int, window: int = 0, doc_len: int = 0) -> float:
+    """The mean number of keys a query of a seq_len window attends to under the model's masking rule
+    (model.attention_mask): causal, within `window` tokens (0 = full) and, with doc_len > 0, within its
+    document, for documents of doc_len tokens packed back to back (the window's last one cut short)."""
+    def keys(n, w):  # queries at offsets 0..n-1 of one document: sum of min(offset + 1, w)
+        return n * (n + 1) // 2 if n <= w else w * (w + 1) // 2 + (n - w) * w
+    w = window or seq_len
+    if doc_len > 0:
+        whole, rest = divmod(seq_len, doc_len)
+        return (whole * keys(doc_len, w) + keys(rest, w)) / seq_len
+    return keys(seq_len, w) / seq_len
+
+
+def attended_forward_flops_terms(config, seq_len: int, doc_len: int = 0) -> dict:
+    """forward_flops_terms with the attention terms counted over the keys each query actually attends to:
+    causal, each layer's window (long/short, the config's sizes) and, with doc_mask and doc_len > 0,
+    documents of doc_len tokens. A separate, labelled figure of what masking saves; never the leaderboard
+    axis (Marin's full S x S map, forward_flops_per_token). Without doc_len a document mask is assumed
+    to save nothing (it depends on the data)."""
+    c = _config(config)
+    terms = forward_flops_terms(c, seq_len)
+    window = {"L": c.window, "S": c.short_window}
+    docs = doc_len if c.doc_mask else 0
+    keys = sum(keys_per_query(seq_len, window[kind], docs) for kind in c.layer_windows)  # summed over layers
+    h, hd = c.n_head, c.head_dim
+    terms.update(attn_scores=round(keys * 2 * h * hd), attn_softmax=round(keys * 3 * h),
+                 attn_values=round(keys * 2 * hd * h))
+    return terms
+
+
+def attended_forward_flops_per_token(config, seq_len: int, doc_len: int = 0) -> int:
+    """Forward FLOPs per token with attention over the attended keys only (attended_forward_flops_terms):
+    shown beside Marin's figure, never instead of it."""
+    return sum(attended_forward_flops_terms(config, seq_len, doc_len).values())
 
 
 def model_flops(config, seq_len: int, tokens: int) -> int:
@@ -352,8 +390,9 @@ def presets_table(vocab_size=8192, seq_len=1024, names=("small", "medium", "larg
     return "\n".join(lines)
 
 
-def model_table(config, seq_len, tokens, device, assumed_mfu) -> str:
-    """One configuration: parameters, class, FLOPs per token, and the cost of `tokens` training tokens."""
+def model_table(config, seq_len, tokens, device, assumed_mfu, doc_len=0) -> str:
+    """One configuration: parameters, class, FLOPs per token, and the cost of `tokens` training tokens.
+    With a window or a document mask, also the attended figure (doc_len: documents assumed that long)."""
     r = describe(config, seq_len)
     terms = forward_flops_terms(config, seq_len)
     total = model_flops(config, seq_len, tokens)
@@ -362,7 +401,13 @@ def model_table(config, seq_len, tokens, device, assumed_mfu) -> str:
             ("embedding params (counted)", f"{r['embedding']:,}"), ("weight class", r["weight_class"]),
             ("forward FLOPs/token (Marin)", f"{r['forward']:,}")]
     rows += [(f"  {name}", f"{value:,}") for name, value in terms.items()]
-    rows += [("forward FLOPs/token, causal-halved", f"{r['causal']:,}  (shown beside, never instead)"),
+    rows += [("forward FLOPs/token, causal-halved", f"{r['causal']:,}  (shown beside, never instead)")]
+    if _config(config).attention_masked:
+        what = "window/document mask" + (f", documents of {doc_len} tokens" if doc_len and _config(config).doc_mask
+                                         else ", documents not assumed" if _config(config).doc_mask else "")
+        rows.append((f"forward FLOPs/token, attended ({what})",
+                     f"{attended_forward_flops_per_token(config, seq_len, doc_len):,}  (shown beside, never instead)"))
+    rows += [
              ("training FLOPs/token (3x forward)", f"{3 * r['forward']:,}"),
              ("nanoGPT estimate 6N + 12*L*d*S, N non-embedding",
               f"{6 * r['non_embedding'] + 12 * _config(config).n_layer * _config(config).n_embd * seq_len:,}"),
@@ -387,6 +432,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=prepare.parse_count, default=10 ** 9, help="training tokens to price")
     p.add_argument("--device", default="H100 SXM", help="a GPU name or one of: " + ", ".join(PEAK_BF16_FLOPS))
     p.add_argument("--mfu", type=prepare.parse_finite, default=0.4, help="assumed MFU for the time estimate")
+    p.add_argument("--doc_len", type=prepare.parse_count, default=0,
+                   help="with --doc_mask: documents assumed this many tokens long, for the attended FLOPs figure")
     prepare.add_dataclass_flags(p, model_lib.GPTConfig, skip=("vocab_size", "block_size"))
     return p
 
@@ -410,7 +457,7 @@ def run(argv) -> int:
         return 0
     config = config_from_args(args)
     print(config)
-    print(model_table(config, args.seq_len or config.block_size, args.tokens, args.device, args.mfu))
+    print(model_table(config, args.seq_len or config.block_size, args.tokens, args.device, args.mfu, args.doc_len))
     return 0
 
 

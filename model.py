@@ -49,6 +49,16 @@ class GPTConfig:
     value_embeds: int = 0        # value-embedding tables, each feeding the v of an early and a late layer
     bias: bool = False           # biases in every linear layer and norm (GPT-2 style); off in modern models
     zero_init: bool = True       # zero-initialise output projections (attention, MLP, untied lm_head)
+    # Attention masks (see "Attention masks" below; the same semantics on every path, generation included)
+    doc_mask: bool = False       # attention stays inside each document (documents split at delimiter_id)
+    delimiter_id: int = -1       # the document delimiter token (train.py sets it from the data); -1 = none
+    window: int = 0              # sliding window of the long layers, in tokens (keys i-window < j <= i); 0 = full
+    short_window: int = 0        # window of the short layers; 0 = no short layers (they use `window`)
+    window_pattern: str = "LSSL" # L(ong)/S(hort) per applied layer, repeated over n_layer; used when short_window > 0
+    # Skip connections (modded-nanogpt records #9 and #11), each with learned scalars
+    x0_mix: bool = False         # block input = a_i * x + b_i * x0, x0 the embedding output (a=1, b=0 at init)
+    value_residual: bool = False # layer i > 0 values v += l_i * (v_first - v), v_first the first layer's (l=0.5)
+    unet: bool = False           # first n_layer//2 block outputs added, weighted (1 at init), to the last n_layer//2 inputs
 
     @property
     def head_dim(self) -> int:
@@ -61,6 +71,19 @@ class GPTConfig:
     @property
     def unique_layers(self) -> int:
         return self.n_unique_layers or self.n_layer
+
+    @property
+    def layer_windows(self) -> list[str]:
+        """"L" or "S" for each applied layer: which of the two windows it attends with (all "L" without
+        short layers)."""
+        if not self.short_window:
+            return ["L"] * self.n_layer
+        return [self.window_pattern[i % len(self.window_pattern)] for i in range(self.n_layer)]
+
+    @property
+    def attention_masked(self) -> bool:
+        """Whether attention is anything but plain causal (a document mask or a window)."""
+        return self.doc_mask or self.window > 0 or "S" in self.layer_windows
 
     def __post_init__(self):
         if min(self.vocab_size, self.n_layer, self.n_head, self.n_kv_head, self.n_embd, self.block_size) < 1:
@@ -87,6 +110,16 @@ class GPTConfig:
             problems.append(f"mlp_ratio ({self.mlp_ratio}) must give d_ff = round(mlp_ratio * n_embd) >= 1")
         if self.rope and not self.rope_base > 0:
             problems.append(f"rope_base must be > 0, got {self.rope_base}")
+        if not -1 <= self.delimiter_id < self.vocab_size:
+            problems.append(f"delimiter_id must be -1 (none) or a token id below vocab_size, got {self.delimiter_id}")
+        if self.doc_mask and self.delimiter_id < 0:
+            problems.append("doc_mask needs the delimiter token: set delimiter_id")
+        if self.window < 0 or self.short_window < 0:
+            problems.append("window and short_window must be >= 0 (0 = full / no short layers)")
+        if not self.window_pattern or set(self.window_pattern) - set("LS"):
+            problems.append(f"window_pattern must be a non-empty string of L and S, got {self.window_pattern!r}")
+        if (self.value_residual or self.unet) and self.n_layer < 2:
+            problems.append("value_residual and unet need n_layer >= 2")
         if problems:
             raise ValueError("GPTConfig: " + "; ".join(problems))
 
@@ -179,6 +212,75 @@ def apply_rope(x, cos, sin):
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).type_as(x)
 
 
+# -----------------------------------------------------------------------------
+# Attention masks
+#
+# One rule everywhere (training, eval_bpb, generation): the query at position i sees the key at position j iff
+#     j <= i                          causal
+#     and i - j < window              the layer's window (long or short; full = every earlier key)
+#     and doc(j) == doc(i)            with doc_mask: doc = how many delimiter tokens up to and including the
+#                                     position, so a document's leading delimiter belongs to it
+# The diagonal is always allowed, so no row is empty. Positions (RoPE) are not reset at document starts.
+# What runs where:
+#   - nothing masked (the default): SDPA with is_causal=True, the fast path, untouched;
+#   - CUDA with torch.nn.attention.flex_attention available (GPT.attention_impl "auto"): flex_attention,
+#     itself torch.compile'd, with a BlockMask built at each forward from the document ids and the window
+#     (blocks outside every document and window are skipped, so the window saves compute);
+#   - CPU, MPS, no flex_attention, or attention_impl "sdpa": SDPA with an explicit boolean mask (B, 1, T, T)
+#     built from the same rule (attention_mask below); flex_attention on CPU runs only eagerly as a slow
+#     reference here, so the tests use it to check that both paths agree;
+#   - generation with the KV cache: SDPA with the same rule over the cached slots (plus left padding).
+# The current windows live in a tensor (GPT.set_windows), not in Python ints, so growing them during
+# training never recompiles a torch.compile'd model: the masks are data, not graph structure.
+
+try:
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+except ImportError:  # PyTorch without FlexAttention: the SDPA path runs everywhere
+    BlockMask = create_block_mask = flex_attention = None
+
+# flex_attention is fast only compiled; on CUDA it is compiled once at import (lazily: nothing compiles
+# until the first call). Inside an already compiled model, dynamo traces straight through it.
+_FLEX_CUDA = torch.compile(flex_attention, dynamic=False) if flex_attention is not None and torch.cuda.is_available() else None
+
+
+def document_ids(idx, delimiter_id: int):
+    """(B, T) document index of each token: the number of delimiter tokens up to and including it."""
+    return (idx == delimiter_id).cumsum(-1)
+
+
+def attention_mask(q_pos, k_pos, window, q_doc=None, k_doc=None):
+    """The dense boolean form of the masking rule: True where the query at q_pos (T,) or (B, T) may see
+    the key at k_pos (S,) or (B, S). window: an int or a 0-d tensor (>= the sequence length = full);
+    q_doc/k_doc: document ids (B, T)/(B, S), or None without a document mask. Returns (B or 1, 1, T, S)."""
+    rel = q_pos[..., :, None] - k_pos[..., None, :]
+    mask = (rel >= 0) & (rel < window)
+    if q_doc is not None:
+        mask = mask & (q_doc[..., :, None] == k_doc[..., None, :])
+    return mask[:, None] if mask.dim() == 3 else mask[None, None]
+
+
+def flex_block_mask(docs, window, B: int, T: int, device):
+    """The masking rule as a FlexAttention BlockMask for one (B, T) batch; docs None without a document
+    mask (then one mask serves the whole batch)."""
+    def mask_mod(b, h, q, k):
+        ok = (q >= k) & (q - k < window)
+        if docs is not None:
+            ok = ok & (docs[b, q] == docs[b, k])
+        return ok
+    return create_block_mask(mask_mod, B if docs is not None else None, None, T, T, device=device)
+
+
+def _attend(q, k, v, mask, gqa: bool):
+    """softmax(q k^T / sqrt(d)) v under `mask`: None = causal, a BlockMask (flex_attention) or a boolean
+    tensor (SDPA). q, k, v: (B, heads, T or S, head_dim)."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    if BlockMask is not None and isinstance(mask, BlockMask):
+        flex = _FLEX_CUDA if q.is_cuda and _FLEX_CUDA is not None else flex_attention
+        return flex(q, k, v, block_mask=mask, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -191,13 +293,18 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = Norm(hd, config) if config.qk_norm else None
         self.k_norm = Norm(hd, config) if config.qk_norm else None
 
-    def forward(self, x, rope, ve=None, attn_mask=None, cache=None, layer=0):
+    def forward(self, x, rope, ve=None, mask=None, cache=None, layer=0, v_first=None, v_lambda=None):
+        """The attention output and this layer's values (B, T, kv heads, head_dim), which the first layer
+        hands to the later ones for the value residual: v += v_lambda * (v_first - v)."""
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         if ve is not None:  # value embeddings: token identity straight into the values (modded-nanogpt)
             v = v + ve.view_as(v)
+        if v_first is not None:  # value residual (modded-nanogpt record #9); written so v_lambda is used once
+            v = v + v_lambda * (v_first - v)
+        values = v
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -205,12 +312,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        gqa = self.n_kv_head != self.n_head
-        if attn_mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+        y = _attend(q, k, v, mask, self.n_kv_head != self.n_head)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1)), values
 
 
 class MLP(nn.Module):
@@ -244,9 +347,11 @@ class Block(nn.Module):
         self.norm2 = Norm(config.n_embd, config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, ve=None, attn_mask=None, cache=None, layer=0):
-        x = x + self.attn(self.norm1(x), rope, ve, attn_mask, cache, layer)
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x, rope, ve=None, mask=None, cache=None, layer=0, v_first=None, v_lambda=None):
+        """(the block's output, its attention values)."""
+        y, values = self.attn(self.norm1(x), rope, ve, mask, cache, layer, v_first, v_lambda)
+        x = x + y
+        return x + self.mlp(self.norm2(x)), values
 
 
 def value_embed_table(layer: int, n_layer: int, n_tables: int):
@@ -279,6 +384,20 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
+        # learned scalars of the skip connections, one per applied layer (so layer reuse does not share them);
+        # 1-D, so train.py's optimizer puts them in its "scalar" group (AdamW)
+        L = config.n_layer
+        if config.x0_mix:  # record #9: x = resid_lambdas[i] * x + x0_lambdas[i] * x0 before block i
+            self.resid_lambdas = nn.Parameter(torch.ones(L))
+            self.x0_lambdas = nn.Parameter(torch.zeros(L))
+        if config.value_residual:  # record #9: layers 1..L-1 mix the first layer's values in, 0.5 at init
+            self.v_lambdas = nn.Parameter(torch.full((L - 1,), 0.5))
+        if config.unet:  # record #11: encoder output i feeds decoder input L-1-i, weight 1 at init
+            self.skip_weights = nn.Parameter(torch.ones(L // 2))
+        # the current windows (long, short) in tokens, block_size = full: a tensor, so set_windows never
+        # recompiles a compiled model; not saved (the config's windows are the model's)
+        self.register_buffer("attn_windows", torch.tensor(self._config_windows(), dtype=torch.long), persistent=False)
+        self.attention_impl = "auto"
         self.apply(self._init_weights)
         if config.zero_init:  # each block starts as the identity; an untied head starts at uniform logits
             for block in unique:
@@ -290,16 +409,63 @@ class GPT(nn.Module):
 
     @property
     def use_kernels(self) -> bool:
-        """kernels.py's fused ops (Triton on CUDA, their PyTorch references elsewhere) for RMSNorm, ReLU^2
-        and the LM head + loss; False = plain PyTorch ops everywhere. A runtime setting, not saved."""
+        """kernels.py's fused LM head + loss (Triton on CUDA, its chunked reference elsewhere), which never
+        materialises the (tokens, vocab) fp32 logits; False = F.cross_entropy on full logits. A runtime
+        setting, not saved with the model."""
         return self._use_kernels
 
     @use_kernels.setter
     def use_kernels(self, on: bool):
         object.__setattr__(self, "_use_kernels", bool(on))
-        for module in self.modules():
-            if isinstance(module, (Norm, MLP)):
-                module.use_kernels = bool(on)
+
+    def _config_windows(self):
+        c = self.config
+        long = c.window or c.block_size
+        return [long, c.short_window or long]
+
+    def set_windows(self, long: int | None = None, short: int | None = None) -> None:
+        """Set the attention windows (tokens; 0 = full) of the long and short layers from now on, e.g. to grow
+        them during training (record #13's window warm-up); None = the config's. Only for a config with a
+        window or a document mask (the masked path is chosen at construction). Written in place into a
+        tensor: a torch.compile'd model picks the new sizes up without recompiling, whatever the values."""
+        if not self.config.attention_masked:
+            raise ValueError("set_windows needs a config with window, short_window or doc_mask set; "
+                             "the model runs plain causal attention")
+        defaults = self._config_windows()
+        values = [defaults[0] if long is None else long, defaults[1] if short is None else short]
+        if min(values) < 0:
+            raise ValueError(f"windows must be >= 0 (0 = full), got {values}")
+        values = [v or self.config.block_size for v in values]
+        with torch.no_grad():
+            self.attn_windows.copy_(torch.tensor(values, dtype=torch.long))
+
+    @property
+    def windows(self) -> tuple[int, int]:
+        """The current (long, short) windows, block_size meaning full (reads the tensor: a device sync)."""
+        return tuple(int(w) for w in self.attn_windows.tolist())
+
+    def attention_masks(self, idx):
+        """What each kind of layer attends with for a batch idx (B, T): None (plain causal: nothing masked),
+        or {"L": mask, "S": mask} (only "L" without short layers), each a FlexAttention BlockMask or a dense
+        boolean (B or 1, 1, T, T) mask for SDPA; see "Attention masks" for which runs where.
+        attention_impl: "auto" (flex on CUDA when available), "sdpa" or "flex" (forced, e.g. to compare)."""
+        if not self.config.attention_masked:
+            return None
+        if self.attention_impl not in ("auto", "sdpa", "flex"):
+            raise ValueError(f"attention_impl must be auto, sdpa or flex, got {self.attention_impl!r}")
+        if self.attention_impl == "flex" and flex_attention is None:
+            raise ValueError("attention_impl='flex' needs torch.nn.attention.flex_attention (PyTorch >= 2.5)")
+        use_flex = self.attention_impl == "flex" or (self.attention_impl == "auto" and idx.is_cuda
+                                                      and flex_attention is not None)
+        B, T = idx.shape
+        docs = document_ids(idx, self.config.delimiter_id) if self.config.doc_mask else None
+        positions = torch.arange(T, device=idx.device)
+        masks = {}
+        for kind in set(self.config.layer_windows):
+            window = self.attn_windows[0 if kind == "L" else 1]
+            masks[kind] = (flex_block_mask(docs, window, B, T, idx.device) if use_flex
+                           else attention_mask(positions, positions, window, docs, docs))
+        return masks
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -316,22 +482,38 @@ class GPT(nn.Module):
         positions = positions if positions.dim() == 2 else positions[None]
         return rope_angles(positions, self.config.head_dim, self.config.rope_base)
 
-    def hidden_states(self, idx, positions=None, attn_mask=None, cache=None):
-        """The final normalised hidden states (B, T, n_embd), before lm_head."""
+    def hidden_states(self, idx, positions=None, masks=None, cache=None):
+        """The final normalised hidden states (B, T, n_embd), before lm_head. masks: what attention_masks
+        returns (built here from idx when None); generation passes its own, over the cached slots."""
         B, T = idx.shape
         if positions is None:
             if T > self.config.block_size:
                 raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
             positions = torch.arange(T, device=idx.device)
+            masks = self.attention_masks(idx) if masks is None else masks
         x = self.transformer.wte(idx)
         if not self.config.rope:
             x = x + self.transformer.wpe(positions)
+        x0 = x
         rope = self.rope(positions)
-        n_ve = len(self.value_embeds)
+        c, L = self.config, len(self.blocks)
+        kinds = c.layer_windows
+        n_skip = L // 2 if c.unet else 0
+        skips, v_first = [], None
         for i, block in enumerate(self.blocks):
-            t = value_embed_table(i, len(self.blocks), n_ve)
+            t = value_embed_table(i, L, len(self.value_embeds))
             ve = self.value_embeds[t](idx) if t is not None else None  # looked up per use, so reuse is visible
-            x = block(x, rope, ve, attn_mask, cache, i)
+            if i >= L - n_skip:  # U-net: the decoder half takes the encoder half's outputs, last in first out
+                x = x + self.skip_weights[i - (L - n_skip)] * skips.pop()
+            if c.x0_mix:
+                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            v_lambda = self.v_lambdas[i - 1] if c.value_residual and i > 0 else None
+            x, values = block(x, rope, ve, masks[kinds[i]] if masks is not None else None, cache, i,
+                              v_first if v_lambda is not None else None, v_lambda)
+            if c.value_residual and i == 0:
+                v_first = values
+            if i < n_skip:
+                skips.append(x)
         return self.transformer.ln_f(x)
 
     def logits(self, h):
@@ -387,17 +569,25 @@ class GPT(nn.Module):
         positions = (slot[None, :] - pad[:, None]).clamp(min=0)       # real tokens start at position 0
         key_is_real = slot[None, :] >= pad[:, None]                    # (B, total)
         cache = KVCache(self.config, B, total)
+        tokens = torch.zeros(B, total, dtype=torch.long, device=device)  # every token fed so far, by slot
+        c = self.config
+        windows = {kind: self.attn_windows[0 if kind == "L" else 1] for kind in set(c.layer_windows)}
 
         out = [[] for _ in range(B)]
         done = [False] * B
         pos = 0
         for _ in range(max_new_tokens):
             T = idx.size(1)
-            q_slots = slot[pos:pos + T]
-            causal = slot[None, :pos + T] <= q_slots[:, None]                        # (T, keys)
-            mask = causal[None] & key_is_real[:, None, :pos + T]                     # (B, T, keys)
-            mask = mask | (slot[None, None, :pos + T] == q_slots[None, :, None])     # pads attend to themselves
-            h = self.hidden_states(idx, positions[:, pos:pos + T], mask[:, None], cache)
+            tokens[:, pos:pos + T] = idx
+            q_slots, k_slots = slot[pos:pos + T], slot[:pos + T]
+            # the same rule as a forward over the whole sequence (attention_mask), over the cached slots;
+            # padding is no key (and not a delimiter), pads attend to themselves only
+            docs = ((tokens[:, :pos + T] == c.delimiter_id) & key_is_real[:, :pos + T]).cumsum(-1) if c.doc_mask else None
+            real = key_is_real[:, None, None, :pos + T]
+            diagonal = (k_slots[None, :] == q_slots[:, None])[None, None]
+            masks = {kind: (attention_mask(q_slots, k_slots, window, docs[:, pos:] if docs is not None else None, docs)
+                            & real) | diagonal for kind, window in windows.items()}
+            h = self.hidden_states(idx, positions[:, pos:pos + T], masks, cache)
             logits = self.logits(h[:, -1])
             if valid_vocab is not None:
                 logits[:, valid_vocab:] = -float("inf")

@@ -217,8 +217,8 @@ class ReusedInsideForward(nn.Module):
         self.inner = block
 
     def forward(self, x, *args):
-        x = self.inner(x, *args)
-        return x + self.inner.mlp(self.inner.norm2(x))
+        x, values = self.inner(x, *args)
+        return x + self.inner.mlp(self.inner.norm2(x)), values
 
 
 def test_functional_reuse_inside_a_module_is_detected():
@@ -332,3 +332,85 @@ def test_other_presets():
     assert 123_000_000 < gpt2_counted < 125_000_000  # GPT-2 small, tied, RoPE instead of learned positions
     with pytest.raises(ValueError, match="unknown preset"):
         M.build_config("huge", 8192, 1024)
+
+
+# ----------------------------------------------------------------------------- masks and skip connections
+
+ALL_SWITCHES = dict(doc_mask=True, delimiter_id=95, window=8, short_window=4, x0_mix=True, value_residual=True,
+                    unet=True)
+
+
+@pytest.mark.parametrize("overrides", [ALL_SWITCHES, dict(ALL_SWITCHES, n_layer=5),
+                                       dict(x0_mix=True), dict(value_residual=True), dict(unet=True, n_layer=4)])
+def test_skip_connection_scalars_count_once_each(overrides):
+    model = GPT(tiny_config(**overrides))
+    counts = count_params(model)
+    total = sum(p.numel() for p in model.parameters())
+    assert counts["counted"] == counts["unique"] == total  # one use per scalar, however it is mixed in
+    scalars = sum(getattr(model, n).numel() for n in ("resid_lambdas", "x0_lambdas", "v_lambdas", "skip_weights")
+                  if hasattr(model, n))
+    L = model.config.n_layer
+    c = model.config
+    assert scalars == 2 * L * c.x0_mix + (L - 1) * c.value_residual + (L // 2) * c.unet
+    assert counts["counted"] == count_params(GPT(tiny_config(n_layer=L)))["counted"] + scalars
+    assert counts["embedding"] == 96 * 32  # the scalars are not embeddings
+
+
+def test_skip_connection_scalars_count_once_with_layer_reuse():
+    model = GPT(tiny_config(n_layer=6, n_unique_layers=2, **ALL_SWITCHES))
+    counts = count_params(model)
+    block = numel(model.blocks[0])
+    assert counts["counted"] == counts["unique"] + 4 * block  # blocks per application, scalars (per layer) once
+    with torch.device("meta"):
+        assert count_params(GPT(model.config)) == counts  # meta-device counting runs the masked path too
+
+
+def test_windows_and_document_masks_leave_the_marin_axis_alone():
+    base = tiny_config(block_size=256)
+    masked = tiny_config(block_size=256, **ALL_SWITCHES)
+    assert flops.forward_flops_per_token(masked, 256) == flops.forward_flops_per_token(base, 256)
+    assert flops.describe(masked, 256)["forward"] == flops.describe(base, 256)["forward"]
+
+
+def test_keys_per_query_closed_forms():
+    assert flops.keys_per_query(8) == 36 / 8                    # causal: 1 + 2 + ... + 8
+    assert flops.keys_per_query(8, window=3) == (1 + 2 + 6 * 3) / 8
+    assert flops.keys_per_query(8, doc_len=3) == (6 + 6 + 3) / 8  # documents 3, 3, 2
+    assert flops.keys_per_query(8, window=2, doc_len=3) == (5 + 5 + 3) / 8  # 1+2+2, 1+2+2, 1+2
+    assert flops.keys_per_query(8, window=100, doc_len=100) == flops.keys_per_query(8)
+
+
+@pytest.mark.parametrize("overrides,doc_len", [(dict(window=5, short_window=2, window_pattern="LSL"), 0),
+                                               (dict(doc_mask=True, delimiter_id=95), 7),
+                                               (dict(ALL_SWITCHES, window=6, short_window=3), 10), ({}, 0)])
+def test_attended_flops_count_the_pairs_the_model_attends(overrides, doc_len):
+    S = 40
+    config = tiny_config(**overrides)
+    model = GPT(config)
+    idx = torch.ones(1, S, dtype=torch.long)
+    if doc_len:
+        idx[0, ::doc_len] = 95  # documents of doc_len tokens, each led by its delimiter
+    model.attention_impl = "sdpa"
+    masks = model.attention_masks(idx) or {"L": torch.ones(S, S).tril().bool()}
+    pairs = sum(int(masks[kind].sum()) for kind in config.layer_windows)  # the masks the forward uses
+    h, hd = config.n_head, config.head_dim
+    terms = flops.attended_forward_flops_terms(config, S, doc_len)
+    assert terms["attn_scores"] == terms["attn_values"] == round(pairs / S * 2 * h * hd)
+    assert terms["attn_softmax"] == round(pairs / S * 3 * h)
+    marin = flops.forward_flops_terms(config, S)
+    assert {k: v for k, v in terms.items() if not k.startswith("attn_")} == \
+        {k: v for k, v in marin.items() if not k.startswith("attn_")}
+    assert flops.attended_forward_flops_per_token(config, S, doc_len) == sum(terms.values())
+
+
+def test_cli_shows_the_attended_figure_beside_marins(capsys):
+    args = ["--preset=tiny", "--vocab_size=4096", "--block_size=256", "--window=64", "--short_window=16",
+            "--doc_mask=true", "--delimiter_id=4095", "--doc_len=100"]
+    assert flops.main(args) == 0
+    out = capsys.readouterr().out
+    config = M.build_config("tiny", 4096, 256, window=64, short_window=16, doc_mask=True, delimiter_id=4095)
+    assert f"{flops.forward_flops_per_token(config, 256):,}" in out
+    line = next(l for l in out.splitlines() if "attended" in l)
+    assert "documents of 100 tokens" in line and f"{flops.attended_forward_flops_per_token(config, 256, 100):,}" in line
+    assert flops.main(["--preset=tiny"]) == 0
+    assert "attended" not in capsys.readouterr().out  # nothing masked: no extra figure

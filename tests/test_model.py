@@ -293,11 +293,11 @@ def test_records_of_older_versions_still_load_their_config():
     assert M.config_from_dict(old) == M.build_config("tiny", 4096, 256)
 
 
-def test_kernel_switch_is_runtime_and_reaches_every_module():
+def test_kernel_switch_is_runtime_not_config():
     model = GPT(tiny_config(), use_kernels=False)
-    assert not model.use_kernels and not any(m.use_kernels for m in model.modules() if isinstance(m, (M.Norm, M.MLP)))
+    assert not model.use_kernels and "use_kernels" not in asdict(model.config)
     model.use_kernels = True
-    assert all(m.use_kernels for m in model.modules() if isinstance(m, (M.Norm, M.MLP)))
+    assert model.use_kernels
 
 
 def test_fused_head_runs_in_the_autocast_dtype(monkeypatch):
@@ -319,3 +319,269 @@ def test_fused_head_runs_in_the_autocast_dtype(monkeypatch):
         mixed = model(idx, idx)
     assert seen == [torch.float32, torch.bfloat16]
     assert mixed.dtype == torch.float32 and mixed.item() == pytest.approx(plain.item(), rel=2e-2)
+
+
+# ----------------------------------------------------------------------------- attention masks and skip connections
+
+DELIM = 95
+ALL_SWITCHES = dict(doc_mask=True, delimiter_id=DELIM, window=8, short_window=4, window_pattern="LSSL",
+                    x0_mix=True, value_residual=True, unet=True)
+NEW_PARAMS = ("resid_lambdas", "x0_lambdas", "v_lambdas", "skip_weights")
+
+
+def test_new_switches_are_off_by_default_and_in_every_preset():
+    for config in [GPTConfig()] + [M.build_config(name, 8192, 256) for name in M.PRESETS]:
+        assert (config.doc_mask, config.delimiter_id, config.window, config.short_window) == (False, -1, 0, 0)
+        assert not (config.x0_mix or config.value_residual or config.unet or config.attention_masked)
+    model = GPT(tiny_config())
+    assert not any(hasattr(model, name) for name in NEW_PARAMS)
+    assert model.attention_masks(torch.zeros(1, 8, dtype=torch.long)) is None  # the plain is_causal path
+
+
+def test_bad_attention_configs_are_rejected():
+    with pytest.raises(ValueError, match="set delimiter_id"):
+        tiny_config(doc_mask=True)
+    with pytest.raises(ValueError, match="delimiter_id must be"):
+        tiny_config(delimiter_id=96)
+    with pytest.raises(ValueError, match="window"):
+        tiny_config(window=-1)
+    with pytest.raises(ValueError, match="window_pattern"):
+        tiny_config(window_pattern="LXS")
+    with pytest.raises(ValueError, match="n_layer >= 2"):
+        tiny_config(n_layer=1, unet=True)
+
+
+def test_layer_window_pattern_repeats_over_the_layers():
+    assert tiny_config(n_layer=6, window=8).layer_windows == ["L"] * 6  # no short window: all long
+    assert tiny_config(n_layer=6, short_window=4, window_pattern="LSSL").layer_windows == list("LSSLLS")
+    assert tiny_config(n_layer=3, short_window=4, window_pattern="SSL").layer_windows == list("SSL")
+    assert not tiny_config(window_pattern="S").attention_masked  # the pattern alone changes nothing
+
+
+def documents_batch():
+    """Two rows with different document layouts: delimiters at 0, 9, 20 and at 0, 5, 30."""
+    torch.manual_seed(1)
+    idx = torch.randint(0, DELIM, (2, 40))
+    idx[0, [0, 9, 20]] = DELIM
+    idx[1, [0, 5, 30]] = DELIM
+    return idx
+
+
+@pytest.mark.parametrize("overrides", [dict(doc_mask=True, delimiter_id=DELIM), ALL_SWITCHES,
+                                       dict(ALL_SWITCHES, rope=False, n_kv_head=4, value_embeds=1)])
+def test_document_mask_a_token_never_sees_other_documents(overrides):
+    torch.manual_seed(0)
+    model = GPT(tiny_config(**overrides))
+    idx = documents_batch()
+    changed = idx.clone()
+    changed[0, 1:9] = (changed[0, 1:9] + 1) % DELIM     # row 0: the document before (inside any window)
+    changed[0, 21:] = (changed[0, 21:] + 1) % DELIM     # ... and the one after
+    changed[1, 6:30] = (changed[1, 6:30] + 1) % DELIM   # row 1: the middle document
+    before, after = model(idx), model(changed)
+    assert torch.allclose(before[0, 9:20], after[0, 9:20], atol=1e-5)   # doc [9, 20) of row 0 unchanged
+    assert torch.allclose(before[1, :5], after[1, :5], atol=1e-5)       # docs [0, 5) and [30, 40) of row 1
+    assert torch.allclose(before[1, 30:], after[1, 30:], atol=1e-5)
+    assert not torch.allclose(before[0, 21:], after[0, 21:], atol=1e-5)  # the changed tokens themselves do
+    inside = idx.clone()
+    inside[0, 12] = (inside[0, 12] + 1) % DELIM        # a change inside the document reaches its later tokens
+    out = model(inside)
+    assert torch.allclose(before[0, :12], out[0, :12], atol=1e-5)
+    assert not torch.allclose(before[0, 13:20], out[0, 13:20], atol=1e-5)
+
+
+def test_without_document_mask_other_documents_are_seen():
+    torch.manual_seed(0)
+    model = GPT(tiny_config())
+    idx = documents_batch()
+    changed = idx.clone()
+    changed[0, 1:9] = (changed[0, 1:9] + 1) % DELIM
+    assert not torch.allclose(model(idx)[0, 9:20], model(changed)[0, 9:20], atol=1e-5)  # the test above can fail
+
+
+def test_sliding_window_a_token_never_sees_beyond_its_window():
+    torch.manual_seed(0)
+    model = GPT(tiny_config(n_layer=1, window=5))  # one layer: the window is the whole receptive field
+    idx = torch.randint(0, 96, (1, 30))
+    changed = idx.clone()
+    changed[0, 10] = (changed[0, 10] + 1) % 96
+    before, after = model(idx)[0], model(changed)[0]
+    assert torch.allclose(before[15:], after[15:], atol=1e-5)  # 15 - 10 = 5: outside the window (i - j < 5)
+    for i in range(10, 15):                                    # inside it, the change is seen
+        assert not torch.allclose(before[i], after[i], atol=1e-5)
+    assert torch.allclose(before[:10], after[:10], atol=1e-5)  # causal
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(x0_mix=True, value_residual=True, unet=True)])
+def test_long_short_windows_stack_to_the_receptive_field(overrides):
+    # layers L S S L with windows 6 and 3 reach back 5 + 2 + 2 + 5 = 14 tokens; skips add no reach
+    torch.manual_seed(0)
+    model = GPT(tiny_config(n_layer=4, window=6, short_window=3, window_pattern="LSSL", **overrides))
+    idx = torch.randint(0, 96, (1, 40))
+    changed = idx.clone()
+    changed[0, 10] = (changed[0, 10] + 1) % 96
+    before, after = model(idx)[0], model(changed)[0]
+    assert torch.allclose(before[25:], after[25:], atol=1e-5)
+    assert not torch.allclose(before[24], after[24], atol=1e-6)
+    model.set_windows(short=6)  # every layer long now: reach 20
+    assert not torch.allclose(model(idx)[0, 30], model(changed)[0, 30], atol=1e-6)
+    assert torch.allclose(model(idx)[0, 31:], model(changed)[0, 31:], atol=1e-5)
+
+
+def test_set_windows_equals_a_config_with_those_windows_and_resets():
+    torch.manual_seed(0)
+    model = GPT(tiny_config(**ALL_SWITCHES))
+    smaller = GPT(tiny_config(**{**ALL_SWITCHES, "window": 3, "short_window": 2}))
+    smaller.load_state_dict(model.state_dict())
+    idx = documents_batch()
+    full = model(idx)
+    model.set_windows(3, 2)
+    assert model.windows == (3, 2)
+    assert torch.allclose(model(idx), smaller(idx), atol=1e-6)
+    model.set_windows(0)  # 0 = full for the long layers; None (short) = the config's
+    assert model.windows == (64, 4)
+    model.set_windows()   # back to the config's
+    assert model.windows == (8, 4) and torch.allclose(model(idx), full, atol=1e-6)
+    assert "attn_windows" not in model.state_dict()  # a runtime setting, not saved
+    with pytest.raises(ValueError, match="plain causal"):
+        GPT(tiny_config()).set_windows(4)
+    with pytest.raises(ValueError, match=">= 0"):
+        model.set_windows(-1)
+
+
+@pytest.mark.skipif(M.flex_attention is None, reason="no FlexAttention in this PyTorch")
+@pytest.mark.filterwarnings("ignore::UserWarning")  # flex_attention warns that it runs uncompiled here
+@pytest.mark.parametrize("overrides", [ALL_SWITCHES, dict(window=7), dict(doc_mask=True, delimiter_id=DELIM)])
+def test_flex_attention_path_equals_the_sdpa_mask_path(overrides):
+    # on CPU flex_attention runs eagerly (no backward), enough to check that both paths mask alike
+    torch.manual_seed(0)
+    model = GPT(tiny_config(**overrides))
+    idx = documents_batch()
+    with torch.no_grad():
+        dense = model(idx)
+        model.attention_impl = "flex"
+        masks = model.attention_masks(idx)
+        assert all(isinstance(m, M.BlockMask) for m in masks.values())
+        assert torch.allclose(model(idx), dense, atol=1e-5)
+    model.attention_impl = "sdpa"
+    assert all(m.dtype == torch.bool for m in model.attention_masks(idx).values())
+    model.attention_impl = "fast"
+    with pytest.raises(ValueError, match="attention_impl"):
+        model(idx)
+
+
+def test_dense_mask_rule():
+    pos = torch.arange(6)
+    docs = torch.tensor([[1, 1, 2, 2, 2, 3]])
+    mask = M.attention_mask(pos, pos, 2, docs, docs)[0, 0]
+    expected = torch.tensor([[1, 0, 0, 0, 0, 0],
+                             [1, 1, 0, 0, 0, 0],
+                             [0, 0, 1, 0, 0, 0],
+                             [0, 0, 1, 1, 0, 0],
+                             [0, 0, 0, 1, 1, 0],
+                             [0, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+    assert torch.equal(M.document_ids(torch.tensor([[5, 1, 5, 2]]), 5), torch.tensor([[1, 1, 2, 2]]))
+
+
+def test_skip_connections_start_as_documented_and_learn():
+    torch.manual_seed(0)
+    plain = GPT(tiny_config())
+    mixed = GPT(tiny_config(x0_mix=True))
+    mixed.load_state_dict(plain.state_dict(), strict=False)
+    idx = torch.randint(0, 96, (2, 16))
+    assert torch.allclose(plain(idx), mixed(idx), atol=1e-6)  # a = 1, b = 0: x0 mixing starts as a no-op
+    model = GPT(tiny_config(n_layer=5, **ALL_SWITCHES))
+    assert model.resid_lambdas.shape == model.x0_lambdas.shape == (5,)
+    assert model.v_lambdas.shape == (4,) and model.skip_weights.shape == (2,)
+    assert all(getattr(model, name).ndim == 1 for name in NEW_PARAMS)  # train.py's "scalar" group (AdamW)
+    model(idx, idx).backward()
+    for name in NEW_PARAMS:
+        grad = getattr(model, name).grad
+        assert grad is not None and (grad != 0).all(), name  # every scalar takes part
+
+
+def test_u_net_skip_pairs_encoder_and_decoder_layers(monkeypatch):
+    # 5 layers: outputs of layers 0, 1 go to the inputs of layers 4, 3; the middle layer 2 gets none
+    torch.manual_seed(0)
+    model = GPT(tiny_config(n_layer=5, unet=True))
+    seen = {}
+    for i, block in enumerate(model.blocks):
+        def spy(x, *args, _i=i, _f=block.forward):
+            seen[_i] = x
+            out = _f(x, *args)
+            seen[f"out{_i}"] = out[0]
+            return out
+        monkeypatch.setattr(block, "forward", spy)
+    with torch.no_grad():
+        model.skip_weights.copy_(torch.tensor([2.0, 3.0]))
+        model(torch.randint(0, 96, (1, 8)))
+    assert torch.allclose(seen[2], seen["out1"])
+    assert torch.allclose(seen[3], seen["out2"] + 2.0 * seen["out1"])  # skip_weights[j]: the j-th decoder layer
+    assert torch.allclose(seen[4], seen["out3"] + 3.0 * seen["out0"])
+
+
+@pytest.mark.parametrize("overrides", [ALL_SWITCHES, dict(ALL_SWITCHES, window=0, short_window=0),
+                                       dict(window=5, short_window=2, window_pattern="SL"),
+                                       dict(ALL_SWITCHES, n_unique_layers=1, value_embeds=1, n_kv_head=4)])
+def test_kv_cache_generation_with_masks_equals_full_recomputation(overrides):
+    # document boundaries inside the prompts, windows shorter than the prompts, left padding
+    torch.manual_seed(0)
+    model = GPT(tiny_config(**overrides)).eval()
+    prompts = [[DELIM, 1, 2, 3, DELIM, 4, 5], [5, 6, 7, 8, 9, DELIM, 10, 11, 12, 13, DELIM, DELIM, 14], [4]]
+    generated = model.generate(prompts, 14, temperature=0)
+    for prompt, new in zip(prompts, generated):
+        assert new == greedy_by_recomputation(model, prompt, 14)
+    model.set_windows(3, 1)  # generation follows the current windows too
+    generated = model.generate(prompts, 10, temperature=0)
+    for prompt, new in zip(prompts, generated):
+        assert new == greedy_by_recomputation(model, prompt, 10)
+
+
+def test_generation_sees_a_generated_delimiter_as_a_document_start(monkeypatch):
+    # force the sampled tokens (delimiters among them) and compare every step's logits with a full forward
+    torch.manual_seed(0)
+    model = GPT(tiny_config(**ALL_SWITCHES)).eval()
+    forced = [7, DELIM, 8, 9, DELIM, DELIM, 10, 11]
+    seen = []
+
+    def sampler(logits, *args, **kwargs):
+        seen.append(logits.clone())
+        return torch.full((logits.size(0),), forced[len(seen) - 1], dtype=torch.long)
+
+    monkeypatch.setattr(M, "sample_next_token", sampler)
+    prompts = [[1, 2, DELIM, 3], [DELIM, 7]]
+    model.generate(prompts, len(forced), temperature=0)
+    for step, logits in enumerate(seen):
+        for b, prompt in enumerate(prompts):
+            full = model(torch.tensor([prompt + forced[:step]]))[0, -1]
+            assert torch.allclose(logits[b], full, atol=1e-4), (step, b)
+
+
+def test_forward_with_every_switch_compiles_as_one_graph_and_windows_never_recompile():
+    from torch._dynamo.testing import CompileCounterWithBackend
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    model = GPT(tiny_config(**ALL_SWITCHES, value_embeds=1))
+    counter = CompileCounterWithBackend("aot_eager")  # graph capture and autograd tracing, no C++ compile
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    idx = documents_batch()
+    loss = compiled(idx, idx)
+    loss.backward()
+    assert torch.allclose(loss, model(idx, idx), atol=1e-5)
+    for long, short in ((3, 2), (5, 3), (0, 7)):  # a window warm-up: new sizes, the same graph
+        model.set_windows(long, short)
+        assert torch.allclose(compiled(idx, idx), model(idx, idx), atol=1e-5)
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
+
+
+def test_checkpoint_round_trip_with_every_switch(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config(**ALL_SWITCHES)
+    model = GPT(config)
+    M.save_checkpoint(tmp_path / "c.pt", model, config, {"name": "gpt2"}, 1)
+    ckpt = M.load_checkpoint(tmp_path / "c.pt")
+    assert ckpt["config"]["delimiter_id"] == DELIM and ckpt["config"]["doc_mask"]  # eval_bpb sees the same masks
+    loaded = M.model_from_checkpoint(ckpt)
+    idx = documents_batch()
+    assert torch.equal(model(idx), loaded(idx))
