@@ -849,15 +849,15 @@ def check_marin_model_flops(path, f, notes):
         recomputed = 3.0 * flops.forward_flops_per_token(ours or llama, f["seq_len"]) * f["tokens"]
     if f["form"] == "run_related_info":  # older files: total_training_flops measured otherwise
         stats = f["stats"]
-        older = stats.get("total_training_flops") or stats.get("pre_run_flops_estimate")
+        key = next((k for k in ("total_training_flops", "pre_run_flops_estimate") if stats.get(k)), None)
         if recomputed is not None and not features:
-            if older:
+            if key:
                 notes.append(f"model FLOPs 3 × forward FLOPs/token × tokens = {fmt_sci(recomputed)}; Marin's older "
-                             f"file reports total_training_flops {fmt_sci(older)}, measured another way")
+                             f"file reports {key} {fmt_sci(stats[key])}, measured another way")
             return recomputed, []
-        if older:
-            notes.append(f"model FLOPs: Marin's older total_training_flops {fmt_sci(older)}, as reported")
-            return float(older), []
+        if key:
+            notes.append(f"model FLOPs: Marin's older {key} {fmt_sci(stats[key])}, as reported")
+            return float(stats[key]), []
         return None, [invalid(path, f"runs[{f['index']}].run_stats.total_training_flops",
                               "missing, and the config is not one whose FLOPs can be computed here")]
     problems = []
@@ -870,8 +870,7 @@ def check_marin_model_flops(path, f, notes):
     if features:  # another architecture: Marin's figure stands; the Llama of the same shape shown beside it
         if relative_gap(reported, recomputed) > TOLERANCE:
             notes.append(f"{', '.join(features)}: not a plain Llama; model FLOPs as Marin reported them (a plain "
-                         f"Llama of this shape: {fmt_sci(recomputed)}, {100 * relative_gap(recomputed, reported):+.0f}%)"
-                         .replace("+-", "-"))
+                         f"Llama of this shape: {fmt_sci(recomputed)}, {100 * (recomputed / reported - 1):+.0f}%)")
         return reported, problems
     how = ("3 × forward FLOPs/token (this repository's model config) × total_tokens" if ours is not None
            else "3 × forward FLOPs/token (Llama config) × total_tokens")
