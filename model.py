@@ -11,7 +11,10 @@ generation and checkpoints.
 
 Every modern part is a switch in GPTConfig: RoPE, RMSNorm (or LayerNorm), QK-norm, grouped-query
 attention, ReLU^2 / GELU / SwiGLU MLP, no biases, zero-initialised output projections, logit
-soft-capping, tied or untied embeddings, layer reuse and value embeddings (modded-nanogpt style).
+soft-capping, tied or untied embeddings, layer reuse and value embeddings (modded-nanogpt style), and from
+modded-nanogpt's record line (all off by default): document masking and sliding windows with a long/short
+layer pattern (records #12, #13 and the long-short window record; see "Attention masks"), the embedding
+mixed into every block's input (x0_mix) and the value residual (#9), U-net skips (#11).
 Whether kernels.py's fused ops run is a runtime setting (GPT.use_kernels), not part of the config, so
 it is neither saved in checkpoints nor in records. The file knows nothing about data files or
 distributed training.
