@@ -365,9 +365,16 @@ def relu2_triton(x):
 CE_MAX_BLOCK = 4096  # vocabulary elements per step of the kernel's loops (a power of two)
 
 
-def default_chunk_size(n_rows: int, n_embd: int, vocab_size: int) -> int:
-    """Tokens per chunk so that a chunk of logits is about the size of x itself (Liger-Kernel's rule)."""
-    return min(n_rows, triton.next_power_of_2(triton.cdiv(n_rows, triton.cdiv(vocab_size, n_embd))))
+CE_CHUNK_BYTES = 256 * 2 ** 20  # the most one chunk of logits may take (its gradient is written in place)
+
+
+def default_chunk_size(n_rows: int, vocab_size: int, itemsize: int = 2) -> int:
+    """Tokens per chunk: the largest power of two whose (chunk, vocab) logits fit in CE_CHUNK_BYTES, and no
+    more than the rows there are. Thousands of tokens at GPU vocabularies (2,048 for 50,304 in bf16, 1,024
+    for 128,256), so each chunk's three matmuls are large enough to run near peak, while the memory stays
+    bounded however many tokens a batch has."""
+    rows = max(1, CE_CHUNK_BYTES // (vocab_size * itemsize))
+    return max(1, min(n_rows, 1 << (rows.bit_length() - 1)))
 
 
 def _cross_entropy_chunk(logits, targets, losses, grad_scale, softcap, ignore_index, compute_grad):
@@ -380,12 +387,18 @@ def _cross_entropy_chunk(logits, targets, losses, grad_scale, softcap, ignore_in
         BLOCK=block, num_warps=_num_warps(block))
 
 
+# torch.addmm with out_dtype: a bf16 x bf16 product accumulated into fp32 by the GEMM itself (CUDA only)
+ADDMM_OUT_DTYPE = hasattr(torch.ops.aten.addmm, "dtype")
+
+
 def _accumulate(grad_w, logits_t, x_chunk):
-    """grad_w += logits_t @ x_chunk, in place when the dtypes allow it (no V x D temporary)."""
+    """grad_w + logits_t @ x_chunk. fp32 grad_w with bf16 chunks: on CUDA the GEMM adds into fp32 directly
+    (no vocab x width bf16 product copied to fp32 every chunk); elsewhere that copy is made (CPU tests only)."""
     if grad_w.dtype == x_chunk.dtype:
-        grad_w.addmm_(logits_t, x_chunk)
-    else:
-        grad_w += (logits_t @ x_chunk).to(grad_w.dtype)
+        return grad_w.addmm_(logits_t, x_chunk)
+    if grad_w.is_cuda and ADDMM_OUT_DTYPE:
+        return torch.addmm(grad_w, logits_t, x_chunk, out_dtype=grad_w.dtype)
+    return grad_w.add_((logits_t @ x_chunk).to(grad_w.dtype))
 
 
 def _chunked_linear_cross_entropy(x, weight, targets, grad_scale, softcap, ignore_index, chunk_size, compute_grad):
@@ -414,7 +427,7 @@ def _chunked_linear_cross_entropy_exact(x, weight, targets, grad_scale, softcap,
                              softcap, ignore_index, compute_grad)
         if compute_grad:  # logits now hold d(loss)/d(logits)
             torch.mm(logits, w, out=grad_x[start:end])
-            _accumulate(grad_w, logits.t(), x_chunk)
+            grad_w = _accumulate(grad_w, logits.t(), x_chunk)
     return losses, grad_x, (grad_w.to(weight.dtype) if compute_grad else grad_w)
 
 
@@ -490,7 +503,7 @@ def linear_cross_entropy_triton(x, weight, targets, softcap: float = 0.0, ignore
     targets1 = targets.reshape(-1).contiguous()
     if targets1.shape[0] != x2.shape[0]:
         raise ValueError(f"linear_cross_entropy: {x2.shape[0]} positions in x but {targets1.shape[0]} targets")
-    chunk = chunk_size or default_chunk_size(x2.shape[0], n_embd, weight.shape[0])
+    chunk = chunk_size or default_chunk_size(x2.shape[0], weight.shape[0], x2.element_size())
     grad_in_forward = reduction != "none" and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     loss = _linear_ce_fwd(x2, weight, targets1, float(softcap), int(ignore_index), int(chunk), reduction,
                           grad_in_forward)[0]

@@ -42,7 +42,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import eval_bpb
 import flops
@@ -98,13 +97,14 @@ class Hyperparameters:
     max_seconds: float = 0.0            # training seconds (warm-up and validation excluded)
     target_bpb: float = 0.0             # stop when validation BPB <= target; the time to target is recorded
     # validation, checkpoints, logging
+    log_every: int = 10                 # steps between log lines: the only steps that wait for the device
     val_every: int = 250                # steps between validations (0 = only at the end)
     val_tokens: int = 0                 # tokens of the val shards scored each time (0 = all)
     checkpoint_every: int = 0           # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2           # this run's older step_*.pt files are deleted
     resume: bool = False                # continue exactly from the newest readable checkpoint in ckpt_dir
     seed: int = 1337
-    compile: bool = True                # torch.compile the model on CUDA (CPU and MPS run eager)
+    compile: bool = True                # torch.compile the model and Muon (warm-up outside the clock); 0 = eager
     kernels: bool = True                # kernels.py's fused ops (a runtime switch: a run may resume with 0)
     wandb: bool = False                 # log to Weights & Biases (WANDB_MODE=offline works without an account)
     wandb_project: str = "speedrun"
@@ -127,7 +127,7 @@ def parse_args(argv: list[str]) -> Hyperparameters:
 
 
 def check_hyperparameters(hp: Hyperparameters) -> None:
-    positive = ["seq_len", "batch_size", "grad_accum", "keep_checkpoints"]
+    positive = ["seq_len", "batch_size", "grad_accum", "keep_checkpoints", "log_every"]
     non_negative = ["batch_tokens", "warmup_steps", "max_steps", "max_tokens", "max_flops", "max_seconds",
                     "target_bpb", "val_every", "val_tokens", "checkpoint_every", "grad_clip", "weight_decay",
                     "matrix_lr", "embed_lr", "head_lr", "scalar_lr"]
@@ -284,37 +284,47 @@ class DataLoader:
 
 # -----------------------------------------------------------------------------
 # Muon: SGD-momentum whose update is orthogonalised, for the hidden 2-D matrices (Keller Jordan, 2024).
+# Same-shape matrices are stacked and orthogonalised together: one batched Newton-Schulz per shape instead
+# of one per matrix (the launch count is what limits a small model's step on a GPU).
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic (modded-nanogpt's Muon)
+
+
+def newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """An approximation of U V^T for each matrix G = U S V^T of a (n, rows, cols) stack, by the quintic
+    iteration X <- a X + b (X X^T) X + c (X X^T)^2 X on G / ||G||_F. The coefficients maximise the slope at
+    zero, so small singular values grow fast; results land in about [0.7, 1.2] rather than exactly 1, which
+    does not hurt Muon. bf16 on CUDA (stable here), fp32 elsewhere; returned in that dtype."""
+    a, b, c = NS_COEFFICIENTS
+    X = G.bfloat16() if G.is_cuda else G.float()
+    tall = G.size(-2) > G.size(-1)
+    if tall:  # iterate on the smaller Gram matrix
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # singular values in [0, 1]
+    for _ in range(steps):
+        A = X @ X.mT
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    return X.mT if tall else X
 
 
 def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """An approximation of U V^T for G = U S V^T, by the quintic Newton-Schulz iteration
-    X <- a X + b (X X^T) X + c (X X^T)^2 X on G / ||G||_F. The coefficients (3.4445, -4.7750, 2.0315)
-    maximise the slope at zero, so small singular values grow fast; the results land in about
-    [0.7, 1.2] rather than exactly 1, which does not hurt Muon. bf16 on CUDA (stable here), fp32 elsewhere."""
+    """newton_schulz of one matrix, in G's dtype."""
     assert G.ndim == 2, "Newton-Schulz orthogonalises matrices"
-    a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.bfloat16() if G.is_cuda else G.float()
-    tall = G.size(0) > G.size(1)
-    if tall:  # iterate on the smaller Gram matrix
-        X = X.T
-    X = X / (X.norm() + 1e-7)  # singular values in [0, 1]
-    for _ in range(steps):
-        A = X @ X.T
-        B = b * A + c * (A @ A)
-        X = a * X + B @ X
-    if tall:
-        X = X.T
-    return X.to(G.dtype)
+    return newton_schulz(G[None], steps)[0].to(G.dtype)
 
 
 class Muon(torch.optim.Optimizer):
     """Muon: Nesterov momentum, then the update orthogonalised by Newton-Schulz, scaled by
     sqrt(max(1, rows / cols)) so every matrix moves by about the same RMS.
 
-    Distributed: every rank keeps the momentum of every matrix (its gradients are already all-reduced,
-    and a full state makes checkpoints independent of the world size), but the expensive orthogonalisation
-    of matrix i is done by rank i % world only; the updates are then all-gathered, so each rank applies
-    the same updates. Matrices are grouped by shape so that each all-gather moves same-shaped tensors."""
+    One param group per shape; a group's gradients, momentum and updates are (n, rows, cols) stacks.
+    Distributed, the optimizer reduces the gradients itself: reduce_gradients() reduce-scatters each group's
+    stacked gradients (rank r receives the mean gradient of its share, matrices [r*k, (r+1)*k)), step()
+    updates the momentum of that share, orthogonalises it and all-gathers the updates (bf16 on CUDA) while
+    the next group is computed, so the optimizer moves as much data as one all-reduce of the gradients.
+    Each rank's momentum is current for its share only; state_dict() gathers the rest first (a collective:
+    every rank calls it), so a checkpoint holds every matrix's momentum and resumes on any world size."""
 
     def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0, ns_steps=5,
                  rank=0, world_size=1):
@@ -325,39 +335,95 @@ class Muon(torch.optim.Optimizer):
                         ns_steps=ns_steps)
         super().__init__(groups, defaults)
         self.rank, self.world_size = rank, world_size
+        self.orthogonalise = newton_schulz  # train.py swaps in a compiled version
+
+    def share(self, group) -> tuple[int, int]:
+        """(k, padded n): each rank owns k consecutive matrices of the group, padded to world_size * k."""
+        n = len(group["params"])
+        k = -(-n // self.world_size)
+        return k, k * self.world_size
+
+    def momentum(self, group) -> torch.Tensor:
+        """The group's momentum stack (padded n, rows, cols), kept in the state of its first matrix."""
+        state = self.state[group["params"][0]]
+        k, padded = self.share(group)
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros((padded, *group["params"][0].shape),
+                                                   device=group["params"][0].device)
+        elif state["momentum_buffer"].size(0) != padded:  # saved unpadded, or on another world size
+            buf = state["momentum_buffer"][:len(group["params"])]
+            state["momentum_buffer"] = torch.cat([buf, buf.new_zeros((padded - len(buf), *buf.shape[1:]))])
+        return state["momentum_buffer"]
 
     @torch.no_grad()
-    def step(self):
+    def reduce_gradients(self) -> list:
+        """Start reducing every group's stacked gradient; returns, per group, (this rank's share of the mean
+        gradient, the async handle or None). A matrix without a gradient contributes zeros."""
+        shares = []
         for group in self.param_groups:
+            k, padded = self.share(group)
             params = group["params"]
-            for p in params:  # momentum: cheap and elementwise, on every rank
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                state["momentum_buffer"].lerp_(p.grad, 1 - group["momentum"])
-            for base in range(0, len(params), self.world_size):
-                chunk = params[base:base + self.world_size]
-                mine = base + self.rank
-                if mine < len(params) and params[mine].grad is not None:
-                    update = self.orthogonalised_update(params[mine], group)
-                else:  # this rank has no matrix in the last chunk: send something of the right shape
-                    update = torch.zeros_like(params[base])
-                if self.world_size > 1:
-                    updates = [torch.empty_like(update) for _ in range(self.world_size)]
-                    dist.all_gather(updates, update.contiguous())
-                else:
-                    updates = [update]
-                for p, u in zip(chunk, updates):
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                    p.add_(u, alpha=-group["lr"])
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            stacked = torch.stack(grads + [torch.zeros_like(grads[0])] * (padded - len(grads)))
+            if self.world_size == 1:
+                shares.append((stacked, None))
+                continue
+            mine = torch.empty((k, *stacked.shape[1:]), dtype=stacked.dtype, device=stacked.device)
+            handle = dist.reduce_scatter_tensor(mine, stacked, op=dist.ReduceOp.SUM, async_op=True)
+            shares.append((mine, handle))
+        return shares
 
-    def orthogonalised_update(self, p, group):
-        buf = self.state[p]["momentum_buffer"]
-        g = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-        update = zeropower_via_newtonschulz5(g, steps=group["ns_steps"])
-        return update * max(1.0, p.size(0) / p.size(1)) ** 0.5
+    @torch.no_grad()
+    def step(self, shares: list | None = None):
+        """One update from the gradient shares of reduce_gradients(), waited for, averaged over the ranks and
+        clipped by the caller (train.py's reduce_and_clip_gradients); None = reduce them here, unclipped."""
+        if shares is None:
+            shares = []
+            for share, handle in self.reduce_gradients():
+                if handle is not None:
+                    handle.wait()
+                shares.append(share / self.world_size)
+        gathers = []
+        for group, grad in zip(self.param_groups, shares):
+            k, padded = self.share(group)
+            buf = self.momentum(group)[self.rank * k:(self.rank + 1) * k]
+            buf.lerp_(grad, 1 - group["momentum"])
+            g = grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+            rows, cols = g.shape[-2:]
+            update = self.orthogonalise(g, group["ns_steps"]) * max(1.0, rows / cols) ** 0.5
+            if self.world_size == 1:
+                gathers.append((update, None))
+                continue
+            everything = torch.empty((padded, rows, cols), dtype=update.dtype, device=update.device)
+            gathers.append((everything, dist.all_gather_into_tensor(everything, update.contiguous(), async_op=True)))
+        for group, (updates, handle) in zip(self.param_groups, gathers):
+            if handle is not None:
+                handle.wait()
+            params = group["params"]
+            torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+            torch._foreach_add_(params, list(updates[:len(params)].to(params[0].dtype).unbind(0)), alpha=-group["lr"])
+
+    @torch.no_grad()
+    def gather_momentum(self) -> None:
+        """Make every rank's momentum current for every matrix (before a checkpoint)."""
+        if self.world_size == 1:
+            return
+        for group in self.param_groups:
+            k, _ = self.share(group)
+            buf = self.momentum(group)
+            mine = buf[self.rank * k:(self.rank + 1) * k].clone()
+            dist.all_gather_into_tensor(buf, mine)
+
+    def state_dict(self):
+        """World-size independent: every matrix's momentum, unpadded (a collective when distributed)."""
+        self.gather_momentum()
+        saved = super().state_dict()
+        for index, group in enumerate(saved["param_groups"]):
+            first = group["params"][0]
+            if "momentum_buffer" in saved["state"].get(first, {}):
+                n = len(group["params"])
+                saved["state"][first] = {"momentum_buffer": saved["state"][first]["momentum_buffer"][:n].clone()}
+        return saved
 
 
 def split_parameters(model: GPT) -> dict[str, list[nn.Parameter]]:
@@ -572,8 +638,7 @@ class Run:
     data: Data
     config: GPTConfig
     raw_model: GPT               # the weights (checkpoints, validation, counting)
-    model: nn.Module             # raw_model, compiled on CUDA
-    train_model: nn.Module       # model, wrapped in DDP when distributed
+    model: nn.Module             # raw_model, compiled (unless --compile=0)
     optimizers: list
     loader: "DataLoader"
     grad_accum: int
@@ -588,8 +653,10 @@ class Run:
     digests: dict
     software: dict
     params: dict
+    clock: "Clock" = None
     wandb_run: object = None
     own_checkpoints: list = field(default_factory=list)  # this run's step_*.pt, oldest first
+    pending: list = field(default_factory=list)  # per-step (loss, grad norm) on the device, read at the next log
 
     @property
     def master(self) -> bool:
@@ -735,10 +802,11 @@ def save_state(run: Run, state: RunState, stop: "StopRequested") -> pathlib.Path
         last = run.own_checkpoints[-1] if run.own_checkpoints else "none: none was written yet"
         raise diverged(run, f"the weights are not finite after step {state.step}; not checkpointed. The last "
                             f"good checkpoint is {last}; lower the learning rates and resume with --resume=1")
+    optimizer_states = [opt.state_dict() for opt in run.optimizers]  # every rank: Muon gathers its momentum
     if run.master:
         with stop.deferred():  # a Ctrl-C during the write waits for it: never half a checkpoint
             save_checkpoint(path, run.raw_model, run.config, run.data.tokenizer, state.step,
-                            optimizers=[opt.state_dict() for opt in run.optimizers], rng=rng_states(run.device),
+                            optimizers=optimizer_states, rng=rng_states(run.device),
                             data_state=dict(state.position or {}), hparams=asdict(run.hp),
                             code_sha256=run.digests, progress=asdict(state))
     if path not in run.own_checkpoints:  # every rank keeps the list, so all agree on what was saved
@@ -882,7 +950,9 @@ def diverged(run: Run, message: str) -> TrainingDiverged:
 
 def validate(run: Run, state: RunState) -> dict:
     """Validation BPB by eval_bpb.evaluate_bpb (the one definition), logged; not timed."""
-    result = eval_bpb.evaluate_bpb(run.model, run.data.val_tokens, run.data.token_bytes, run.hp.seq_len,
+    # on a CPU the eager model: compiling each new eval batch shape would cost more than it saves
+    model = run.model if run.device.type == "cuda" else run.raw_model
+    result = eval_bpb.evaluate_bpb(model, run.data.val_tokens, run.data.token_bytes, run.hp.seq_len,
                                    run.hp.batch_size, run.device)
     result["fingerprint"] = run.data.val_fingerprint
     if not math.isfinite(result["bpb"]):  # a record must never carry NaN (it is not even valid JSON)
@@ -904,13 +974,79 @@ def should_stop(run: Run, state: RunState) -> str | None:
     return None
 
 
-def train_step(run: Run, state: RunState, stop: StopRequested) -> dict:
-    """One optimizer step: grad_accum micro-steps, gradient clipping, Muon + AdamW. Advances `state` and
-    returns the step's statistics, agreed by every rank (the mean loss, the stop flag of any rank, one clock)."""
-    hp, device = run.hp, run.device
+class Clock:
+    """Training seconds, read only at the host syncs the run makes anyway (a logged step, a validation, a
+    checkpoint), so that a step that does not log never waits for the device. pause() before work that is
+    not training (it syncs); the next step restarts the clock. Seconds are counted in the run's time when
+    the ranks have agreed on them: at the next logged step (take) or at the end."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.started, self.unreported = device, None, 0.0
+
+    def run(self) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+
+    def lap(self) -> float:
+        """Right after a host sync: the seconds since the last lap, kept for the next take()."""
+        if self.started is None:
+            return 0.0
+        now = time.perf_counter()
+        seconds, self.started = now - self.started, now
+        self.unreported += seconds
+        return seconds
+
+    def pause(self) -> None:
+        if self.started is not None:
+            synchronize(self.device)
+            self.unreported += time.perf_counter() - self.started
+            self.started = None
+
+    def take(self) -> float:
+        seconds, self.unreported = self.unreported, 0.0
+        return seconds
+
+
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
+
+
+def reduce_and_clip_gradients(run: Run) -> tuple[list, torch.Tensor]:
+    """Average every gradient over the ranks (the optimizers reduce them: AdamW's in one flat all-reduce,
+    Muon's reduce-scattered by shape, its share of the update all-gathered in its step) and clip them by
+    the global norm. Returns Muon's gradient shares and the norm, a device tensor: no host sync."""
+    adam, muon = run.optimizers
+    adam_grads = [p.grad for group in adam.param_groups for p in group["params"] if p.grad is not None]
+    shares = muon.reduce_gradients()  # started first: the largest transfers
+    if run.world_size > 1 and adam_grads:
+        flat = torch._utils._flatten_dense_tensors(adam_grads)
+        dist.all_reduce(flat)
+        torch._foreach_copy_(adam_grads, torch._utils._unflatten_dense_tensors(flat, adam_grads))
+    muon_grads = []
+    for share, handle in shares:
+        if handle is not None:
+            handle.wait()
+        muon_grads.append(share)
+    if run.world_size > 1:
+        torch._foreach_div_(adam_grads + muon_grads, run.world_size)
+    # the global norm: AdamW's gradients are whole on every rank, Muon's shares are disjoint (padding is zero)
+    muon_sq = torch.stack(torch._foreach_norm(muon_grads)).square().sum() if muon_grads else torch.zeros((), device=run.device)
+    if run.world_size > 1:
+        dist.all_reduce(muon_sq)
+    adam_sq = torch.stack(torch._foreach_norm(adam_grads)).square().sum() if adam_grads else torch.zeros_like(muon_sq)
+    norm = (adam_sq.float() + muon_sq.float()).sqrt()
+    if run.hp.grad_clip:
+        coef = (run.hp.grad_clip / (norm + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s rule
+        torch._foreach_mul_(adam_grads + muon_grads, coef)
+    return muon_grads, norm
+
+
+def train_step(run: Run, state: RunState) -> None:
+    """One optimizer step: grad_accum micro-steps, the gradients reduced and clipped, Muon + AdamW. Advances
+    `state`; the step's loss and gradient norm stay on the device until the next logged step reads them."""
+    hp, device = run.hp, run.device
+    run.clock.run()
     multiplier = lr_multiplier(state.step, schedule_progress(state.step, run.total_steps, state.train_seconds, hp), hp)
     for opt in run.optimizers:
         for group in opt.param_groups:
@@ -918,49 +1054,69 @@ def train_step(run: Run, state: RunState, stop: StopRequested) -> dict:
     batch = run.loader.next_batch().to(device, non_blocking=True)
     loss_sum = torch.zeros((), device=device)
     for micro in range(run.grad_accum):
-        last = micro == run.grad_accum - 1  # DDP all-reduces gradients on the last micro-step only
-        with (run.train_model.no_sync() if run.world_size > 1 and not last else contextlib.nullcontext()):
-            with run.autocast():
-                loss = run.train_model(batch[micro, :, :-1], batch[micro, :, 1:])
-            (loss / run.grad_accum).backward()
+        with run.autocast():
+            loss = run.model(batch[micro, :, :-1], batch[micro, :, 1:])
+        (loss / run.grad_accum).backward()
         loss_sum += loss.detach().float()
-    grad_norm = nn.utils.clip_grad_norm_(run.raw_model.parameters(), hp.grad_clip or float("inf"))
-    for opt in run.optimizers:
-        opt.step()
+    muon_grads, norm = reduce_and_clip_gradients(run)
+    adam, muon = run.optimizers
+    adam.step()
+    muon.step(muon_grads)
     run.raw_model.zero_grad(set_to_none=True)
-    stats = torch.stack([loss_sum / run.grad_accum, torch.full((), float(stop.requested), device=device),
-                         grad_norm.float().to(device)])
-    if run.world_size > 1:
-        dist.all_reduce(stats)  # a sum: the mean loss, any rank's stop flag; the norm is the same on all
-        stats /= run.world_size
-    train_loss, interrupted, norm = stats.tolist()
-    dt = time.perf_counter() - t0
-    if run.world_size > 1:  # one clock for all ranks: time budgets and the schedule must agree everywhere
-        clock = torch.tensor([dt], dtype=torch.float64, device=device)
-        dist.all_reduce(clock)
-        dt = clock.item() / run.world_size
+    run.pending.append(torch.stack([loss_sum / run.grad_accum, norm]))
     state.step += 1
-    state.train_seconds += dt
     state.tokens += state.batch_tokens
     state.position = dict(run.loader.position)
-    return {"loss": train_loss, "norm": norm, "dt": dt, "interrupted": bool(interrupted), "multiplier": multiplier}
+
+
+def read_pending(run: Run, state: RunState, stop: StopRequested) -> dict:
+    """The one host sync of a logged step: every step's (loss, grad norm) since the last log, any rank's stop
+    request and the seconds measured up to the previous sync, agreed by all ranks in one all-reduce. Checks
+    that the losses and norms are finite, naming the first bad step."""
+    steps = len(run.pending)
+    local = torch.cat([torch.stack(run.pending).flatten(), torch.zeros(2, device=run.device)])
+    local[-2] = float(stop.requested)
+    local[-1] = run.clock.take()
+    if run.world_size > 1:
+        dist.all_reduce(local)  # sums: the losses and seconds are averaged below, the stop flags counted
+    values = local.tolist()
+    interval = run.clock.lap()  # this interval, measured after the sync: agreed at the next log
+    run.pending.clear()
+    losses = [v / run.world_size for v in values[0:2 * steps:2]]
+    norms = [v / run.world_size for v in values[1:2 * steps:2]]
+    first = state.step - steps + 1
+    for i, (loss, norm) in enumerate(zip(losses, norms)):
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", norm)
+            last = run.own_checkpoints[-1] if run.own_checkpoints else "none: none was written yet"
+            raise diverged(run, f"the {what} is {value} at step {first + i}; stopped. The last good checkpoint is "
+                                f"{last}; lower the learning rates and resume with --resume=1")
+    state.train_seconds += values[-1] / run.world_size
+    return {"losses": losses, "interval": interval, "interrupted": values[-2] > 0, "steps": steps}
+
+
+def finish_clock(run: Run, state: RunState) -> None:
+    """Count the seconds not yet agreed (the last interval) into the run's time."""
+    run.clock.pause()
+    seconds = torch.full((), run.clock.take(), dtype=torch.float64, device=run.device)
+    if run.world_size > 1:
+        dist.all_reduce(seconds)
+    state.train_seconds += seconds.item() / run.world_size
 
 
 def log_step(run: Run, state: RunState, stats: dict) -> None:
-    if not (math.isfinite(stats["loss"]) and math.isfinite(stats["norm"])):
-        what, value = ("loss", stats["loss"]) if not math.isfinite(stats["loss"]) else ("gradient norm", stats["norm"])
-        last = run.own_checkpoints[-1] if run.own_checkpoints else "none: none was written yet"
-        raise diverged(run, f"the {what} is {value} at step {state.step}; stopped. The last good checkpoint is "
-                            f"{last}; lower the learning rates and resume with --resume=1")
-    dt = stats["dt"]
-    step_mfu = run.flops_per_step / (dt * run.world_size * run.peak)
+    """One line for the steps since the last log: the last loss, and the speed of the interval on this rank."""
+    dt = max(stats["interval"], 1e-9)
+    step_mfu = stats["steps"] * run.flops_per_step / (dt * run.world_size * run.peak)
     total = f"/{run.total_steps}" if run.total_steps else ""
-    run.log.line(f"step {state.step}{total} loss {stats['loss']:.6f} lr {run.hp.matrix_lr * stats['multiplier']:.4e} "
-                 f"tokens {state.tokens} ms/step {dt * 1000:.1f} tok/s {state.batch_tokens / dt:.0f} "
-                 f"mfu {100 * step_mfu:.2f}%")
+    multiplier = run.optimizers[1].param_groups[0]["lr"] / run.optimizers[1].param_groups[0]["initial_lr"] \
+        if run.optimizers[1].param_groups else 1.0
+    run.log.line(f"step {state.step}{total} loss {stats['losses'][-1]:.6f} lr {run.hp.matrix_lr * multiplier:.4e} "
+                 f"tokens {state.tokens} ms/step {dt * 1000 / stats['steps']:.1f} "
+                 f"tok/s {stats['steps'] * state.batch_tokens / dt:.0f} mfu {100 * step_mfu:.2f}%")
     if run.wandb_run is not None:
-        run.wandb_run.log({"train/loss": stats["loss"], "lr_multiplier": stats["multiplier"], "tokens": state.tokens,
-                           "tokens_per_s": state.batch_tokens / dt, "mfu": step_mfu}, step=state.step)
+        run.wandb_run.log({"train/loss": stats["losses"][-1], "lr_multiplier": multiplier, "tokens": state.tokens,
+                           "tokens_per_s": stats["steps"] * state.batch_tokens / dt, "mfu": step_mfu}, step=state.step)
 
 
 def due(every: int, step: int) -> bool:
@@ -968,8 +1124,8 @@ def due(every: int, step: int) -> bool:
 
 
 def train_loop(run: Run, state: RunState) -> dict:
-    """Validate when due, stop at the first budget, step, checkpoint when due; then the final checkpoint,
-    the final validation and the record."""
+    """Validate when due, stop at the first budget, step, log and checkpoint when due; then the final
+    checkpoint, the final validation and the record."""
     hp = run.hp
     losses, validations, last_val, stopped_by, target_seconds = [], [], None, None, None
     with StopRequested() as stop:
@@ -977,23 +1133,34 @@ def train_loop(run: Run, state: RunState) -> dict:
             while True:
                 stopped_by = should_stop(run, state)
                 if stopped_by or due(hp.val_every, state.step):
+                    run.clock.pause()
                     last_val = (state.step, validate(run, state))
                     validations.append({"step": state.step, **last_val[1]})
                     if hp.target_bpb and last_val[1]["bpb"] <= hp.target_bpb and target_seconds is None:
-                        target_seconds = state.train_seconds
+                        target_seconds = state.train_seconds + run.clock.unreported
                         stopped_by = stopped_by or "target_bpb"
                 if stopped_by:
                     break
-                stats = train_step(run, state, stop)
-                log_step(run, state, stats)
-                losses.append(stats["loss"])
-                if stats["interrupted"]:
-                    stopped_by = "interrupt"
-                    break
+                train_step(run, state)
+                if due(hp.log_every, state.step) or state.step == run.total_steps:
+                    stats = read_pending(run, state, stop)
+                    log_step(run, state, stats)
+                    losses += stats["losses"]
+                    if stats["interrupted"]:
+                        stopped_by = "interrupt"
+                        break
                 if due(hp.checkpoint_every, state.step):
+                    run.clock.pause()
                     save_state(run, state, stop)
         finally:
             run.loader.close()
+        if run.pending:  # steps since the last log (a time budget ends between logs)
+            stats = read_pending(run, state, stop)
+            log_step(run, state, stats)
+            losses += stats["losses"]
+        finish_clock(run, state)
+        if target_seconds is not None:
+            target_seconds = min(target_seconds, state.train_seconds)
         saved = checkpoint_path(run.ckpt_dir, state.step)
         if saved not in run.own_checkpoints:
             saved = save_state(run, state, stop)
@@ -1051,27 +1218,33 @@ def find_resume_checkpoint(hp: Hyperparameters, ckpt_dir: pathlib.Path) -> tuple
     return found
 
 
-def compile_and_wrap(hp: Hyperparameters, raw_model: GPT, device: torch.device, world_size: int):
-    """(model, train_model): compiled on CUDA (unless --compile=0), wrapped in DDP when distributed."""
-    model = torch.compile(raw_model) if hp.compile and device.type == "cuda" else raw_model
-    train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world_size > 1 else model
-    return model, train_model
+def compile_model(hp: Hyperparameters, raw_model: GPT, muon: "Muon"):
+    """torch.compile on every device (--compile=0: eager): the model (one graph, which lets the compiler
+    fuse norms, activations and casts) and Muon's batched Newton-Schulz (one graph per matrix shape)."""
+    if not hp.compile:
+        return raw_model
+    muon.orthogonalise = torch.compile(newton_schulz)
+    return torch.compile(raw_model)
 
 
 def warm_up(run: Run) -> None:
-    """The first CUDA forward/backward compiles (torch.compile, Triton's JIT) and sets up cuBLAS and SDPA: done
-    before the clock starts, on random tokens (not the loader's, which would move the data position);
-    gradients are discarded."""
-    if run.device.type != "cuda":
+    """Compile (torch.compile, Triton's JIT) and set up cuBLAS and SDPA before the clock starts: a forward and
+    backward on random tokens (not the loader's, which would move the data position), gradients discarded,
+    and Muon's Newton-Schulz on a random stack of every shape it will see."""
+    if not run.hp.compile and run.device.type != "cuda":
         return
     generator = torch.Generator(device=run.device).manual_seed(0)
     tokens = torch.randint(0, run.data.enc.n_vocab, (run.hp.batch_size, run.hp.seq_len + 1), device=run.device,
                            generator=generator)
     for _ in range(2):
         with run.autocast():
-            run.train_model(tokens[:, :-1], tokens[:, 1:]).backward()
+            run.model(tokens[:, :-1], tokens[:, 1:]).backward()
     run.raw_model.zero_grad(set_to_none=True)
-    torch.cuda.synchronize(run.device)
+    muon = run.optimizers[1]
+    for group in muon.param_groups:
+        k, _ = muon.share(group)
+        muon.orthogonalise(torch.randn((k, *group["params"][0].shape), device=run.device), group["ns_steps"])
+    synchronize(run.device)
 
 
 def open_log(hp, out_dir: pathlib.Path, resumed: bool, sources: dict, digests: dict, saved_digests, master) -> RunLog:
@@ -1136,7 +1309,7 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
     config = model_config(hp, data.enc.n_vocab)
     raw_model = GPT(config, use_kernels=hp.kernels).to(device)
     optimizers = build_optimizers(raw_model, hp, rank, world_size, device)
-    model, train_model = compile_and_wrap(hp, raw_model, device, world_size)
+    model = compile_model(hp, raw_model, optimizers[1])
     flops_per_step = flops.model_flops(config, hp.seq_len, batch_tokens)
     total_steps, step_budget = planned_steps(hp, batch_tokens, flops_per_step)
     device_label = device_name(device)
@@ -1164,7 +1337,7 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
                    resume[1].get("code_sha256") if resume else None, rank == 0)
     locks.callback(log.close)
     run = Run(hp=hp, rank=rank, world_size=world_size, device=device, data=data, config=config, raw_model=raw_model,
-              model=model, train_model=train_model, optimizers=optimizers, loader=None, grad_accum=grad_accum,
+              model=model, optimizers=optimizers, loader=None, grad_accum=grad_accum, clock=Clock(device),
               total_steps=total_steps, step_budget=step_budget, flops_per_step=flops_per_step, peak=peak,
               peak_source=peak_source, device_label=device_label, ckpt_dir=ckpt_dir, log=log, digests=digests,
               software=software_versions(), params=flops.count_params(raw_model), wandb_run=start_wandb(hp, rank == 0))

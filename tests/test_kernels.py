@@ -158,11 +158,19 @@ def test_everything_works_without_triton():
 
 
 @pytest.mark.skipif(not kernels.HAS_TRITON, reason="needs Triton")
-def test_default_chunk_size_keeps_a_chunk_of_logits_near_the_size_of_x():
-    # 124M model, 64 x 1024 tokens: Liger's rule gives 1024 rows of 50304 logits per chunk
-    assert kernels.default_chunk_size(65536, 768, 50304) == 1024
-    assert kernels.default_chunk_size(10, 768, 50304) == 1
-    assert kernels.default_chunk_size(100, 512, 256) == 100  # never more than the rows there are
+def test_ce_chunks_are_thousands_of_tokens_and_memory_stays_bounded():
+    # GPU vocabularies: thousands of tokens per chunk, so the head's matmuls are large
+    assert kernels.default_chunk_size(65536, 50304) == 2048          # GPT-2, bf16
+    assert kernels.default_chunk_size(65536, 128256) == 1024         # Llama 3, bf16
+    assert kernels.default_chunk_size(65536, 50304, itemsize=4) == 1024
+    assert kernels.default_chunk_size(100, 256) == 100               # never more than the rows there are
+    # however the tokens and the vocabulary grow, one chunk of logits stays within the budget
+    for n_rows in (1, 1000, 2 ** 16, 2 ** 22):
+        for vocab in (256, 8192, 50304, 128256, 2 ** 20, 2 ** 28):
+            for itemsize in (2, 4):
+                chunk = kernels.default_chunk_size(n_rows, vocab, itemsize)
+                assert 1 <= chunk <= n_rows
+                assert chunk * vocab * itemsize <= kernels.CE_CHUNK_BYTES or chunk == 1
 
 
 # -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import random
 import re
 import subprocess
 import sys
+import traceback
 
 import numpy as np
 import pytest
@@ -24,8 +25,8 @@ import prepare  # noqa: E402
 import train  # noqa: E402
 
 DELIM = 256  # byte-level tokenizer: ids 0..255 are bytes, 256 is <|endoftext|>
-TINY = ["--preset=tiny", "--n_layer=2", "--n_embd=32", "--n_head=2", "--seq_len=32", "--batch_size=4",
-        "--val_tokens=2048", "--warmup_steps=2", "--seed=7"]
+TINY = ["--preset=tiny", "--n_layer=2", "--n_embd=32", "--n_head=2", "--seq_len=32", "--batch_size=4", "--log_every=1",
+        "--val_tokens=2048", "--warmup_steps=2", "--seed=7", "--compile=0"]  # test_compiled_run_* compiles
 
 # leaderboard.py's record format, field by field
 SCHEMA = {
@@ -215,6 +216,97 @@ def test_muon_step_by_hand():
         nesterov = 0.9 * buf + 0.1 * g
         expected = expected * (1 - 0.1 * 0.01) - 0.1 * math.sqrt(8 / 4) * train.zeropower_via_newtonschulz5(nesterov)
     torch.testing.assert_close(p.detach(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_muon_equals_muon_matrix_by_matrix():
+    """Same-shape matrices stacked and orthogonalised together give each matrix the update it gets alone."""
+    torch.manual_seed(2)
+    shapes = [(16, 8)] * 3 + [(8, 24)] * 2 + [(12, 12)]
+    params = [torch.nn.Parameter(torch.randn(*shape)) for shape in shapes]
+    start = [p.detach().clone() for p in params]
+    opt = train.Muon(params, lr=0.05, momentum=0.9, weight_decay=0.1)
+    bufs = [torch.zeros_like(p) for p in params]
+    expected = [s.clone() for s in start]
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        for i, g in enumerate(grads):
+            bufs[i] = bufs[i].lerp(g, 0.1)
+            update = train.zeropower_via_newtonschulz5(g.lerp(bufs[i], 0.9))
+            rows, cols = g.shape
+            expected[i] = expected[i] * (1 - 0.05 * 0.1) - 0.05 * max(1, rows / cols) ** 0.5 * update
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach(), e, atol=1e-5, rtol=1e-5)
+    assert len(opt.param_groups) == 3  # one batched group per shape
+
+
+def test_muon_op_count_is_per_shape_not_per_matrix():
+    """The figure the README quotes: aten ops of one Muon step, for 72 matrices in 4 shapes (124M-like)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountOps(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            CountOps.count += 1
+            return func(*args, **(kwargs or {}))
+
+    shapes = [(64, 16)] * 24 + [(16, 16)] * 24 + [(64, 16)] * 12 + [(16, 64)] * 12
+    params = [torch.nn.Parameter(torch.randn(*shape)) for shape in shapes]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = train.Muon(params)
+    opt.step()  # state allocated
+    with CountOps():
+        opt.step()
+    # matrix by matrix this step took 3,890 aten ops (counted the same way); stacked, 406, half of them views.
+    # Compiled (train.py's default), each shape's Newton-Schulz is one graph.
+    assert CountOps.count < 450, CountOps.count
+
+
+MUON_DDP = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {root!r})
+import train
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+torch.manual_seed(0)
+params = [torch.nn.Parameter(torch.randn(*s)) for s in [(8, 4)] * 3 + [(4, 6)] * 2]
+grads = [[torch.randn(len(params), 8, 4)] for _ in range(4)]
+opt = train.Muon(params, lr=0.1, momentum=0.9, rank=rank, world_size=world)
+for step in range(4):
+    torch.manual_seed(100 + step)
+    full = [torch.randn_like(p) for p in params]
+    for p, g in zip(params, full):  # each rank holds half of the batch's gradient: their mean is `full`
+        p.grad = g * (2 * rank) / max(1, world - 1) if world > 1 else g.clone()
+    opt.step()
+state = opt.state_dict()
+if rank == 0:
+    torch.save({{"params": [p.detach() for p in params], "state": state}}, {out!r})
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_distributed_muon_equals_one_process(tmp_path, world):
+    outs = {}
+    for w in sorted({1, world}):
+        out = tmp_path / f"muon_{w}.pt"
+        script = tmp_path / f"muon_{w}.py"
+        script.write_text(MUON_DDP.format(root=str(ROOT), out=str(out)))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={w}", str(script)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs[w] = torch.load(out, weights_only=True)
+    for a, b in zip(outs[1]["params"], outs[world]["params"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # the saved momentum is every matrix's, unpadded, whatever the world size: a checkpoint resumes anywhere
+    for key, value in outs[1]["state"]["state"].items():
+        torch.testing.assert_close(value["momentum_buffer"], outs[world]["state"]["state"][key]["momentum_buffer"],
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_parameters_split_between_muon_and_adamw():
@@ -438,6 +530,55 @@ def test_time_and_target_budgets(data_dir, tmp_path):
     assert target["record"]["training"]["steps"] % 5 == 0 and target["validations"][-1]["bpb"] <= 7.0
     assert all(v["bpb"] > 7.0 for v in target["validations"][:-1])
     assert 0 < t["seconds"] <= target["record"]["compute"]["train_seconds"]
+
+
+def test_a_step_waits_for_the_device_only_when_it_logs(data_dir, tmp_path, monkeypatch):
+    """Host syncs (item, tolist, bool/float of a tensor, cuda.synchronize) per step: none on a step that does not
+    log, one on a step that does."""
+    syncs = []
+    real = {name: getattr(torch.Tensor, name) for name in ("item", "tolist", "__bool__", "__float__", "__int__")}
+    steps = {}
+    real_step, real_read = train.train_step, train.read_pending
+
+    def counting(name):
+        def wrapper(self, *args, **kwargs):
+            # AdamW's step counters live on the host on a CPU (fused AdamW, which train.py uses on CUDA, keeps
+            # them on the device): reading one is not a device sync
+            if not any("torch/optim/" in frame.filename for frame in traceback.extract_stack(limit=6)):
+                syncs.append(name)
+            return real[name](self, *args, **kwargs)
+        return wrapper
+
+    def step_and_count(run, state):
+        before = len(syncs)
+        real_step(run, state)
+        steps.setdefault("train_step", []).append(len(syncs) - before)
+
+    def read_and_count(run, state, stop):
+        before = len(syncs)
+        stats = real_read(run, state, stop)
+        steps.setdefault("read_pending", []).append(len(syncs) - before)
+        return stats
+
+    for name in real:
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: syncs.append("synchronize"))
+    monkeypatch.setattr(train, "train_step", step_and_count)
+    monkeypatch.setattr(train, "read_pending", read_and_count)
+    run_train(tmp_path, data_dir, "--max_steps=12", "--log_every=4", "--val_every=0")
+    assert steps["train_step"] == [0] * 12
+    assert steps["read_pending"] == [1, 1, 1]
+
+
+def test_compiled_run_equals_eager_and_compiles_outside_the_clock(data_dir, tmp_path):
+    common = [f"--data_dir={data_dir}", *TINY[:-1], "--max_steps=6", "--val_every=0", "--val_tokens=256"]
+    eager = train.train(train.parse_args([*common, "--compile=0", f"--out_dir={tmp_path / 'e'}",
+                                          f"--ckpt_dir={tmp_path / 'ec'}"]))
+    compiled = train.train(train.parse_args([*common, "--compile=1", f"--out_dir={tmp_path / 'c'}",
+                                             f"--ckpt_dir={tmp_path / 'cc'}"]))
+    np.testing.assert_allclose(compiled["losses"], eager["losses"], rtol=0, atol=2e-4)
+    # the compilation (seconds) happened in the warm-up: six tiny steps take a fraction of that
+    assert compiled["record"]["compute"]["train_seconds"] < 5 * eager["record"]["compute"]["train_seconds"] + 1.0
 
 
 def test_blow_up_is_never_checkpointed_and_names_the_last_good_checkpoint(data_dir, tmp_path, capsys):
