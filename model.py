@@ -181,20 +181,20 @@ def padded_vocab_size(n_vocab: int, multiple: int = 64) -> int:
 
 
 class Norm(nn.Module):
-    """RMSNorm (or LayerNorm) over the last dimension, with a learnable gain."""
+    """RMSNorm (or LayerNorm) over the last dimension, with a learnable gain. Plain PyTorch ops, so that
+    torch.compile fuses the norm with the residual add and the casts around it (a custom kernel here
+    would be an opaque node the compiler cannot fuse across; kernels.py's RMSNorm stays as a benchmark
+    candidate, `python kernels.py --bench`)."""
 
     def __init__(self, dim, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.use_kernels = True  # set for the whole model by GPT.use_kernels
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if config.bias and config.norm == "layernorm" else None
 
     def forward(self, x):
         if self.config.norm == "layernorm":
             return F.layer_norm(x, (x.size(-1),), self.weight, self.bias, 1e-5)
-        if self.use_kernels:
-            return kernels.rms_norm(x, self.weight, 1e-6)
         return F.rms_norm(x, (x.size(-1),), self.weight, 1e-6)
 
 
@@ -323,7 +323,6 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.use_kernels = True  # set for the whole model by GPT.use_kernels
         d, b = config.n_embd, config.bias
         self.c_fc = nn.Linear(d, config.d_ff, bias=b)
         self.c_gate = nn.Linear(d, config.d_ff, bias=b) if config.mlp == "swiglu" else None
@@ -335,9 +334,7 @@ class MLP(nn.Module):
             h = F.silu(self.c_gate(x)) * h
         elif self.config.mlp == "gelu":
             h = F.gelu(h, approximate="tanh")
-        elif self.use_kernels:
-            h = kernels.relu2(h)
-        else:
+        else:  # ReLU^2 (Primer; modded-nanogpt), left to the compiler to fuse with the matmul's epilogue
             h = F.relu(h).square()
         return self.c_proj(h)
 
