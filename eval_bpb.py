@@ -33,12 +33,12 @@ i*T+T+1], with T = seq_len; the windows do not overlap and the last, partial one
 every token after the first is predicted exactly once. Rank r of W scores windows r, r+W, r+2W, ...;
 the sums do not depend on batch_size or W.
 
-Document boundaries: attention is plain causal attention over the whole window, across documents,
-as in train.py (whose sequences start at a document start and run on into the next documents, with
-no document mask). A prediction near the start of a document sees the delimiter and the end of the
-previous document in its context. Unlike training, windows here are fixed slices of the stream, not
-aligned to documents: that is what lets every token be scored exactly once. The delimiter is input
-only: its prediction is not scored. A model trained with a document mask would need one here too.
+Document boundaries: the model attends here exactly as it did in training, because the attention
+masks are part of the model (model.py): plain causal attention across documents by default, and, for a
+model with doc_mask, attention inside each document only (split at the delimiter in the window itself),
+sliding windows included. Unlike training, windows here are fixed slices of the stream, not aligned to
+documents: that is what lets every token be scored exactly once. The delimiter is input only: its
+prediction is not scored.
 
 The fingerprint is the SHA-256 of the scored text: the UTF-8 bytes of every scored token with one
 0xFF byte (never valid in UTF-8) where a document boundary is predicted. The same text scored

@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import uuid
+import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -69,10 +70,12 @@ class Hyperparameters:
     out_dir: str = ""                   # "" = records/<track>/<YYYY-MM-DD>_<name>/
     ckpt_dir: str = ""                  # "" = checkpoints/<name>/ (git-ignored: a record never holds weights)
     device: str = "auto"                # auto | cpu | cuda | mps (torchrun: cuda:<local rank>)
-    # model: a model.py preset, then the GPTConfig fields given here or on the command line
+    # model: a model.py preset, then the GPTConfig fields given here or on the command line. On a CPU with
+    # none of the model and batch settings given, DEVICE_DEFAULTS["cpu"] below replaces them.
     preset: str = "small"               # tiny | small | medium | large | gpt2-124m (model.PRESETS)
     model: dict = field(default_factory=dict)  # e.g. dict(n_layer=8, mlp="swiglu"); --n_layer=8 adds to it
     seq_len: int = 1024                 # context length in training and validation
+    window_warmup: float = 0.0          # attention windows grow from 1/8 to the model's over this share of the run
     # batch: global batch = world_size * batch_size * grad_accum * seq_len tokens
     batch_size: int = 32                # sequences per process per micro-step
     grad_accum: int = 1                 # micro-steps per optimizer step per process
@@ -80,6 +83,8 @@ class Hyperparameters:
     # optimizers and schedule
     matrix_lr: float = 0.02             # Muon, hidden 2-D matrices
     muon_momentum: float = 0.95         # Nesterov momentum of Muon
+    muon_momentum_start: float = 0.85   # ... which warms up from this value
+    muon_momentum_warmup: int = 0       # ... over these steps (modded-nanogpt #9: 0.85 -> 0.95 in 300); 0 = off
     embed_lr: float = 0.05              # AdamW, token and value embeddings
     head_lr: float = 0.01               # AdamW, lm_head (and a tied embedding)
     scalar_lr: float = 0.02             # AdamW, norm weights, gains and other non-matrix parameters
@@ -110,17 +115,39 @@ class Hyperparameters:
     wandb_project: str = "speedrun"
 
 
-MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "block_size"))
+MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "block_size", "delimiter_id"))
+MODEL_AND_BATCH = {"preset", "model", "seq_len", "batch_size", "grad_accum", "batch_tokens", *MODEL_FIELDS}
+
+# What `python train.py --data_dir=D` runs when none of MODEL_AND_BATCH is given: on a CPU, the CPU track's
+# recipe (it fits a laptop's memory; README "The CPU track" has its ablation); elsewhere the block above.
+DEVICE_DEFAULTS = {
+    "cpu": dict(preset="tiny", seq_len=256, batch_size=16),
+}
+
+
+def device_defaults(given: dict) -> dict:
+    """The settings DEVICE_DEFAULTS puts in place for this command line (empty when it sets any model or batch
+    setting itself, or when the device has none)."""
+    if MODEL_AND_BATCH & set(given):
+        return {}
+    from model import resolve_device
+    return dict(DEVICE_DEFAULTS.get(resolve_device(given.get("device", "auto")).type, {}))
+
+
+def parse_flags(argv: list[str]) -> dict:
+    """The flags given, typed by prepare.py's one option parser (integers may be written 1e6, never rounded)."""
+    parser = prepare.ArgumentParser(prog="train.py", add_help=False)
+    prepare.add_dataclass_flags(parser, Hyperparameters, skip=("model",))
+    prepare.add_dataclass_flags(parser, GPTConfig, skip=("vocab_size", "block_size", "delimiter_id"))
+    return vars(parser.parse_args(argv))
 
 
 def parse_args(argv: list[str]) -> Hyperparameters:
-    """--key=value overrides of the block (typed by prepare.py's one option parser: integers may be written
-    1e6, never rounded); GPTConfig fields go into hp.model."""
-    parser = prepare.ArgumentParser(prog="train.py", add_help=False)
-    prepare.add_dataclass_flags(parser, Hyperparameters, skip=("model",))
-    prepare.add_dataclass_flags(parser, GPTConfig, skip=("vocab_size", "block_size"))
-    given = vars(parser.parse_args(argv))
-    hp = Hyperparameters(**{k: v for k, v in given.items() if k not in MODEL_FIELDS})
+    """The block, then DEVICE_DEFAULTS where they apply, then the --key=value flags; GPTConfig fields go into
+    hp.model."""
+    given = parse_flags(argv)
+    hp = Hyperparameters(**device_defaults(given))
+    hp = Hyperparameters(**{**asdict(hp), **{k: v for k, v in given.items() if k not in MODEL_FIELDS}})
     hp.model = {**hp.model, **{k: v for k, v in given.items() if k in MODEL_FIELDS}}
     check_hyperparameters(hp)
     return hp
@@ -137,8 +164,11 @@ def check_hyperparameters(hp: Hyperparameters) -> None:
     for key in non_negative:
         if getattr(hp, key) < 0:
             raise ValueError(f"--{key} must be >= 0, got {getattr(hp, key)}")
-    if not 0 <= hp.cooldown_frac <= 1 or not 0 <= hp.final_lr_frac <= 1:
-        raise ValueError("--cooldown_frac and --final_lr_frac must be in [0, 1]")
+    for key in ("cooldown_frac", "final_lr_frac", "window_warmup", "muon_momentum", "muon_momentum_start"):
+        if not 0 <= getattr(hp, key) <= 1:
+            raise ValueError(f"--{key} must be in [0, 1], got {getattr(hp, key)}")
+    if hp.muon_momentum_warmup < 0:
+        raise ValueError(f"--muon_momentum_warmup must be >= 0, got {hp.muon_momentum_warmup}")
     if not 0 <= hp.seed < 2 ** 63:  # torch.manual_seed takes a 64-bit seed
         raise ValueError(f"--seed must be in [0, 2^63), got {hp.seed}")
     if not (hp.max_steps or hp.max_tokens or hp.max_flops or hp.max_seconds):
@@ -146,19 +176,24 @@ def check_hyperparameters(hp: Hyperparameters) -> None:
     if 0 < hp.val_tokens < 2:
         raise ValueError(f"--val_tokens={hp.val_tokens} is too few; score at least 2 tokens (or 0 = all)")
     leaderboard.check_track(hp.track)
-    model_config(hp, n_vocab=64)  # a bad model setting is reported now, not after the data has loaded
+    config = model_config(hp, n_vocab=64, delimiter=0)  # a bad model setting is reported now, not after loading
+    if hp.window_warmup and not config.attention_masked:
+        raise ValueError("--window_warmup grows attention windows: set --window or --short_window too")
 
 
 def help_text() -> str:
     """The module docstring and the Hyperparameters block itself: the block is the documentation."""
     return (__doc__.strip() + "\n\nHyperparameters (--key=value):\n\n" + inspect.getsource(Hyperparameters) +
-            "\nModel settings (--key=value, into `model`; see model.GPTConfig): " + ", ".join(MODEL_FIELDS))
+            "\nModel settings (--key=value, into `model`; see model.GPTConfig): " + ", ".join(MODEL_FIELDS) +
+            "\n\nOn a CPU, with no model or batch setting given: " + json.dumps(DEVICE_DEFAULTS["cpu"]))
 
 
-def model_config(hp: Hyperparameters, n_vocab: int) -> GPTConfig:
-    """The run's GPTConfig: model.build_config from the preset and hp.model (as flops.py builds it)."""
+def model_config(hp: Hyperparameters, n_vocab: int, delimiter: int) -> GPTConfig:
+    """The run's GPTConfig: model.build_config from the preset and hp.model (as flops.py builds it); a
+    document mask splits documents at the data's delimiter token."""
     try:
-        return build_config(hp.preset, n_vocab, hp.seq_len, **hp.model)
+        config = build_config(hp.preset, n_vocab, hp.seq_len, **hp.model)
+        return dataclasses.replace(config, delimiter_id=delimiter) if config.doc_mask else config
     except (ValueError, TypeError) as e:
         raise ValueError(f"{e} (from --preset={hp.preset} and the model settings {hp.model})") from None
 
@@ -480,6 +515,24 @@ def lr_multiplier(step: int, progress: float, hp: Hyperparameters) -> float:
     return min(warmup, hp.final_lr_frac + (1 - hp.final_lr_frac) * remaining)
 
 
+def muon_momentum(step: int, hp: Hyperparameters) -> float:
+    """Muon's momentum, warmed up linearly from muon_momentum_start over muon_momentum_warmup steps."""
+    if step >= hp.muon_momentum_warmup:
+        return hp.muon_momentum
+    frac = step / hp.muon_momentum_warmup
+    return (1 - frac) * hp.muon_momentum_start + frac * hp.muon_momentum
+
+
+def window_sizes(progress: float, config: GPTConfig, hp: Hyperparameters) -> tuple[int, int]:
+    """(long, short) attention windows at this share of the run: growing linearly from 1/8 of the model's to
+    the model's over window_warmup, in steps of 64 tokens (each change costs one small host-to-device copy)."""
+    full = (config.window or config.block_size, config.short_window or config.window or config.block_size)
+    if not hp.window_warmup or progress >= hp.window_warmup:
+        return full
+    frac = 1 / 8 + 7 / 8 * progress / hp.window_warmup
+    return tuple(max(64, min(w, -(-int(frac * w) // 64) * 64)) for w in full)
+
+
 def planned_steps(hp: Hyperparameters, batch_tokens: int, flops_per_step: int) -> tuple[int | None, str | None]:
     """The step count the step/token/FLOP budgets allow (never exceeding any), and which one binds."""
     limits = []
@@ -657,6 +710,7 @@ class Run:
     wandb_run: object = None
     own_checkpoints: list = field(default_factory=list)  # this run's step_*.pt, oldest first
     pending: list = field(default_factory=list)  # per-step (loss, grad norm) on the device, read at the next log
+    windows: tuple = ()          # the attention windows set by window_warmup, so they are set only when they change
 
     @property
     def master(self) -> bool:
@@ -1047,10 +1101,18 @@ def train_step(run: Run, state: RunState) -> None:
     `state`; the step's loss and gradient norm stay on the device until the next logged step reads them."""
     hp, device = run.hp, run.device
     run.clock.run()
-    multiplier = lr_multiplier(state.step, schedule_progress(state.step, run.total_steps, state.train_seconds, hp), hp)
+    progress = schedule_progress(state.step, run.total_steps, state.train_seconds, hp)
+    multiplier = lr_multiplier(state.step, progress, hp)
     for opt in run.optimizers:
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * multiplier
+            if group["kind"] == "matrix":
+                group["momentum"] = muon_momentum(state.step, hp)
+    if hp.window_warmup:
+        windows = window_sizes(progress, run.config, hp)
+        if windows != run.windows:
+            run.raw_model.set_windows(*windows)
+            run.windows = windows
     batch = run.loader.next_batch().to(device, non_blocking=True)
     loss_sum = torch.zeros((), device=device)
     for micro in range(run.grad_accum):
@@ -1223,7 +1285,7 @@ def compile_model(hp: Hyperparameters, raw_model: GPT, muon: "Muon"):
     fuse norms, activations and casts) and Muon's batched Newton-Schulz (one graph per matrix shape)."""
     if not hp.compile:
         return raw_model
-    muon.orthogonalise = torch.compile(newton_schulz)
+    muon.orthogonalise = torch.compile(newton_schulz, dynamic=False)  # one static graph per matrix shape
     return torch.compile(raw_model)
 
 
@@ -1241,9 +1303,10 @@ def warm_up(run: Run) -> None:
             run.model(tokens[:, :-1], tokens[:, 1:]).backward()
     run.raw_model.zero_grad(set_to_none=True)
     muon = run.optimizers[1]
-    for group in muon.param_groups:
-        k, _ = muon.share(group)
-        muon.orthogonalise(torch.randn((k, *group["params"][0].shape), device=run.device), group["ns_steps"])
+    with torch.no_grad():  # as in Muon.step: grad mode is part of what a compiled graph is specialised on
+        for group in muon.param_groups:
+            k, _ = muon.share(group)
+            muon.orthogonalise(torch.randn((k, *group["params"][0].shape), device=run.device), group["ns_steps"])
     synchronize(run.device)
 
 
@@ -1306,7 +1369,7 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
 
     torch.manual_seed(hp.seed)
     random.seed(hp.seed)
-    config = model_config(hp, data.enc.n_vocab)
+    config = model_config(hp, data.enc.n_vocab, data.delimiter)
     raw_model = GPT(config, use_kernels=hp.kernels).to(device)
     optimizers = build_optimizers(raw_model, hp, rank, world_size, device)
     model = compile_model(hp, raw_model, optimizers[1])
@@ -1367,6 +1430,10 @@ def run_command(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(help_text())
         return 0
+    defaults = device_defaults(parse_flags(argv))
+    if defaults:
+        print("no model or batch setting given: the CPU track's " +
+              " ".join(f"--{k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in defaults.items()))
     try:
         train(parse_args(argv))
     except TrainingDiverged as e:

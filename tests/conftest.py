@@ -82,3 +82,7 @@ def write_prepared_dir(path, spec=None, train=(), val=(), shard_tokens=None, dat
                          "shards": len(shards)}
     (path / "meta.json").write_text(json.dumps({"dataset": dataset, "tokenizer": tokenizer, "splits": splits}))
     return path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (python -m pytest -m gpu); skipped without one")

@@ -15,8 +15,8 @@ import torch
 
 import eval_bpb
 import prepare
-from conftest import write_prepared_dir
-from model import GPT, GPTConfig, save_checkpoint
+from conftest import tiny_config, write_prepared_dir
+from model import GPT, save_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GPT2_SPEC = {"name": "gpt2"}
@@ -61,13 +61,10 @@ class TargetIdAsLoss(torch.nn.Module):
         return torch.where(targets >= 0, targets.float(), 0.0)
 
 
-def tiny_config(vocab_size, block_size=32):
-    return GPTConfig(vocab_size=vocab_size, n_layer=2, n_head=2, n_kv_head=2, n_embd=32, block_size=block_size)
-
-
 def tiny_gpt(vocab_size, block_size=32, seed=0):
     torch.manual_seed(seed)
-    model = GPT(tiny_config(vocab_size, block_size))
+    model = GPT(tiny_config(vocab_size=vocab_size, n_layer=2, n_head=2, n_kv_head=2, block_size=block_size,
+                            zero_init=True))
     with torch.no_grad():  # untrained output projections may start at zero; make the logits depend on context
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

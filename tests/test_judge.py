@@ -18,6 +18,7 @@ import pytest
 
 import judge
 import fake_judge_server as fake
+from conftest import byte_spec, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SERVER = ROOT / "tests" / "fake_judge_server.py"
@@ -401,7 +402,7 @@ BYTES_VOCAB = 257   # the 256 single bytes, then the delimiter (id 256): a token
 
 def byte_tokenizer():
     import prepare
-    spec = prepare.bpe_spec("bpe:257", prepare.SPLIT_PATTERN, {bytes([i]): i for i in range(256)})
+    spec = byte_spec()
     return spec, prepare.encoding_from_spec(spec)
 
 
@@ -411,8 +412,8 @@ def tiny_checkpoint(path, rig_stop_after=None):
     import torch
     import model as model_lib
     torch.manual_seed(0)
-    config = model_lib.GPTConfig(vocab_size=model_lib.padded_vocab_size(BYTES_VOCAB), n_layer=2, n_head=2,
-                                 n_kv_head=1, n_embd=32, block_size=128, zero_init=False)
+    config = tiny_config(vocab_size=model_lib.padded_vocab_size(BYTES_VOCAB), n_layer=2, n_head=2, n_kv_head=1,
+                         block_size=128)
     gpt = model_lib.GPT(config)
     delimiter = BYTES_VOCAB - 1
     if rig_stop_after is not None:

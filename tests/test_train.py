@@ -23,6 +23,7 @@ import flops  # noqa: E402
 import model  # noqa: E402
 import prepare  # noqa: E402
 import train  # noqa: E402
+from conftest import write_prepared_dir  # noqa: E402
 
 DELIM = 256  # byte-level tokenizer: ids 0..255 are bytes, 256 is <|endoftext|>
 TINY = ["--preset=tiny", "--n_layer=2", "--n_embd=32", "--n_head=2", "--seq_len=32", "--batch_size=4", "--log_every=1",
@@ -61,22 +62,7 @@ def synthetic_stories(n: int, seed: int) -> list[str]:
 
 
 def write_dataset(out: pathlib.Path, train_docs, val_docs, shard_tokens: int) -> pathlib.Path:
-    out.mkdir(parents=True, exist_ok=True)
-    spec = prepare.bpe_spec("bpe:257", prepare.SPLIT_PATTERN, {bytes([i]): i for i in range(256)})
-    (out / "tokenizer.json").write_text(json.dumps(spec))
-    splits = {}
-    for split, docs in (("train", train_docs), ("val", val_docs)):
-        tokens = np.concatenate([np.array([DELIM] + list(d.encode()), dtype=np.uint16) for d in docs])
-        shards = [tokens[i:i + shard_tokens] for i in range(0, len(tokens), shard_tokens)]
-        for i, shard in enumerate(shards):
-            prepare.write_shard(out / f"{split}_{i:06d}.bin", shard)
-        splits[split] = {"docs": len(docs), "tokens": len(tokens), "bytes": sum(len(d.encode()) for d in docs),
-                         "shards": len(shards)}
-    meta = {"dataset": "synthetic-stories", "tokenizer": {"name": "bpe:257", "file": "tokenizer.json",
-                                                          "vocab_size": 257, "delimiter_id": DELIM},
-            "splits": splits}
-    (out / "meta.json").write_text(json.dumps(meta))
-    return out
+    return write_prepared_dir(out, train=train_docs, val=val_docs, shard_tokens=shard_tokens, dataset="synthetic-stories")
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +135,7 @@ def test_corrupt_shard_is_named(tmp_path, capsys, data_dir):
 
 def test_model_config_from_preset_overrides_and_kernel_switch():
     hp = train.parse_args(["--preset=tiny", "--n_layer=3", "--n_head=2", "--kernels=0", "--mlp=swiglu"])
-    config = train.model_config(hp, n_vocab=300)
+    config = train.model_config(hp, n_vocab=300, delimiter=0)
     assert (config.n_layer, config.n_head, config.n_kv_head, config.mlp) == (3, 2, 2, "swiglu")
     assert config.vocab_size % 64 == 0 and config.vocab_size >= 300  # padded, never smaller than the tokenizer
     assert "use_kernels" not in dataclasses.asdict(config)  # a runtime setting, not saved with the model
@@ -160,7 +146,7 @@ def test_model_config_from_preset_overrides_and_kernel_switch():
                                    ["--preset=medium", "--n_kv_head=10", "--tie_embeddings=1", "--value_embeds=2"]])
 def test_one_config_builder_for_train_flops_and_model(flags):
     """train.py, flops.py and model.build_config give the same config for the same flags."""
-    from_train = train.model_config(train.parse_args([*flags, "--seq_len=512"]), n_vocab=8192)
+    from_train = train.model_config(train.parse_args([*flags, "--seq_len=512"]), n_vocab=8192, delimiter=0)
     from_flops = flops.config_from_args(flops.make_parser().parse_args([*flags, "--vocab_size=8192", "--block_size=512"]))
     overrides = dict(f[2:].split("=") for f in flags[1:])
     types = {f.name: f.type for f in dataclasses.fields(model.GPTConfig)}
@@ -311,7 +297,7 @@ def test_distributed_muon_equals_one_process(tmp_path, world):
 
 def test_parameters_split_between_muon_and_adamw():
     hp = train.parse_args(["--preset=tiny", "--seq_len=16"])
-    model = train.GPT(train.model_config(hp, 257))
+    model = train.GPT(train.model_config(hp, 257, delimiter=256))
     groups = train.split_parameters(model)
     assert model.lm_head.weight is model.transformer.wte.weight  # the tiny preset ties them
     assert any(p is model.lm_head.weight for p in groups["head"]) and not groups["embed"]
@@ -512,7 +498,7 @@ def test_two_gloo_processes_equal_one_process_with_grad_accum(data_dir, tmp_path
 ])
 def test_budgets_stop_where_they_should(data_dir, tmp_path, budget, steps, stopped_by):
     if "FLOPS_FOR" in budget:
-        config = train.model_config(train.parse_args(TINY), 257)
+        config = train.model_config(train.parse_args(TINY), 257, delimiter=256)
         budget = f"--max_flops={5.5 * 128 * 3 * flops.forward_flops_per_token(config, 32)}"
     result = run_train(tmp_path, data_dir, "--max_steps=50", budget, "--val_every=0")
     training = result["record"]["training"]

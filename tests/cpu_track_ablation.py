@@ -1,0 +1,111 @@
+"""
+The CPU track's ablation: each technique on top of the baseline recipe, at a fixed token budget, two or more
+seeds per row, scored by eval_bpb.py on a fixed text (the TinyStories validation head). Prints the Markdown
+table the README shows. Re-running skips the runs already done (their results.json hold the score).
+
+    python tests/cpu_track_ablation.py --data_dir=data/ts-sample-4k --eval_text=tinystories_hf_validation_head.txt
+    python tests/cpu_track_ablation.py ... --rows=baseline,doc_mask --seeds=1,2,3 --jobs=2
+
+Every run is `python train.py --data_dir=D BASE ROW --max_steps=0 --max_tokens=TOKENS --seed=S`, then
+`python eval_bpb.py --ckpt LAST --data EVAL_TEXT --seq_len 256 --eval_id tinystories-valid-head --record OUT`.
+A fixed token budget makes each row's BPB independent of the machine's speed and load.
+"""
+import concurrent.futures
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import prepare  # noqa: E402
+
+BASE = ["--preset=tiny", "--seq_len=256", "--batch_size=16", "--val_every=0", "--log_every=50"]
+ROWS = {  # name -> (flags on top of BASE, what it is)
+    "baseline": ([], "the recipe before this study (tiny preset, Muon 0.02, AdamW, WSD)"),
+    "doc_mask": (["--doc_mask=1"], "attention stays inside each document"),
+    "windows": (["--short_window=64", "--window_pattern=LSSL", "--window_warmup=0.3"],
+                "short (64-token) windows on layers 2-3, growing over the first 30%"),
+    "x0_mix": (["--x0_mix=1"], "the token embedding mixed into every block's input (learned)"),
+    "value_residual": (["--value_residual=1"], "the first layer's values mixed into later layers' (learned)"),
+    "unet": (["--unet=1"], "U-net skips from the first half's blocks to the second half's (learned)"),
+    "momentum_warmup": (["--muon_momentum_warmup=100"], "Muon momentum 0.85 -> 0.95 over the first 100 steps"),
+    "record_lrs": (["--embed_lr=0.3", "--matrix_lr=0.04", "--final_lr_frac=0.1"],
+                   "modded-nanogpt's learning rates (token embedding 0.3, Muon 0.04, final 0.1x peak)"),
+    "batch_8": (["--batch_size=8"], "half the batch (2,048 tokens), twice the steps"),
+}
+
+
+def run_one(name, flags, seed, args) -> dict:
+    out = pathlib.Path(args.out) / f"{name}-seed{seed}"
+    results = out / "results.json"
+    if results.exists() and "tinystories-valid-head" in json.loads(results.read_text()).get("eval", {}):
+        return json.loads(results.read_text())
+    ckpt = pathlib.Path(args.out) / "checkpoints" / f"{name}-seed{seed}"
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    for path in (out, ckpt):  # an interrupted run starts over
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    train = [sys.executable, "train.py", f"--data_dir={args.data_dir}", *BASE, *flags, "--max_steps=0",
+             f"--max_tokens={args.tokens}", f"--seed={seed}", f"--name=ablation-{name}-{seed}",
+             f"--out_dir={out}", f"--ckpt_dir={ckpt}"]
+    subprocess.run(train, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    last = sorted(ckpt.glob("step_*.pt"), key=lambda p: int(p.stem[5:]))[-1]
+    subprocess.run([sys.executable, "eval_bpb.py", "--ckpt", str(last), "--data", args.eval_text, "--seq_len", "256",
+                    "--eval_id", "tinystories-valid-head", "--record", str(out)], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    return json.loads(results.read_text())
+
+
+def table(scores: dict) -> str:
+    base = statistics.mean(scores["baseline"]) if scores.get("baseline") else None
+    lines = ["| row | what | BPB (mean ± sd) | seeds | vs baseline |", "|---|---|---:|---|---:|"]
+    for name, values in scores.items():
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        delta = f"{statistics.mean(values) - base:+.4f}" if base is not None and name != "baseline" else ""
+        what = ROWS[name][1] if name in ROWS else name
+        lines.append(f"| {name} | {what} | {statistics.mean(values):.4f} ± {sd:.4f} | "
+                     f"{', '.join(f'{v:.4f}' for v in values)} | {delta} |")
+    return "\n".join(lines)
+
+
+def run(argv) -> int:
+    p = prepare.ArgumentParser(prog="tests/cpu_track_ablation.py", description=__doc__)
+    p.add_argument("--data_dir", required=True)
+    p.add_argument("--eval_text", required=True, help="the TinyStories validation head (a text file)")
+    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--extra", action="append", default=[], metavar="NAME=FLAGS",
+                   help='another row, e.g. --extra "full=--doc_mask=1 --x0_mix=1"')
+    p.add_argument("--seeds", default="1,2")
+    p.add_argument("--tokens", type=prepare.parse_count, default=1_228_800, help="training tokens per run")
+    p.add_argument("--jobs", type=prepare.parse_count, default=1, help="runs at once")
+    p.add_argument("--threads", type=prepare.parse_count, default=2, help="threads per run")
+    p.add_argument("--out", default="runs/cpu-track-ablation")
+    args = p.parse_args(argv)
+    rows = {name: ROWS[name][0] for name in args.rows.split(",") if name}
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        raise ValueError(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    for extra in args.extra:
+        name, _, flags = extra.partition("=")
+        rows[name] = flags.split()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    jobs = [(name, flags, seed) for seed in seeds for name, flags in rows.items()]
+    scores = {name: [] for name in rows}
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(run_one, name, flags, seed, args): (name, seed) for name, flags, seed in jobs}
+        for future in concurrent.futures.as_completed(futures):
+            name, seed = futures[future]
+            bpb = future.result()["eval"]["tinystories-valid-head"]["bpb"]
+            print(f"{name} seed {seed}: {bpb:.4f}", flush=True)
+    for name, flags, seed in jobs:  # in row order, whatever order they finished in
+        scores[name].append(run_one(name, flags, seed, args)["eval"]["tinystories-valid-head"]["bpb"])
+    print(f"\n{args.tokens:,} training tokens per run; python tests/cpu_track_ablation.py {' '.join(argv)}\n")
+    print(table(scores))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(prepare.run_main("cpu_track_ablation.py", run))
