@@ -29,6 +29,9 @@ block cannot hide), a tied embedding/lm_head once, GQA not sharing. Weight class
 medium <= 60M < large <= 120M < open.
 """
 import argparse
+import contextlib
+import pathlib
+import platform
 import re
 import sys
 import time
@@ -316,6 +319,21 @@ def _sync(device):
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def device_name(device: torch.device) -> str:
+    """The name a record gives the device: the GPU's (which finds its datasheet peak), or the CPU's model."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        model_name = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):
+            for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    model_name = line.split(":", 1)[1].strip()
+                    break
+        return f"cpu: {model_name} ({torch.get_num_threads()} threads per process)"
+    return device.type
 
 
 def measure_matmul_peak(device="cpu", dtype=None, seconds=1.0) -> float:

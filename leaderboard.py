@@ -54,6 +54,7 @@ What is checked (a mismatch beyond 1% is an error; counts must match exactly):
 
 Exit codes: 0 fine, 1 invalid record(s) or stale tables, 2 bad command line or README without markers.
 """
+import contextlib
 import hashlib
 import html
 import http.server
@@ -62,6 +63,7 @@ import math
 import os
 import pathlib
 import re
+import subprocess
 import sys
 import urllib.parse
 
@@ -388,6 +390,59 @@ def log_header(sources: dict[str, bytes]) -> str:
     """train.log's beginning: the full source of every project file that ran, each in a source_block whose
     sha256 is the one results.json's code.sha256 holds."""
     return b"".join(source_block(name, text) for name, text in sources.items()).decode("utf-8")
+
+
+# ----------------------------------------------------------------------------------------------------
+# What a record says of the run's code and software (train.py writes it into results.json and train.log)
+
+
+def project_sources(first: str = "train.py") -> dict[str, bytes]:
+    """The source of every file of this repository that is running (`first` first): the modules imported
+    from the repository's folder, detected rather than listed, so an added file is logged too."""
+    files = {ROOT / first}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str) or not os.path.isabs(path):  # some extension modules fake a relative name
+            continue
+        path = pathlib.Path(path).resolve()
+        if path.suffix == ".py" and path.is_file() and path.is_relative_to(ROOT) and "site-packages" not in path.parts \
+                and path.relative_to(ROOT).parts[0] not in ("tests", ".venv"):
+            files.add(path)
+    ordered = sorted(files, key=lambda p: (p.name != first, str(p.relative_to(ROOT))))
+    return {str(p.relative_to(ROOT)): p.read_bytes() for p in ordered}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def software_versions() -> dict:
+    import platform
+    import torch
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "triton": triton_version}
+
+
+def environment_lines(software: dict, device_name: str, world_size: int, cuda: bool) -> list[str]:
+    """train.log's environment section: versions, devices, the command, and nvidia-smi on CUDA."""
+    lines = [f"{'=' * 20} environment {'=' * 20}",
+             " | ".join(f"{k} {v}" for k, v in software.items()),
+             f"device {device_name} x {world_size}",
+             f"command {' '.join(sys.argv)}"]
+    if cuda:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20)
+            lines += smi.stdout.rstrip().splitlines()
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import os
 import pathlib
 import re
 import shutil
+import socket
 import sys
 import time
 
@@ -1073,6 +1074,42 @@ def process_alive(pid: int) -> bool:
     except OSError:
         return True  # it exists (another user's)
     return True
+
+
+# -----------------------------------------------------------------------------
+# Folder locks (train.py's record and checkpoint folders): one run per folder, or two runs interleave their logs and delete each other's
+# checkpoints. The lock file names its holder; a lock whose process is gone (kill -9) is taken over.
+
+
+def acquire_lock(folder: pathlib.Path) -> pathlib.Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "LOCK"
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": " ".join(sys.argv)}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if lock_holder_alive(path):
+                raise ValueError(f"{folder} is in use by another run ({path.read_text().strip()}); wait for it, "
+                                 f"or choose another --name/--out_dir/--ckpt_dir") from None
+            path.unlink(missing_ok=True)  # its process is gone: a stale lock
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(holder, f)
+        return path
+    raise ValueError(f"{path}: could not take the lock; remove the file if no run uses {folder}")
+
+
+def lock_holder_alive(path: pathlib.Path) -> bool:
+    try:
+        holder = json.loads(path.read_text())
+        pid, host = int(holder["pid"]), holder["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # unreadable (a crash while writing it): not a live holder
+    if host != socket.gethostname():
+        return True  # another machine's run on a shared disk: cannot tell, so respect it
+    return process_alive(pid)
 
 
 def swap_in(tmp: pathlib.Path, out: pathlib.Path) -> None:

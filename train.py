@@ -24,19 +24,14 @@ import hashlib
 import inspect
 import json
 import math
-import os
 import pathlib
-import platform
 import queue
 import random
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 import uuid
-import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -48,7 +43,7 @@ import eval_bpb
 import flops
 import leaderboard
 import prepare
-from model import GPT, GPTConfig, build_config, load_checkpoint, save_checkpoint
+from model import GPT, PRESETS, GPTConfig, build_config, load_checkpoint, save_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parent
 
@@ -191,9 +186,11 @@ def help_text() -> str:
 def model_config(hp: Hyperparameters, n_vocab: int, delimiter: int) -> GPTConfig:
     """The run's GPTConfig: model.build_config from the preset and hp.model (as flops.py builds it); a
     document mask splits documents at the data's delimiter token."""
+    overrides = dict(hp.model)
+    if overrides.get("doc_mask", PRESETS.get(hp.preset, {}).get("doc_mask", False)):
+        overrides["delimiter_id"] = delimiter
     try:
-        config = build_config(hp.preset, n_vocab, hp.seq_len, **hp.model)
-        return dataclasses.replace(config, delimiter_id=delimiter) if config.doc_mask else config
+        return build_config(hp.preset, n_vocab, hp.seq_len, **overrides)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{e} (from --preset={hp.preset} and the model settings {hp.model})") from None
 
@@ -558,58 +555,6 @@ def schedule_progress(step: int, total_steps: int | None, train_seconds: float, 
     return min(1.0, max(by_steps, by_time))
 
 
-# -----------------------------------------------------------------------------
-# The run's environment: code, software, device
-
-
-def project_sources() -> dict[str, bytes]:
-    """The source of every file of this repository that is running (train.py first): the modules imported
-    from the repository's folder, detected rather than listed, so an added file is logged too."""
-    files = {pathlib.Path(__file__).resolve()}
-    for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
-        if not isinstance(path, str) or not os.path.isabs(path):  # some extension modules fake a relative name
-            continue
-        path = pathlib.Path(path).resolve()
-        if path.suffix == ".py" and path.is_file() and path.is_relative_to(ROOT) and "site-packages" not in path.parts \
-                and path.relative_to(ROOT).parts[0] not in ("tests", ".venv"):
-            files.add(path)
-    ordered = sorted(files, key=lambda p: (p.name != "train.py", str(p.relative_to(ROOT))))
-    return {str(p.relative_to(ROOT)): p.read_bytes() for p in ordered}
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def software_versions() -> dict:
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "triton": triton_version}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        model_name = platform.processor() or platform.machine()
-        with contextlib.suppress(OSError):
-            for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    model_name = line.split(":", 1)[1].strip()
-                    break
-        return f"cpu: {model_name} ({torch.get_num_threads()} threads per process)"
-    return device.type
-
-
 MEASURED_PEAKS: dict[str, float] = {}
 
 
@@ -632,18 +577,6 @@ def peak_flops_per_device(device: torch.device, name: str) -> tuple[float, str]:
             peak = shared[0]
         source = "measured"
     return float(peak), source
-
-
-def environment_lines(software: dict, device: torch.device, name: str, world_size: int) -> list[str]:
-    lines = [f"{'=' * 20} environment {'=' * 20}",
-             " | ".join(f"{k} {v}" for k, v in software.items()),
-             f"device {name} x {world_size}",
-             f"command {' '.join(sys.argv)}"]
-    if device.type == "cuda":
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20)
-            lines += smi.stdout.rstrip().splitlines()
-    return lines
 
 
 # -----------------------------------------------------------------------------
@@ -746,48 +679,6 @@ class RunLog:
 
 class TrainingDiverged(RuntimeError):
     """A NaN/inf loss, gradient or weight; the message names the step and the last good checkpoint."""
-
-
-# -----------------------------------------------------------------------------
-# Locks: one run per out_dir and per ckpt_dir, or two runs interleave their logs and delete each other's
-# checkpoints. The lock file names its holder; a lock whose process is gone (kill -9) is taken over.
-
-
-def acquire_lock(folder: pathlib.Path) -> pathlib.Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "LOCK"
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "command": " ".join(sys.argv)}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if lock_holder_alive(path):
-                raise ValueError(f"{folder} is in use by another run ({path.read_text().strip()}); wait for it, "
-                                 f"or choose another --name/--out_dir/--ckpt_dir") from None
-            path.unlink(missing_ok=True)  # its process is gone: a stale lock
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(holder, f)
-        return path
-    raise ValueError(f"{path}: could not take the lock; remove the file if no run uses {folder}")
-
-
-def lock_holder_alive(path: pathlib.Path) -> bool:
-    try:
-        holder = json.loads(path.read_text())
-        pid, host = int(holder["pid"]), holder["host"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False  # unreadable (a crash while writing it): not a live holder
-    if host != socket.gethostname():
-        return True  # another machine's run on a shared disk: cannot tell, so respect it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -----------------------------------------------------------------------------
@@ -925,7 +816,7 @@ def build_record(run: Run, state: RunState, final_eval: dict, stopped_by: str, t
         "date": state.date,
         "description": hp.description,
         "author": {"name": hp.author, "affiliation": hp.affiliation, "url": hp.url},
-        "code": {"sha256": run.digests, "git_commit": git_commit()},
+        "code": {"sha256": run.digests, "git_commit": leaderboard.git_commit()},
         "data": {"dataset": run.data.meta.get("dataset"), "tokenizer": run.data.tokenizer["name"],
                  "vocab_size": run.data.enc.n_vocab, "fingerprint": run.data.fingerprint},
         "model": asdict(run.config),
@@ -1325,7 +1216,7 @@ def open_log(hp, out_dir: pathlib.Path, resumed: bool, sources: dict, digests: d
 
 def log_start(run: Run, state: RunState, resumed_from) -> None:
     hp, log, params = run.hp, run.log, run.params
-    for line in environment_lines(run.software, run.device, run.device_label, run.world_size):
+    for line in leaderboard.environment_lines(run.software, run.device_label, run.world_size, run.device.type == "cuda"):
         log.line(line, console=False)
     log.line(f"hyperparameters {json.dumps(asdict(hp))}", console=False)
     log.line(f"model {json.dumps(asdict(run.config))}", console=False)
@@ -1362,7 +1253,7 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
     data = load_data(hp)
     ckpt_dir = pathlib.Path(hp.ckpt_dir or ROOT / "checkpoints" / hp.name)
     if rank == 0:
-        lock = acquire_lock(ckpt_dir)
+        lock = prepare.acquire_lock(ckpt_dir)
         locks.callback(lock.unlink, missing_ok=True)
         remove_orphan_temp_files(ckpt_dir)
     resume = find_resume_checkpoint(hp, ckpt_dir)
@@ -1375,7 +1266,7 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
     model = compile_model(hp, raw_model, optimizers[1])
     flops_per_step = flops.model_flops(config, hp.seq_len, batch_tokens)
     total_steps, step_budget = planned_steps(hp, batch_tokens, flops_per_step)
-    device_label = device_name(device)
+    device_label = flops.device_name(device)
     peak, peak_source = peak_flops_per_device(device, device_label)
     hardware = f"{world_size} x {device_label}"
     if resume is not None:
@@ -1389,12 +1280,12 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
     state.out_dir = str(hp.out_dir or state.out_dir)
     out_dir = pathlib.Path(state.out_dir)
     if rank == 0 and out_dir.resolve() != ckpt_dir.resolve():
-        lock = acquire_lock(out_dir)
+        lock = prepare.acquire_lock(out_dir)
         locks.callback(lock.unlink, missing_ok=True)
     if resume is None and (out_dir / leaderboard.RESULTS_NAME).exists():
         raise ValueError(f"{out_dir} already holds a record (results.json); choose another --name or --out_dir, "
                          f"or delete it")
-    sources = project_sources()
+    sources = leaderboard.project_sources()
     digests = {name: hashlib.sha256(text).hexdigest() for name, text in sources.items()}
     log = open_log(hp, out_dir, resume is not None, sources, digests,
                    resume[1].get("code_sha256") if resume else None, rank == 0)
@@ -1403,7 +1294,7 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
               model=model, optimizers=optimizers, loader=None, grad_accum=grad_accum, clock=Clock(device),
               total_steps=total_steps, step_budget=step_budget, flops_per_step=flops_per_step, peak=peak,
               peak_source=peak_source, device_label=device_label, ckpt_dir=ckpt_dir, log=log, digests=digests,
-              software=software_versions(), params=flops.count_params(raw_model), wandb_run=start_wandb(hp, rank == 0))
+              software=leaderboard.software_versions(), params=flops.count_params(raw_model), wandb_run=start_wandb(hp, rank == 0))
     if resume is not None:
         state = load_state(run, resume[1])
         run.own_checkpoints = [p for p in checkpoints_by_step(ckpt_dir) if checkpoint_run_id(p) == state.run_id]

@@ -101,7 +101,7 @@ def bench_row(row, device, steps, compile_):
     for _ in range(steps):
         one_step(model, compiled, run, host, device, timings)
     tokens = steps * batch_size * seq_len
-    device_name = train.device_name(device)
+    device_name = flops.device_name(device)
     peak, source = train.peak_flops_per_device(device, device_name)
     marin = flops.model_flops(config, seq_len, tokens)
     causal = 3 * flops.causal_forward_flops_per_token(config, seq_len) * tokens

@@ -8,6 +8,7 @@ import os
 import pathlib
 import random
 import re
+import socket
 import subprocess
 import sys
 import traceback
@@ -676,7 +677,7 @@ def test_a_second_run_into_a_locked_folder_is_refused(data_dir, tmp_path, capsys
     (tmp_path / "c").mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (tmp_path / "c" / "LOCK").write_text(json.dumps({"pid": holder.pid, "host": train.socket.gethostname(),
+        (tmp_path / "c" / "LOCK").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
                                                          "started": "now", "command": "train.py"}))
         code = train.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={tmp_path / 'c'}",
                            *TINY, "--max_steps=2", "--val_every=0"])
