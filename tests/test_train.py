@@ -640,6 +640,21 @@ def test_resume_prunes_only_its_own_checkpoints(straight_run, data_dir, tmp_path
     assert sorted(p.name for p in ckpt.glob("step_*.pt")) == ["step_000001.pt", "step_000035.pt", "step_000040.pt"]
 
 
+def test_kernels_are_a_runtime_switch_and_swiglu_trains(straight_run, data_dir, tmp_path):
+    """A run started with the fused kernels resumes with --kernels=0 (the switch is not part of the model), and
+    train.py trains any GPTConfig switch, --mlp=swiglu among them."""
+    tmp, straight = straight_run
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "step_000020.pt").write_bytes((tmp / "ckpt" / "step_000020.pt").read_bytes())
+    resumed = train.train(train.parse_args([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}",
+                                            f"--ckpt_dir={ckpt}", *TINY, "--max_steps=40", "--val_every=20",
+                                            "--checkpoint_every=20", "--resume=1", "--kernels=0"]))
+    np.testing.assert_allclose(resumed["losses"], straight["losses"][20:], rtol=0, atol=1e-4)
+    swiglu = run_train(tmp_path / "s", data_dir, "--mlp=swiglu", "--max_steps=3", "--val_every=0")
+    assert swiglu["record"]["model"]["mlp"] == "swiglu" and swiglu["record"]["training"]["steps"] == 3
+
+
 def test_resume_refuses_other_data_or_tokenizer(straight_run, data_dir, tmp_path):
     """Issue: --resume=1 continued on another tokenizer of the same size and applied the saved data position
     to other shards."""
