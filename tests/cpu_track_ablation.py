@@ -7,7 +7,7 @@ table the README shows. Re-running skips the runs already done (their results.js
     python tests/cpu_track_ablation.py ... --rows=baseline,doc_mask --seeds=1,2,3 --jobs=2
 
 Every run is `python train.py --data_dir=D BASE ROW --max_steps=0 --max_tokens=TOKENS --seed=S`, then
-`python eval_bpb.py --ckpt LAST --data EVAL_TEXT --seq_len 256 --eval_id tinystories-valid-head --record OUT`.
+`python eval_bpb.py --ckpt LAST --data EVAL_TEXT --seq_len SEQ_LEN --eval_id tinystories-valid-head --record OUT`.
 A fixed token budget makes each row's BPB independent of the machine's speed and load.
 """
 import concurrent.futures
@@ -53,7 +53,8 @@ def run_one(name, flags, seed, args) -> dict:
              f"--out_dir={out}", f"--ckpt_dir={ckpt}"]
     subprocess.run(train, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     last = sorted(ckpt.glob("step_*.pt"), key=lambda p: int(p.stem[5:]))[-1]
-    subprocess.run([sys.executable, "eval_bpb.py", "--ckpt", str(last), "--data", args.eval_text, "--seq_len", "256",
+    seq_len = [f.split("=")[1] for f in BASE + flags if f.startswith("--seq_len=")][-1]  # the model's context
+    subprocess.run([sys.executable, "eval_bpb.py", "--ckpt", str(last), "--data", args.eval_text, "--seq_len", seq_len,
                     "--eval_id", "tinystories-valid-head", "--record", str(out)], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)
     return json.loads(results.read_text())

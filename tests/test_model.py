@@ -585,3 +585,21 @@ def test_checkpoint_round_trip_with_every_switch(tmp_path):
     loaded = M.model_from_checkpoint(ckpt)
     idx = documents_batch()
     assert torch.equal(model(idx), loaded(idx))
+
+
+def test_residual_stream_in_the_autocast_dtype_with_fp32_weights():
+    """Under bf16 autocast (training on CUDA) the residual stream is bf16; weights and their gradients stay fp32."""
+    model = GPT(tiny_config(x0_mix=True, unet=True, value_residual=True))
+    seen = []
+    for block in set(model.blocks):
+        block.register_forward_hook(lambda module, inputs, output: seen.append(output[0].dtype))
+    idx = torch.randint(0, 96, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(idx, idx)
+    loss.backward()
+    assert set(seen) == {torch.bfloat16} and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters()
+               if p.grad is not None)
+    plain = GPT(tiny_config(x0_mix=True, unet=True, value_residual=True))
+    plain.load_state_dict(model.state_dict())
+    assert loss.item() == pytest.approx(plain(idx, idx).item(), rel=3e-2)
