@@ -494,7 +494,7 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)
         if not self.config.rope:
             x = x + self.transformer.wpe(positions)
-        if torch.is_autocast_enabled(x.device.type):
+        if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):  # (meta: parameter counting)
             # the residual stream in the autocast dtype (bf16 in training on CUDA): half the memory traffic of
             # every add and norm; the weights, the learned scalars and the optimizer states stay fp32
             x = x.to(torch.get_autocast_dtype(x.device.type))

@@ -116,7 +116,9 @@ MODEL_AND_BATCH = {"preset", "model", "seq_len", "batch_size", "grad_accum", "ba
 # What `python train.py --data_dir=D` runs when none of MODEL_AND_BATCH is given: on a CPU, the CPU track's
 # recipe (it fits a laptop's memory; README "The CPU track" has its ablation); elsewhere the block above.
 DEVICE_DEFAULTS = {
-    "cpu": dict(preset="tiny", seq_len=256, batch_size=16),
+    "cpu": dict(preset="tiny", seq_len=128, batch_size=16, window_warmup=0.3, muon_momentum_warmup=100,
+                model=dict(tie_embeddings=False, value_embeds=2, value_residual=True, x0_mix=True, unet=True,
+                           short_window=64)),
 }
 
 
@@ -1323,8 +1325,8 @@ def run_command(argv: list[str]) -> int:
         return 0
     defaults = device_defaults(parse_flags(argv))
     if defaults:
-        print("no model or batch setting given: the CPU track's " +
-              " ".join(f"--{k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in defaults.items()))
+        flags = {**{k: v for k, v in defaults.items() if k != "model"}, **defaults.get("model", {})}
+        print("no model or batch setting given: the CPU track's " + " ".join(f"--{k}={v}" for k, v in flags.items()))
     try:
         train(parse_args(argv))
     except TrainingDiverged as e:

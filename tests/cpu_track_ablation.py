@@ -33,9 +33,13 @@ ROWS = {  # name -> (flags on top of BASE, what it is)
     "value_residual": (["--value_residual=1"], "the first layer's values mixed into later layers' (learned)"),
     "unet": (["--unet=1"], "U-net skips from the first half's blocks to the second half's (learned)"),
     "momentum_warmup": (["--muon_momentum_warmup=100"], "Muon momentum 0.85 -> 0.95 over the first 100 steps"),
-    "record_lrs": (["--embed_lr=0.3", "--matrix_lr=0.04", "--final_lr_frac=0.1"],
-                   "modded-nanogpt's learning rates (token embedding 0.3, Muon 0.04, final 0.1x peak)"),
     "batch_8": (["--batch_size=8"], "half the batch (2,048 tokens), twice the steps"),
+    "value_embeds": (["--value_embeds=2"], "two value-embedding tables (free in FLOPs: lookups)"),
+    "untied": (["--tie_embeddings=0"], "token embedding and LM head untied (the embedding is a free lookup)"),
+    "seq_128": (["--seq_len=128", "--batch_size=32"], "context 128 instead of 256, same tokens per step"),
+    "full": (["--seq_len=128", "--batch_size=16", "--value_embeds=2", "--tie_embeddings=0", "--value_residual=1",
+              "--x0_mix=1", "--unet=1", "--short_window=64", "--window_warmup=0.3", "--muon_momentum_warmup=100"],
+             "train.py's CPU defaults: every row above but doc_mask, at context 128 and 2,048 tokens per step"),
 }
 
 
