@@ -6,8 +6,11 @@ Fused Triton kernels for the hot non-matmul paths of training, each beside a pla
     linear_cross_entropy(x, weight, targets, ...) LM head + logit soft-cap + cross-entropy, in chunks of
                                                   tokens, so the (tokens, vocab) fp32 logits never exist
 
-The public functions pick the Triton path when the tensor is on CUDA and Triton imports, and the
-reference everywhere else (CPU, MPS, no Triton), so nothing here is required. The references are the
+model.py uses linear_cross_entropy (GPT.use_kernels). RMSNorm and ReLU^2 are left to torch.compile in the
+model, which fuses them with the residual adds and casts; their kernels stay here as candidates that
+`--bench` times against the compiled reference, to be put back on the model's path only where a GPU
+measurement shows them faster. The public functions pick the Triton path when the tensor is on CUDA and
+Triton imports, and the reference everywhere else (CPU, MPS, no Triton), so nothing here is required. The references are the
 test oracles: tests/test_kernels.py runs every Triton kernel on CPU under TRITON_INTERPRET=1 and
 compares forward and gradients with them. Each Triton op is a torch.library custom op with its own
 autograd formula, so it composes with torch.compile (the compiler sees one opaque op).
