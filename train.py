@@ -1299,6 +1299,7 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
               software=leaderboard.software_versions(), params=flops.count_params(raw_model), wandb_run=start_wandb(hp, rank == 0))
     if resume is not None:
         state = load_state(run, resume[1])
+        state.out_dir = str(out_dir)  # this command line's --out_dir, as locked and logged above
         run.own_checkpoints = [p for p in checkpoints_by_step(ckpt_dir) if checkpoint_run_id(p) == state.run_id]
     log_start(run, state, resume[0] if resume else None)
     run.loader = DataLoader(data.train_files, hp.seq_len, hp.batch_size, grad_accum, data.delimiter, rank, world_size,

@@ -464,8 +464,11 @@ def test_resume_is_exact(straight_run, data_dir, tmp_path):
     np.testing.assert_allclose(resumed["losses"], straight["losses"][20:], rtol=0, atol=1e-6)
     assert resumed["validations"][-1]["bpb"] == pytest.approx(straight["validations"][-1]["bpb"], abs=1e-6)
     assert resumed["record"]["training"]["tokens"] == straight["record"]["training"]["tokens"]
-    # resumed into a new record folder: its train.log is complete, sources first, as leaderboard.py needs
+    # resumed into a new record folder: its train.log is complete, sources first, as leaderboard.py needs,
+    # and the record is written there, not into the folder the checkpoint's run used
     assert (tmp_path / "record" / "train.log").read_text().startswith("=" * 20 + " train.py sha256=")
+    assert json.loads((tmp_path / "record" / "results.json").read_text())["training"]["steps"] == 40
+    assert resumed["out_dir"] == tmp_path / "record"
     # a resume that would change the global batch is refused, naming the batch it needs
     with pytest.raises(ValueError, match="--batch_tokens="):
         train.train(train.parse_args([
