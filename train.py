@@ -704,7 +704,7 @@ def remove_orphan_temp_files(ckpt_dir: pathlib.Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def newest_readable_checkpoint(ckpt_dir: pathlib.Path, log: RunLog) -> tuple[pathlib.Path, dict] | None:
+def newest_readable_checkpoint(ckpt_dir: pathlib.Path) -> tuple[pathlib.Path, dict] | None:
     """The newest checkpoint that loads; a truncated or empty one (a crash, a full disk) is skipped with a
     warning and the one before it is used."""
     for path in reversed(checkpoints_by_step(ckpt_dir)):
@@ -767,16 +767,15 @@ def save_state(run: Run, state: RunState, stop: "StopRequested") -> pathlib.Path
     return path
 
 
-def load_state(run: Run, ckpt: dict) -> RunState:
-    """Restore weights, optimizers (then this command line's settings), RNG states and data position."""
+def load_state(run: Run, ckpt: dict, state: RunState) -> None:
+    """Restore weights, optimizers (then this command line's settings), RNG states, and into `state` (made
+    from the checkpoint's progress) the data position."""
     run.raw_model.load_state_dict(ckpt["model"])
     for opt, saved in zip(run.optimizers, ckpt["optimizers"]):
         opt.load_state_dict(saved)
     set_hyperparameters(run.optimizers, run.hp)
     restore_rng_states(ckpt["rng"], run.device)
-    state = RunState(**ckpt["progress"])
     state.position = ckpt["data_state"] or None
-    return state
 
 
 def check_resume_matches(ckpt: dict, path: pathlib.Path, config: GPTConfig, data: Data, batch_tokens: int,
@@ -1164,7 +1163,7 @@ def find_resume_checkpoint(hp: Hyperparameters, ckpt_dir: pathlib.Path) -> tuple
             raise ValueError(f"{ckpt_dir} holds checkpoints of an earlier run ({others[-1].name} ...); continue it "
                              f"with --resume=1, or start this run elsewhere with another --name or --ckpt_dir")
         return None
-    found = newest_readable_checkpoint(ckpt_dir, None)
+    found = newest_readable_checkpoint(ckpt_dir)
     if found is None:
         raise ValueError(f"--resume=1 but {ckpt_dir} holds no readable step_*.pt checkpoint; run without "
                          f"--resume, or point --ckpt_dir at the run's checkpoints")
@@ -1298,8 +1297,7 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
               peak_source=peak_source, device_label=device_label, ckpt_dir=ckpt_dir, log=log, digests=digests,
               software=leaderboard.software_versions(), params=flops.count_params(raw_model), wandb_run=start_wandb(hp, rank == 0))
     if resume is not None:
-        state = load_state(run, resume[1])
-        state.out_dir = str(out_dir)  # this command line's --out_dir, as locked and logged above
+        load_state(run, resume[1], state)  # state keeps this command line's --out_dir, as locked and logged above
         run.own_checkpoints = [p for p in checkpoints_by_step(ckpt_dir) if checkpoint_run_id(p) == state.run_id]
     log_start(run, state, resume[0] if resume else None)
     run.loader = DataLoader(data.train_files, hp.seq_len, hp.batch_size, grad_accum, data.delimiter, rank, world_size,
