@@ -337,8 +337,9 @@ def device_name(device: torch.device) -> str:
 
 
 def measure_matmul_peak(device="cpu", dtype=None, seconds=1.0) -> float:
-    """A short measured matmul throughput (FLOP/s) for devices without a datasheet peak: square matmuls
-    of bf16 on accelerators (float32 on CPU, where bf16 matmuls are usually slower), best of several runs."""
+    """A short measured matmul throughput (FLOP/s) for devices without a datasheet peak: square matmuls in
+    `dtype` (default bf16 on accelerators, float32 on CPU; train.py passes the dtype a run computes in, so
+    a CPU run in bf16 is measured against the CPU's bf16 peak), best of several runs."""
     device = torch.device(device)
     dtype = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
     n = 1024 if device.type == "cpu" else 8192

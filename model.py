@@ -50,6 +50,8 @@ class GPTConfig:
     logit_softcap: float = 15.0  # logits = c * tanh(logits / c); 0 disables
     n_unique_layers: int = 0     # 0 = n_layer; k < n_layer = layer reuse (layer i applies unique block i % k)
     value_embeds: int = 0        # value-embedding tables, each feeding the v of an early and a late layer
+    bigram_vocab: int = 0        # rows of a hashed (previous, current) token-pair embedding added to the token
+                                 # embedding (modded-nanogpt's bigram hash; a lookup, free in FLOPs); 0 = off
     bias: bool = False           # biases in every linear layer and norm (GPT-2 style); off in modern models
     zero_init: bool = True       # zero-initialise output projections (attention, MLP, untied lm_head)
     # Attention masks (see "Attention masks" below; the same semantics on every path, generation included)
@@ -105,6 +107,8 @@ class GPTConfig:
             problems.append(f"norm must be rmsnorm or layernorm, got {self.norm!r}")
         if not 0 <= self.n_unique_layers <= self.n_layer:
             problems.append(f"n_unique_layers must be between 0 and n_layer ({self.n_layer})")
+        if self.bigram_vocab < 0 or self.bigram_vocab == 1:
+            problems.append(f"bigram_vocab must be 0 (off) or at least 2, got {self.bigram_vocab}")
         if not 0 <= self.value_embeds <= self.n_layer:
             problems.append(f"value_embeds must be between 0 and n_layer ({self.n_layer})")
         if self.logit_softcap < 0:
@@ -225,7 +229,9 @@ def apply_rope(x, cos, sin):
 #                                     position, so a document's leading delimiter belongs to it
 # The diagonal is always allowed, so no row is empty. Positions (RoPE) are not reset at document starts.
 # What runs where:
-#   - nothing masked (the default): SDPA with is_causal=True, the fast path, untouched;
+#   - a CPU in bf16 (train.py's default on a CPU with native bf16), masked or not, while the scores fit in
+#     EXPLICIT_ATTENTION_BYTES: explicit_attention, with the boolean mask below (None = causal);
+#   - otherwise nothing masked (the default): SDPA with is_causal=True, the fast path, untouched;
 #   - CUDA with torch.nn.attention.flex_attention available (GPT.attention_impl "auto"): flex_attention,
 #     itself torch.compile'd, with a BlockMask built at each forward from the document ids and the window
 #     (blocks outside every document and window are skipped, so the window saves compute);
@@ -273,9 +279,31 @@ def flex_block_mask(docs, window, B: int, T: int, device):
     return create_block_mask(mask_mod, B if docs is not None else None, None, T, T, device=device)
 
 
+# On a CPU in bf16, attention written out (q k^T, a float32 softmax, then v), which torch.compile fuses,
+# beats SDPA's CPU flash kernel, whose bf16 backward is slower than its float32 one (README "Speed").
+# It holds the (B, heads, T, S) scores in float32, so only while they take at most this many bytes.
+EXPLICIT_ATTENTION_BYTES = 64 * 2 ** 20
+
+
+def explicit_attention(q, k, v, mask=None):
+    """softmax(q k^T / sqrt(d)) v with the scores materialised: mask None = causal (T == S, as SDPA's
+    is_causal), else a boolean (B or 1, 1, T, S) mask. Key/value heads are repeated for grouped queries."""
+    if k.size(1) != q.size(1):
+        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+        v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+    scores = q @ k.mT
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * q.size(-1) ** -0.5
+    if mask is None:
+        mask = torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=q.device).tril()
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype) @ v
+
+
 def _attend(q, k, v, mask, gqa: bool):
     """softmax(q k^T / sqrt(d)) v under `mask`: None = causal, a BlockMask (flex_attention) or a boolean
     tensor (SDPA). q, k, v: (B, heads, T or S, head_dim)."""
+    if (q.device.type == "cpu" and q.dtype == torch.bfloat16 and not (BlockMask is not None and isinstance(mask, BlockMask))
+            and 4 * q.size(0) * q.size(1) * q.size(2) * k.size(2) <= EXPLICIT_ATTENTION_BYTES):
+        return explicit_attention(q, k, v, mask)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     if BlockMask is not None and isinstance(mask, BlockMask):
@@ -354,6 +382,20 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x)), values
 
 
+def bigram_ids(idx, prev, bigram_vocab: int, doc_start: int | None = None):
+    """Row of the bigram table for each token of idx (B, T): a hash of (the previous token, the token) into
+    rows 1..bigram_vocab-1; row 0 where there is no previous token. prev (B, T): each position's previous
+    token, -1 for none; None = idx shifted right, none at position 0 (a training or eval window).
+    doc_start: with a document mask, the delimiter that opens a document has no previous token either, so
+    nothing crosses a document boundary."""
+    if prev is None:
+        prev = torch.cat([torch.full_like(idx[:, :1], -1), idx[:, :-1]], dim=1)
+    if doc_start is not None:
+        prev = torch.where(idx == doc_start, -1, prev)
+    pair = prev * 1_000_003 + idx * 998_244_353  # two odd constants; token ids < 2^31 keep it in int64
+    return torch.where(prev < 0, torch.zeros_like(idx), 1 + torch.remainder(pair, bigram_vocab - 1))
+
+
 def value_embed_table(layer: int, n_layer: int, n_tables: int):
     """Which value-embedding table feeds `layer`: modded-nanogpt's pattern, table j feeds layer j and
     layer n_layer - n_tables + j (the same table twice, so count_params counts it twice)."""
@@ -381,6 +423,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList([unique[i % len(unique)] for i in range(config.n_layer)])
         kv_dim = config.n_kv_head * config.head_dim
         self.value_embeds = nn.ModuleList([nn.Embedding(config.vocab_size, kv_dim) for _ in range(config.value_embeds)])
+        if config.bigram_vocab:
+            self.bigram_embed = nn.Embedding(config.bigram_vocab, d)
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
@@ -405,6 +449,8 @@ class GPT(nn.Module):
                 nn.init.zeros_(block.mlp.c_proj.weight)
             if not config.tie_embeddings:
                 nn.init.zeros_(self.lm_head.weight)
+            if config.bigram_vocab:  # the model starts as one without it
+                nn.init.zeros_(self.bigram_embed.weight)
         self.use_kernels = use_kernels
 
     @property
@@ -482,9 +528,10 @@ class GPT(nn.Module):
         positions = positions if positions.dim() == 2 else positions[None]
         return rope_angles(positions, self.config.head_dim, self.config.rope_base)
 
-    def hidden_states(self, idx, positions=None, masks=None, cache=None):
+    def hidden_states(self, idx, positions=None, masks=None, cache=None, prev=None):
         """The final normalised hidden states (B, T, n_embd), before lm_head. masks: what attention_masks
-        returns (built here from idx when None); generation passes its own, over the cached slots."""
+        returns (built here from idx when None); generation passes its own, over the cached slots, and each
+        token's previous token (prev, for the bigram embedding; see bigram_ids)."""
         B, T = idx.shape
         if positions is None:
             if T > self.config.block_size:
@@ -492,6 +539,9 @@ class GPT(nn.Module):
             positions = torch.arange(T, device=idx.device)
             masks = self.attention_masks(idx) if masks is None else masks
         x = self.transformer.wte(idx)
+        if self.config.bigram_vocab:
+            c = self.config
+            x = x + self.bigram_embed(bigram_ids(idx, prev, c.bigram_vocab, c.delimiter_id if c.doc_mask else None))
         if not self.config.rope:
             x = x + self.transformer.wpe(positions)
         if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):  # (meta: parameter counting)
@@ -591,7 +641,10 @@ class GPT(nn.Module):
             diagonal = (k_slots[None, :] == q_slots[:, None])[None, None]
             masks = {kind: (attention_mask(q_slots, k_slots, window, docs[:, pos:] if docs is not None else None, docs)
                             & real) | diagonal for kind, window in windows.items()}
-            h = self.hidden_states(idx, positions[:, pos:pos + T], masks, cache)
+            # each token's previous token, none for a sequence's first (or after padding), as in training
+            seen = torch.where(key_is_real[:, :pos + T], tokens[:, :pos + T], -1)
+            prev = torch.cat([torch.full_like(seen[:, :1], -1), seen[:, :-1]], dim=1)[:, pos:]
+            h = self.hidden_states(idx, positions[:, pos:pos + T], masks, cache, prev)
             logits = self.logits(h[:, -1])
             if valid_vocab is not None:
                 logits[:, valid_vocab:] = -float("inf")

@@ -106,6 +106,8 @@ class Hyperparameters:
     seed: int = 1337
     compile: bool = True                # torch.compile the model and Muon (warm-up outside the clock); 0 = eager
     kernels: bool = True                # kernels.py's fused ops (a runtime switch: a run may resume with 0)
+    precision: str = "auto"             # auto | bf16 | fp32: bf16 autocast (fp32 weights and optimizer states) on
+                                        # CUDA and on CPUs with native bf16 (AVX512-BF16, AMX); fp32 elsewhere
     wandb: bool = False                 # log to Weights & Biases (WANDB_MODE=offline works without an account)
     wandb_project: str = "speedrun"
 
@@ -173,6 +175,7 @@ def check_hyperparameters(hp: Hyperparameters) -> None:
     if 0 < hp.val_tokens < 2:
         raise ValueError(f"--val_tokens={hp.val_tokens} is too few; score at least 2 tokens (or 0 = all)")
     leaderboard.check_track(hp.track)
+    autocast_dtype(hp.precision, torch.device("cpu"))  # a bad --precision is reported now
     config = model_config(hp, n_vocab=64, delimiter=0)  # a bad model setting is reported now, not after loading
     if hp.window_warmup and not config.attention_masked:
         raise ValueError("--window_warmup grows attention windows: set --window or --short_window too")
@@ -324,13 +327,14 @@ class DataLoader:
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic (modded-nanogpt's Muon)
 
 
-def newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+def newton_schulz(G: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> torch.Tensor:
     """An approximation of U V^T for each matrix G = U S V^T of a (n, rows, cols) stack, by the quintic
     iteration X <- a X + b (X X^T) X + c (X X^T)^2 X on G / ||G||_F. The coefficients maximise the slope at
     zero, so small singular values grow fast; results land in about [0.7, 1.2] rather than exactly 1, which
-    does not hurt Muon. bf16 on CUDA (stable here), fp32 elsewhere; returned in that dtype."""
+    does not hurt Muon. Computed in `dtype` (default bf16 on CUDA, where it is stable, fp32 elsewhere; a run
+    in bf16 on a CPU with native bf16 passes bf16, 3x faster there) and returned in it."""
     a, b, c = NS_COEFFICIENTS
-    X = G.bfloat16() if G.is_cuda else G.float()
+    X = G.to(dtype or (torch.bfloat16 if G.is_cuda else torch.float32))
     tall = G.size(-2) > G.size(-1)
     if tall:  # iterate on the smaller Gram matrix
         X = X.mT
@@ -361,7 +365,7 @@ class Muon(torch.optim.Optimizer):
     every rank calls it), so a checkpoint holds every matrix's momentum and resumes on any world size."""
 
     def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0, ns_steps=5,
-                 rank=0, world_size=1):
+                 rank=0, world_size=1, ns_dtype=None):
         params = list(params)
         shapes = sorted({tuple(p.shape) for p in params}, reverse=True)
         groups = [{"params": [p for p in params if tuple(p.shape) == shape], "kind": "matrix"} for shape in shapes]
@@ -369,6 +373,7 @@ class Muon(torch.optim.Optimizer):
                         ns_steps=ns_steps)
         super().__init__(groups, defaults)
         self.rank, self.world_size = rank, world_size
+        self.ns_dtype = ns_dtype  # newton_schulz's dtype (None: its default)
         self.orthogonalise = newton_schulz  # train.py swaps in a compiled version
 
     def share(self, group) -> tuple[int, int]:
@@ -424,7 +429,7 @@ class Muon(torch.optim.Optimizer):
             buf.lerp_(grad, 1 - group["momentum"])
             g = grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
             rows, cols = g.shape[-2:]
-            update = self.orthogonalise(g, group["ns_steps"]) * max(1.0, rows / cols) ** 0.5
+            update = self.orthogonalise(g, group["ns_steps"], self.ns_dtype) * max(1.0, rows / cols) ** 0.5
             if self.world_size == 1:
                 gathers.append((update, None))
                 continue
@@ -484,7 +489,7 @@ def split_parameters(model: GPT) -> dict[str, list[nn.Parameter]]:
 def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int, device: torch.device) -> list:
     """[AdamW, Muon], every param group tagged with its kind; set_hyperparameters gives them their settings."""
     groups = split_parameters(model)
-    muon = Muon(groups["matrix"], rank=rank, world_size=world_size)
+    muon = Muon(groups["matrix"], rank=rank, world_size=world_size, ns_dtype=autocast_dtype(hp.precision, device))
     adam_groups = [{"params": groups[kind], "kind": kind} for kind in ("embed", "head", "scalar") if groups[kind]]
     adam = torch.optim.AdamW(adam_groups, eps=1e-10, weight_decay=0.0, fused=device.type == "cuda")
     set_hyperparameters([adam, muon], hp)
@@ -560,19 +565,38 @@ def schedule_progress(step: int, total_steps: int | None, train_seconds: float, 
 MEASURED_PEAKS: dict[str, float] = {}
 
 
-def peak_flops_per_device(device: torch.device, name: str) -> tuple[float, str]:
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there a bf16 matmul runs several
+    times faster than fp32; elsewhere oneDNN emulates it, slower than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype the model runs in under autocast (None = fp32, no autocast), for --precision: "auto" is bf16
+    on CUDA and on a CPU with native bf16, fp32 elsewhere (MPS included)."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"--precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision == "fp32" or device.type not in ("cuda", "cpu"):
+        return None
+    if precision == "bf16" or device.type == "cuda" or cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def peak_flops_per_device(device: torch.device, name: str, dtype: torch.dtype | None = torch.bfloat16) -> tuple[float, str]:
     """(peak FLOP/s, "datasheet" | "measured"): flops.py's bf16 figure for a known GPU, else a measured
-    matmul peak (CPUs, consumer cards), which the record flags. Measured on rank 0 and shared, so every
-    rank (and the record) uses one number."""
+    matmul peak in the dtype the run computes in (CPUs, consumer cards), which the record flags. Measured on
+    rank 0 and shared, so every rank (and the record) uses one number."""
     peak, source = (None, "unknown")
     if device.type == "cuda":
         peak, source = flops.device_peak_flops(name)
     if peak is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else None
+        key = f"{device} {dtype}"
         if not dist.is_initialized() or dist.get_rank() == 0:
-            if str(device) not in MEASURED_PEAKS:  # about a second: once per process
-                MEASURED_PEAKS[str(device)] = flops.measure_matmul_peak(device=str(device), dtype=dtype)
-            peak = MEASURED_PEAKS[str(device)]
+            if key not in MEASURED_PEAKS:  # about a second: once per process
+                MEASURED_PEAKS[key] = flops.measure_matmul_peak(device=str(device), dtype=dtype)
+            peak = MEASURED_PEAKS[key]
         if dist.is_initialized():
             shared = [peak]
             dist.broadcast_object_list(shared, src=0)
@@ -646,15 +670,16 @@ class Run:
     own_checkpoints: list = field(default_factory=list)  # this run's step_*.pt, oldest first
     pending: list = field(default_factory=list)  # per-step (loss, grad norm) on the device, read at the next log
     windows: tuple = ()          # the attention windows set by window_warmup, so they are set only when they change
+    amp_dtype: torch.dtype | None = None  # autocast_dtype(hp.precision, device): bf16, or None for fp32
 
     @property
     def master(self) -> bool:
         return self.rank == 0
 
     def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
 class RunLog:
@@ -842,7 +867,8 @@ def compute_block(run: Run, state: RunState) -> dict:
             "model_flops": model_flops, "hardware_flops": hardware_flops,
             "mfu": flops.mfu(model_flops, hardware_flops) if hardware_flops else 0.0,
             "device": run.device_label, "device_count": run.world_size, "peak_flops_per_device": run.peak,
-            "peak_flops_source": run.peak_source, "train_seconds": state.train_seconds}
+            "peak_flops_source": run.peak_source, "train_seconds": state.train_seconds,
+            "precision": "bf16" if run.amp_dtype is torch.bfloat16 else "fp32"}
 
 
 # -----------------------------------------------------------------------------
@@ -1198,7 +1224,8 @@ def warm_up(run: Run) -> None:
     with torch.no_grad():  # as in Muon.step: grad mode is part of what a compiled graph is specialised on
         for group in muon.param_groups:
             k, _ = muon.share(group)
-            muon.orthogonalise(torch.randn((k, *group["params"][0].shape), device=run.device), group["ns_steps"])
+            muon.orthogonalise(torch.randn((k, *group["params"][0].shape), device=run.device), group["ns_steps"],
+                               muon.ns_dtype)
     synchronize(run.device)
 
 
@@ -1268,7 +1295,8 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
     flops_per_step = flops.model_flops(config, hp.seq_len, batch_tokens)
     total_steps, step_budget = planned_steps(hp, batch_tokens, flops_per_step)
     device_label = flops.device_name(device)
-    peak, peak_source = peak_flops_per_device(device, device_label)
+    amp_dtype = autocast_dtype(hp.precision, device)
+    peak, peak_source = peak_flops_per_device(device, device_label, amp_dtype)
     hardware = f"{world_size} x {device_label}"
     if resume is not None:
         check_resume_matches(resume[1], resume[0], config, data, batch_tokens, hardware)
@@ -1295,7 +1323,8 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
               model=model, optimizers=optimizers, loader=None, grad_accum=grad_accum, clock=Clock(device),
               total_steps=total_steps, step_budget=step_budget, flops_per_step=flops_per_step, peak=peak,
               peak_source=peak_source, device_label=device_label, ckpt_dir=ckpt_dir, log=log, digests=digests,
-              software=leaderboard.software_versions(), params=flops.count_params(raw_model), wandb_run=start_wandb(hp, rank == 0))
+              software=leaderboard.software_versions(), params=flops.count_params(raw_model), wandb_run=start_wandb(hp, rank == 0),
+              amp_dtype=amp_dtype)
     if resume is not None:
         load_state(run, resume[1], state)  # state keeps this command line's --out_dir, as locked and logged above
         run.own_checkpoints = [p for p in checkpoints_by_step(ckpt_dir) if checkpoint_run_id(p) == state.run_id]

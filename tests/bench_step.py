@@ -43,15 +43,16 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def build(preset, overrides, vocab, seq_len, batch_size, device, compile_):
+def build(preset, overrides, vocab, seq_len, batch_size, device, compile_, precision):
     hp = train.Hyperparameters(preset=preset, model=dict(overrides), seq_len=seq_len, batch_size=batch_size,
-                               compile=compile_)
+                               compile=compile_, precision=precision)
     config = build_config(preset, vocab, seq_len, **overrides)
     torch.manual_seed(0)
     model = GPT(config).to(device)
     optimizers = train.build_optimizers(model, hp, 0, 1, device)
     compiled = train.compile_model(hp, model, optimizers[1])
-    run = types.SimpleNamespace(optimizers=optimizers, world_size=1, device=device, hp=hp)
+    run = types.SimpleNamespace(optimizers=optimizers, world_size=1, device=device, hp=hp,
+                                amp_dtype=train.autocast_dtype(precision, device))
     host = torch.randint(0, vocab, (batch_size, seq_len + 1), generator=torch.Generator().manual_seed(0))
     if device.type == "cuda":
         host = host.pin_memory()
@@ -61,8 +62,7 @@ def build(preset, overrides, vocab, seq_len, batch_size, device, compile_):
 def one_step(model, compiled, run, host, device, timings=None):
     t = time.perf_counter()
     batch = host.to(device, non_blocking=True)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
+    autocast = torch.autocast(device.type, dtype=run.amp_dtype or torch.bfloat16, enabled=run.amp_dtype is not None)
     if timings is not None:
         synchronize(device)
         timings["data"] += time.perf_counter() - t
@@ -84,9 +84,10 @@ def one_step(model, compiled, run, host, device, timings=None):
     return loss
 
 
-def bench_row(row, device, steps, compile_):
+def bench_row(row, device, steps, compile_, precision):
     preset, overrides, vocab, seq_len, batch_size = row
-    config, model, compiled, run, host = build(preset, overrides, vocab, seq_len, batch_size, device, compile_)
+    config, model, compiled, run, host = build(preset, overrides, vocab, seq_len, batch_size, device, compile_,
+                                               precision)
     for _ in range(3):  # warm-up: compilation, autotuning, allocator
         one_step(model, compiled, run, host, device)
     synchronize(device)
@@ -102,7 +103,7 @@ def bench_row(row, device, steps, compile_):
         one_step(model, compiled, run, host, device, timings)
     tokens = steps * batch_size * seq_len
     device_name = flops.device_name(device)
-    peak, source = train.peak_flops_per_device(device, device_name)
+    peak, source = train.peak_flops_per_device(device, device_name, run.amp_dtype)
     marin = flops.model_flops(config, seq_len, tokens)
     causal = 3 * flops.causal_forward_flops_per_token(config, seq_len) * tokens
     memory = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else
@@ -111,7 +112,8 @@ def bench_row(row, device, steps, compile_):
         params = flops.count_params(GPT(config))["counted"]
     return {"preset": preset, "overrides": overrides, "vocab_size": vocab, "seq_len": seq_len, "batch_size": batch_size,
             "params": params, "device": device_name, "peak_flops": peak, "peak_source": source, "steps": steps,
-            "compile": compile_, "tokens_per_s": tokens / seconds, "ms_per_step": 1000 * seconds / steps,
+            "compile": compile_, "precision": "bf16" if run.amp_dtype else "fp32", "tokens_per_s": tokens / seconds,
+            "ms_per_step": 1000 * seconds / steps,
             "mfu_marin": marin / (seconds * peak), "mfu_causal": causal / (seconds * peak),
             "peak_memory_mib": memory / 2 ** 20, **{f"ms_{k}": 1000 * v / steps for k, v in timings.items()}}
 
@@ -134,6 +136,7 @@ def run(argv) -> int:
     p.add_argument("--presets", default="", help="comma-separated presets (default: the device's rows)")
     p.add_argument("--steps", type=prepare.parse_count, default=0, help="timed steps per pass (default 30 GPU, 10 CPU)")
     p.add_argument("--compile", type=prepare.parse_bool, default=True)
+    p.add_argument("--precision", default="auto", help="auto | bf16 | fp32, as train.py's --precision")
     p.add_argument("--out", default="", help="also write the results as JSON here")
     args = p.parse_args(argv)
     from model import resolve_device
@@ -148,9 +151,10 @@ def run(argv) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
     results = []
     for row in rows:
-        results.append(bench_row(row, device, steps, args.compile))
+        results.append(bench_row(row, device, steps, args.compile, args.precision))
         print(table(results[-1:]).splitlines()[-1], flush=True)
-    print(f"\n{results[0]['device']}, torch {torch.__version__}, compile={args.compile}, {steps} timed steps per "
+    print(f"\n{results[0]['device']}, torch {torch.__version__}, compile={args.compile}, "
+          f"precision={results[0]['precision']}, {steps} timed steps per "
           f"pass, peak {results[0]['peak_flops']:.3e} FLOP/s ({results[0]['peak_source']})\n")
     print(table(results))
     if args.out:

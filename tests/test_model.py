@@ -325,7 +325,7 @@ def test_fused_head_runs_in_the_autocast_dtype(monkeypatch):
 
 DELIM = 95
 ALL_SWITCHES = dict(doc_mask=True, delimiter_id=DELIM, window=8, short_window=4, window_pattern="LSSL",
-                    x0_mix=True, value_residual=True, unet=True)
+                    x0_mix=True, value_residual=True, unet=True, bigram_vocab=97)
 NEW_PARAMS = ("resid_lambdas", "x0_lambdas", "v_lambdas", "skip_weights")
 
 
@@ -469,6 +469,42 @@ def test_flex_attention_path_equals_the_sdpa_mask_path(overrides):
         model(idx)
 
 
+@pytest.mark.parametrize("gqa", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_explicit_attention_equals_sdpa_forward_and_backward(gqa, masked):
+    """The CPU bf16 path (scores written out) against SDPA, in float64 so the two differ only by rounding."""
+    torch.manual_seed(0)
+    B, H, T, D = 2, 4, 12, 8
+    q = torch.randn(B, H, T, D, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(B, 2 if gqa else H, T, D, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    pos = torch.arange(T)
+    docs = torch.tensor([[0] * 5 + [1] * 7, [0] * 9 + [1] * 3])
+    mask = M.attention_mask(pos, pos, 4, docs, docs) if masked else None
+    ours = M.explicit_attention(q, k, v, mask)
+    reference = (F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa) if masked else
+                 F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa))
+    torch.testing.assert_close(ours, reference)
+    grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
+    for got, want in zip(grads, torch.autograd.grad(reference.square().sum(), (q, k, v))):
+        torch.testing.assert_close(got, want)
+
+
+def test_cpu_bf16_model_takes_the_explicit_path_and_agrees_with_fp32(monkeypatch):
+    torch.manual_seed(0)
+    model = GPT(tiny_config(**ALL_SWITCHES))
+    idx = documents_batch()
+    calls = []
+    real = M.explicit_attention
+    monkeypatch.setattr(M, "explicit_attention", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        fp32 = model(idx)
+        assert not calls
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(idx)
+    assert len(calls) == model.config.n_layer
+    assert (bf16 - fp32).abs().max() < 0.1 and (bf16 - fp32).abs().mean() < 0.02
+
+
 def test_dense_mask_rule():
     pos = torch.arange(6)
     docs = torch.tensor([[1, 1, 2, 2, 2, 3]])
@@ -498,6 +534,29 @@ def test_skip_connections_start_as_documented_and_learn():
     for name in NEW_PARAMS:
         grad = getattr(model, name).grad
         assert grad is not None and (grad != 0).all(), name  # every scalar takes part
+
+
+def test_bigram_embedding_hashes_previous_and_current_token_and_starts_as_a_no_op():
+    idx = torch.tensor([[5, 7, 5, 7, 7, 5]])
+    ids = M.bigram_ids(idx, None, 1009)
+    assert ids[0, 0] == 0 and (ids[0, 1:] >= 1).all() and (ids < 1009).all()  # row 0: no previous token
+    assert ids[0, 1] == ids[0, 3] and ids[0, 2] == ids[0, 5]  # the same pair, the same row
+    assert ids[0, 1] != ids[0, 2] and ids[0, 4] != ids[0, 1]  # (5, 7), (7, 5), (7, 7) differ here
+    # an explicit prev (generation) gives the same rows as the shift; -1 means none
+    prev = torch.tensor([[-1, 5, 7, 5, 7, 7]])
+    assert torch.equal(M.bigram_ids(idx, prev, 1009), ids)
+    assert (M.bigram_ids(idx, None, 1009, doc_start=5)[idx == 5] == 0).all()  # a document's opening token
+    torch.manual_seed(0)
+    plain = GPT(tiny_config(zero_init=True))
+    bigram = GPT(tiny_config(zero_init=True, bigram_vocab=64))
+    bigram.load_state_dict(plain.state_dict(), strict=False)
+    tokens = torch.randint(0, 96, (2, 16))
+    assert torch.allclose(plain(tokens), bigram(tokens), atol=1e-6)  # zero-initialised table
+    learning = GPT(tiny_config(bigram_vocab=64))  # zero_init=False: a gradient reaches the table at once
+    learning(tokens, tokens).backward()
+    assert learning.bigram_embed.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="bigram_vocab"):
+        tiny_config(bigram_vocab=1)
 
 
 def test_u_net_skip_pairs_encoder_and_decoder_layers(monkeypatch):

@@ -560,13 +560,16 @@ def test_a_step_waits_for_the_device_only_when_it_logs(data_dir, tmp_path, monke
     assert steps["read_pending"] == [1, 1, 1]
 
 
-def test_compiled_run_equals_eager_and_compiles_outside_the_clock(data_dir, tmp_path):
-    common = [f"--data_dir={data_dir}", *TINY[:-1], "--max_steps=6", "--val_every=0", "--val_tokens=256"]
+@pytest.mark.parametrize("precision, atol", [("fp32", 2e-4), ("bf16", 5e-3)])
+def test_compiled_run_equals_eager_and_compiles_outside_the_clock(data_dir, tmp_path, precision, atol):
+    common = [f"--data_dir={data_dir}", *TINY[:-1], "--max_steps=6", "--val_every=0", "--val_tokens=256",
+              f"--precision={precision}"]
     eager = train.train(train.parse_args([*common, "--compile=0", f"--out_dir={tmp_path / 'e'}",
                                           f"--ckpt_dir={tmp_path / 'ec'}"]))
     compiled = train.train(train.parse_args([*common, "--compile=1", f"--out_dir={tmp_path / 'c'}",
                                              f"--ckpt_dir={tmp_path / 'cc'}"]))
-    np.testing.assert_allclose(compiled["losses"], eager["losses"], rtol=0, atol=2e-4)
+    np.testing.assert_allclose(compiled["losses"], eager["losses"], rtol=0, atol=atol)
+    assert compiled["record"]["compute"]["precision"] == precision
     # the compilation (seconds) happened in the warm-up: six tiny steps take a fraction of that
     assert compiled["record"]["compute"]["train_seconds"] < 5 * eager["record"]["compute"]["train_seconds"] + 1.0
 
@@ -743,3 +746,17 @@ def test_a_second_ctrl_c_waits_for_the_checkpoint_write(tmp_path):
             stop._handle(2, None)  # the second Ctrl-C arrives during the write
             written.append("checkpoint")
     assert written == ["checkpoint"]
+
+
+def test_precision_auto_is_bf16_on_cuda_and_on_cpus_with_native_bf16(monkeypatch):
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    assert train.autocast_dtype("auto", cpu) is torch.bfloat16
+    assert train.autocast_dtype("fp32", cpu) is None
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    assert train.autocast_dtype("auto", cpu) is None  # emulated bf16 would be slower than fp32
+    assert train.autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert train.autocast_dtype("auto", cuda) is torch.bfloat16 and train.autocast_dtype("fp32", cuda) is None
+    assert train.autocast_dtype("auto", mps) is None
+    with pytest.raises(ValueError, match="--precision must be auto, bf16 or fp32"):
+        train.parse_args(["--precision=fp16"])
