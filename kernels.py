@@ -101,9 +101,14 @@ def relu2(x):
 
 def linear_cross_entropy(x, weight, targets, softcap: float = 0.0, ignore_index: int = -1,
                          reduction: str = "mean"):
-    """LM head + soft-cap + cross-entropy; see linear_cross_entropy_reference for the definition."""
+    """LM head + soft-cap + cross-entropy; see linear_cross_entropy_reference for the definition. On CUDA
+    the Triton chunks; on a CPU inside a torch.compile'd model the same chunked op with compiled PyTorch
+    chunks (each chunk's logits stay in cache: 1.6x faster than the compiled full-logits reference at
+    2,048 tokens x 4,096 vocabulary); elsewhere, and in an eager model, the reference."""
     if _use_triton(x):
         return linear_cross_entropy_triton(x, weight, targets, softcap, ignore_index, reduction)
+    if x.device.type == "cpu" and torch.compiler.is_compiling():
+        return linear_cross_entropy_chunked(x, weight, targets, softcap, ignore_index, reduction, chunk="torch")
     return linear_cross_entropy_reference(x, weight, targets, softcap, ignore_index, reduction)
 
 
@@ -371,17 +376,55 @@ CE_MAX_BLOCK = 4096  # vocabulary elements per step of the kernel's loops (a pow
 CE_CHUNK_BYTES = 256 * 2 ** 20  # the most one chunk of logits may take (its gradient is written in place)
 
 
-def default_chunk_size(n_rows: int, vocab_size: int, itemsize: int = 2) -> int:
+def default_chunk_size(n_rows: int, vocab_size: int, itemsize: int = 2, budget: int | None = None) -> int:
     """Tokens per chunk: the largest power of two whose (chunk, vocab) logits fit in CE_CHUNK_BYTES, and no
     more than the rows there are. Thousands of tokens at GPU vocabularies (2,048 for 50,304 in bf16, 1,024
     for 128,256), so each chunk's three matmuls are large enough to run near peak, while the memory stays
     bounded however many tokens a batch has."""
-    rows = max(1, CE_CHUNK_BYTES // (vocab_size * itemsize))
+    rows = max(1, (budget or CE_CHUNK_BYTES) // (vocab_size * itemsize))
     return max(1, min(n_rows, 1 << (rows.bit_length() - 1)))
 
 
-def _cross_entropy_chunk(logits, targets, losses, grad_scale, softcap, ignore_index, compute_grad):
-    """Run the kernel on one chunk of logits (rows, V): writes losses and, if asked, the gradient in place."""
+CPU_CE_CHUNK_BYTES = 2 * 2 ** 20  # on a CPU: chunks whose bf16 logits (fp32 while computed) stay in cache
+
+
+def cross_entropy_chunk_torch(logits, targets, losses, grad_scale, softcap: float, ignore_index: int,
+                              compute_grad: bool):
+    """The Triton chunk kernel's contract in PyTorch (for CPUs, compiled): per-token losses of one chunk
+    of raw logits (rows, V) into `losses`, and with compute_grad d(loss)/d(logits) * grad_scale written
+    over the logits in place."""
+    z = logits.float()
+    if softcap > 0:
+        t = torch.tanh(z / softcap)
+        z = softcap * t
+    lse = torch.logsumexp(z, dim=-1)
+    ignored = targets == ignore_index
+    safe = torch.where(ignored, 0, targets)
+    losses.copy_(torch.where(ignored, 0.0, lse - z.gather(1, safe[:, None])[:, 0]))
+    if compute_grad:
+        onehot = torch.arange(z.size(1), device=z.device)[None, :] == safe[:, None]
+        grad = torch.exp(z - lse[:, None]) - onehot.float()
+        if softcap > 0:
+            grad = grad * (1.0 - t * t)
+        logits.copy_(grad * torch.where(ignored, 0.0, grad_scale)[:, None])
+
+
+_COMPILED_CHUNK = None
+
+
+def _cross_entropy_chunk_compiled(*args):
+    global _COMPILED_CHUNK
+    if _COMPILED_CHUNK is None:  # compiled at first use: one graph per chunk shape
+        _COMPILED_CHUNK = torch.compile(cross_entropy_chunk_torch, dynamic=False)
+    return _COMPILED_CHUNK(*args)
+
+
+def _cross_entropy_chunk(logits, targets, losses, grad_scale, softcap, ignore_index, compute_grad, chunk="triton"):
+    """Run one chunk of logits (rows, V): writes losses and, if asked, the gradient in place. chunk:
+    "triton" (the kernel) or "torch" (cross_entropy_chunk_torch, compiled)."""
+    if chunk == "torch":
+        return _cross_entropy_chunk_compiled(logits, targets, losses, grad_scale if grad_scale is not None else losses,
+                                             float(softcap), int(ignore_index), bool(compute_grad))
     n_rows, vocab = logits.shape
     block = min(CE_MAX_BLOCK, triton.next_power_of_2(vocab))
     _softcap_cross_entropy_kernel[(n_rows,)](
@@ -404,17 +447,18 @@ def _accumulate(grad_w, logits_t, x_chunk):
     return grad_w.add_((logits_t @ x_chunk).to(grad_w.dtype))
 
 
-def _chunked_linear_cross_entropy(x, weight, targets, grad_scale, softcap, ignore_index, chunk_size, compute_grad):
+def _chunked_linear_cross_entropy(x, weight, targets, grad_scale, softcap, ignore_index, chunk_size, compute_grad,
+                                  chunk):
     """Per-token losses (fp32) and, when compute_grad, grad_x and grad_w of sum(grad_scale * losses)."""
     # An ambient autocast still reaches the matmuls inside a custom op and would change their dtypes under
     # the preallocated outputs (a bf16 product into an fp32 grad_x): the dtypes here are decided by x alone.
     with torch.autocast(x.device.type, enabled=False):
         return _chunked_linear_cross_entropy_exact(x, weight, targets, grad_scale, softcap, ignore_index, chunk_size,
-                                                   compute_grad)
+                                                   compute_grad, chunk)
 
 
 def _chunked_linear_cross_entropy_exact(x, weight, targets, grad_scale, softcap, ignore_index, chunk_size,
-                                        compute_grad):
+                                        compute_grad, chunk):
     n_rows, n_embd = x.shape
     w = weight.to(x.dtype)  # the head's matmul runs in the activations' dtype, as autocast would
     losses = torch.empty(n_rows, dtype=torch.float32, device=x.device)
@@ -427,7 +471,7 @@ def _chunked_linear_cross_entropy_exact(x, weight, targets, grad_scale, softcap,
         logits = x_chunk @ w.t()  # (chunk, V) in x's dtype: the only logits that ever exist
         _cross_entropy_chunk(logits, targets[start:end], losses[start:end],
                              grad_scale[start:end] if grad_scale is not None else None,
-                             softcap, ignore_index, compute_grad)
+                             softcap, ignore_index, compute_grad, chunk)
         if compute_grad:  # logits now hold d(loss)/d(logits)
             torch.mm(logits, w, out=grad_x[start:end])
             grad_w = _accumulate(grad_w, logits.t(), x_chunk)
@@ -437,22 +481,22 @@ def _chunked_linear_cross_entropy_exact(x, weight, targets, grad_scale, softcap,
 @torch.library.custom_op("kernels::linear_cross_entropy_fwd", mutates_args=())
 def _linear_ce_fwd(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
                    ignore_index: int, chunk_size: int, reduction: str,
-                   grad_in_forward: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   grad_in_forward: bool, chunk: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if reduction == "none":
         losses, _, _ = _chunked_linear_cross_entropy(x, weight, targets, None, softcap, ignore_index,
-                                                     chunk_size, compute_grad=False)
+                                                     chunk_size, False, chunk)
         return losses, x.new_empty(0), x.new_empty(0)
     # "mean": the gradient of the mean is that of the sum scaled by 1/n_valid, all on the device (no sync)
     n_valid = (targets != ignore_index).sum()
     scale = 1.0 / n_valid.float() if reduction == "mean" else torch.ones((), device=x.device)
     grad_scale = scale.expand(targets.shape[0]).contiguous()
     losses, grad_x, grad_w = _chunked_linear_cross_entropy(x, weight, targets, grad_scale, softcap, ignore_index,
-                                                           chunk_size, compute_grad=grad_in_forward)
+                                                           chunk_size, grad_in_forward, chunk)
     return losses.sum() * scale, grad_x, grad_w
 
 
 @_linear_ce_fwd.register_fake
-def _(x, weight, targets, softcap, ignore_index, chunk_size, reduction, grad_in_forward):
+def _(x, weight, targets, softcap, ignore_index, chunk_size, reduction, grad_in_forward, chunk):
     loss = x.new_empty(x.shape[0] if reduction == "none" else (), dtype=torch.float32)
     if grad_in_forward and reduction != "none":
         return loss, torch.empty_like(x), torch.empty_like(weight)
@@ -461,20 +505,21 @@ def _(x, weight, targets, softcap, ignore_index, chunk_size, reduction, grad_in_
 
 @torch.library.custom_op("kernels::linear_cross_entropy_bwd", mutates_args=())
 def _linear_ce_bwd(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, grad_losses: torch.Tensor,
-                   softcap: float, ignore_index: int, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   softcap: float, ignore_index: int, chunk_size: int, chunk: str) -> tuple[torch.Tensor, torch.Tensor]:
     _, grad_x, grad_w = _chunked_linear_cross_entropy(x, weight, targets, grad_losses.float().contiguous(), softcap,
-                                                      ignore_index, chunk_size, compute_grad=True)
+                                                      ignore_index, chunk_size, True, chunk)
     return grad_x, grad_w
 
 
 @_linear_ce_bwd.register_fake
-def _(x, weight, targets, grad_losses, softcap, ignore_index, chunk_size):
+def _(x, weight, targets, grad_losses, softcap, ignore_index, chunk_size, chunk):
     return torch.empty_like(x), torch.empty_like(weight)
 
 
 def _linear_ce_setup_context(ctx, inputs, output):
-    x, weight, targets, softcap, ignore_index, chunk_size, reduction, grad_in_forward = inputs
+    x, weight, targets, softcap, ignore_index, chunk_size, reduction, grad_in_forward, chunk = inputs
     ctx.reduction, ctx.softcap, ctx.ignore_index, ctx.chunk_size = reduction, softcap, ignore_index, chunk_size
+    ctx.chunk = chunk
     ctx.grad_in_forward = grad_in_forward
     if reduction != "none":
         ctx.save_for_backward(output[1], output[2])  # grad_x, grad_w of the mean or sum, from the forward
@@ -487,10 +532,11 @@ def _linear_ce_backward(ctx, grad_loss, _grad_x, _grad_w):
         if not ctx.grad_in_forward:
             raise RuntimeError("linear_cross_entropy: forward ran without gradients; call it with grad enabled")
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_loss, grad_w * grad_loss, None, None, None, None, None, None
+        return grad_x * grad_loss, grad_w * grad_loss, None, None, None, None, None, None, None
     x, weight, targets = ctx.saved_tensors
-    grad_x, grad_w = _linear_ce_bwd(x, weight, targets, grad_loss, ctx.softcap, ctx.ignore_index, ctx.chunk_size)
-    return grad_x, grad_w, None, None, None, None, None, None
+    grad_x, grad_w = _linear_ce_bwd(x, weight, targets, grad_loss, ctx.softcap, ctx.ignore_index, ctx.chunk_size,
+                                    ctx.chunk)
+    return grad_x, grad_w, None, None, None, None, None, None, None
 
 
 _linear_ce_fwd.register_autograd(_linear_ce_backward, setup_context=_linear_ce_setup_context)
@@ -500,16 +546,24 @@ def linear_cross_entropy_triton(x, weight, targets, softcap: float = 0.0, ignore
                                 reduction: str = "mean", chunk_size: int | None = None):
     """The chunked Triton path of linear_cross_entropy; chunk_size (tokens per chunk) is exposed for tests."""
     _require_triton("linear_cross_entropy_triton")
+    return linear_cross_entropy_chunked(x, weight, targets, softcap, ignore_index, reduction, chunk_size, "triton")
+
+
+def linear_cross_entropy_chunked(x, weight, targets, softcap: float = 0.0, ignore_index: int = -1,
+                                 reduction: str = "mean", chunk_size: int | None = None, chunk: str = "torch"):
+    """linear_cross_entropy in chunks of tokens, each chunk's loss and gradient by `chunk`: "triton" (the
+    kernel) or "torch" (cross_entropy_chunk_torch, compiled; CPU-sized chunks by default)."""
     _check_reduction(reduction)
     n_embd = x.shape[-1]
     x2 = x.reshape(-1, n_embd)
     targets1 = targets.reshape(-1).contiguous()
     if targets1.shape[0] != x2.shape[0]:
         raise ValueError(f"linear_cross_entropy: {x2.shape[0]} positions in x but {targets1.shape[0]} targets")
-    chunk = chunk_size or default_chunk_size(x2.shape[0], weight.shape[0], x2.element_size())
+    budget = CE_CHUNK_BYTES if chunk == "triton" else CPU_CE_CHUNK_BYTES
+    rows = chunk_size or default_chunk_size(x2.shape[0], weight.shape[0], x2.element_size(), budget)
     grad_in_forward = reduction != "none" and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    loss = _linear_ce_fwd(x2, weight, targets1, float(softcap), int(ignore_index), int(chunk), reduction,
-                          grad_in_forward)[0]
+    loss = _linear_ce_fwd(x2, weight, targets1, float(softcap), int(ignore_index), int(rows), reduction,
+                          grad_in_forward, chunk)[0]
     return loss.view(targets.shape) if reduction == "none" else loss
 
 

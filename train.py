@@ -491,7 +491,7 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int
     groups = split_parameters(model)
     muon = Muon(groups["matrix"], rank=rank, world_size=world_size, ns_dtype=autocast_dtype(hp.precision, device))
     adam_groups = [{"params": groups[kind], "kind": kind} for kind in ("embed", "head", "scalar") if groups[kind]]
-    adam = torch.optim.AdamW(adam_groups, eps=1e-10, weight_decay=0.0, fused=device.type == "cuda")
+    adam = torch.optim.AdamW(adam_groups, eps=1e-10, weight_decay=0.0, fused=device.type in ("cuda", "cpu"))
     set_hyperparameters([adam, muon], hp)
     return [adam, muon]
 

@@ -173,6 +173,47 @@ def test_ce_chunks_are_thousands_of_tokens_and_memory_stays_bounded():
                 assert chunk * vocab * itemsize <= kernels.CE_CHUNK_BYTES or chunk == 1
 
 
+@pytest.mark.parametrize("softcap", [0.0, 15.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cpu_chunked_cross_entropy_equals_the_reference(softcap, reduction):
+    # the CPU path of a compiled model: the chunked op with compiled PyTorch chunks (4 + 4 + 4 + 2 tokens)
+    x, w, t = make_ce_inputs(shape=(2, 7))
+    got = kernels.linear_cross_entropy_chunked(x, w, t, softcap, -1, reduction, chunk_size=4, chunk="torch")
+    want = kernels.linear_cross_entropy_reference(x, w, t, softcap, -1, reduction)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for g_got, g_want in zip(grads(got, (x, w)), grads(want, (x, w))):
+        torch.testing.assert_close(g_got, g_want, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_chunked_cross_entropy_in_a_compiled_model_and_bf16():
+    x, w, t = make_ce_inputs(n_rows=12, dtype=torch.bfloat16)
+    got = kernels.linear_cross_entropy_chunked(x, w, t, 15.0, chunk_size=5)
+    want = kernels.linear_cross_entropy_reference(x, w, t, 15.0)
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=1e-2)
+    (gx, gw), (wx, ww) = grads(got, (x, w)), grads(want, (x, w))
+    assert gx.dtype == torch.bfloat16 and gw.dtype == torch.float32
+    torch.testing.assert_close(gx.float(), wx.float(), atol=2e-2, rtol=5e-2)
+    torch.testing.assert_close(gw, ww, atol=2e-2, rtol=5e-2)
+    # inside torch.compile on a CPU, linear_cross_entropy takes the chunked op, outside the reference
+    x, w, t = make_ce_inputs()
+    ops = []
+
+    def record_ops(graph_module, example_inputs):
+        ops.extend(str(node.target) for node in graph_module.graph.nodes)
+        return graph_module.forward
+
+    torch.compile(kernels.linear_cross_entropy, backend=record_ops, fullgraph=True)(x, w, t, 15.0)
+    assert any("linear_cross_entropy_fwd" in op for op in ops), ops
+    compiled = torch.compile(kernels.linear_cross_entropy, backend="aot_eager", fullgraph=True)
+    got = compiled(x, w, t, 15.0)
+    torch.testing.assert_close(got, kernels.linear_cross_entropy(x, w, t, 15.0))
+    for a, b in zip(torch.autograd.grad(got, (x, w)), torch.autograd.grad(kernels.linear_cross_entropy(x, w, t, 15.0),
+                                                                           (x, w))):
+        torch.testing.assert_close(a, b)
+    assert kernels.default_chunk_size(4096, 4096, 2, kernels.CPU_CE_CHUNK_BYTES) == 256  # in cache, not in memory
+
+
 # -----------------------------------------------------------------------------
 # 2. Triton kernels under the interpreter, on CPU, small shapes
 
