@@ -301,12 +301,13 @@ def explicit_attention(q, k, v, mask=None):
 def _attend(q, k, v, mask, gqa: bool):
     """softmax(q k^T / sqrt(d)) v under `mask`: None = causal, a BlockMask (flex_attention) or a boolean
     tensor (SDPA). q, k, v: (B, heads, T or S, head_dim)."""
-    if (q.device.type == "cpu" and q.dtype == torch.bfloat16 and not (BlockMask is not None and isinstance(mask, BlockMask))
+    block_mask = BlockMask is not None and isinstance(mask, BlockMask)
+    if (q.device.type == "cpu" and q.dtype == torch.bfloat16 and not block_mask
             and 4 * q.size(0) * q.size(1) * q.size(2) * k.size(2) <= EXPLICIT_ATTENTION_BYTES):
         return explicit_attention(q, k, v, mask)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    if BlockMask is not None and isinstance(mask, BlockMask):
+    if block_mask:
         flex = _FLEX_CUDA if q.is_cuda and _FLEX_CUDA is not None else flex_attention
         return flex(q, k, v, block_mask=mask, enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)

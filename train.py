@@ -584,7 +584,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def peak_flops_per_device(device: torch.device, name: str, dtype: torch.dtype | None = torch.bfloat16) -> tuple[float, str]:
+def peak_flops_per_device(device: torch.device, name: str,
+                          dtype: torch.dtype | None = torch.bfloat16) -> tuple[float, str]:
     """(peak FLOP/s, "datasheet" | "measured"): flops.py's bf16 figure for a known GPU, else a measured
     matmul peak in the dtype the run computes in (CPUs, consumer cards), which the record flags. Measured on
     rank 0 and shared, so every rank (and the record) uses one number."""
