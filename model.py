@@ -54,6 +54,8 @@ class GPTConfig:
                                  # embedding (modded-nanogpt's bigram hash; a lookup, free in FLOPs); 0 = off
     bias: bool = False           # biases in every linear layer and norm (GPT-2 style); off in modern models
     zero_init: bool = True       # zero-initialise output projections (attention, MLP, untied lm_head)
+    dropout: float = 0.0         # in training, on the embedding output and each block's attention and MLP
+                                 # outputs (nanoGPT's places): for data seen several times; 0 = off
     # Attention masks (see "Attention masks" below; the same semantics on every path, generation included)
     doc_mask: bool = False       # attention stays inside each document (documents split at delimiter_id)
     delimiter_id: int = -1       # the document delimiter token (train.py sets it from the data); -1 = none
@@ -111,6 +113,8 @@ class GPTConfig:
             problems.append(f"bigram_vocab must be 0 (off) or at least 2, got {self.bigram_vocab}")
         if not 0 <= self.value_embeds <= self.n_layer:
             problems.append(f"value_embeds must be between 0 and n_layer ({self.n_layer})")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if self.logit_softcap < 0:
             problems.append("logit_softcap must be >= 0 (0 disables it)")
         if self.d_ff < 1:
@@ -375,12 +379,13 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.norm2 = Norm(config.n_embd, config)
         self.mlp = MLP(config)
+        self.dropout = config.dropout
 
     def forward(self, x, rope, ve=None, mask=None, cache=None, layer=0, v_first=None, v_lambda=None):
         """(the block's output, its attention values)."""
         y, values = self.attn(self.norm1(x), rope, ve, mask, cache, layer, v_first, v_lambda)
-        x = x + y
-        return x + self.mlp(self.norm2(x)), values
+        x = x + F.dropout(y, self.dropout, self.training)
+        return x + F.dropout(self.mlp(self.norm2(x)), self.dropout, self.training), values
 
 
 def bigram_ids(idx, prev, bigram_vocab: int, doc_start: int | None = None):
@@ -545,6 +550,7 @@ class GPT(nn.Module):
             x = x + self.bigram_embed(bigram_ids(idx, prev, c.bigram_vocab, c.delimiter_id if c.doc_mask else None))
         if not self.config.rope:
             x = x + self.transformer.wpe(positions)
+        x = F.dropout(x, self.config.dropout, self.training)
         if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):  # (meta: parameter counting)
             # the residual stream in the autocast dtype (bf16 in training on CUDA): half the memory traffic of
             # every add and norm; the weights, the learned scalars and the optimizer states stay fp32

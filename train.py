@@ -86,6 +86,7 @@ class Hyperparameters:
     adam_beta1: float = 0.8
     adam_beta2: float = 0.95
     weight_decay: float = 0.0           # decoupled, on the Muon matrices
+    adam_weight_decay: float = 0.0      # decoupled, on the AdamW embeddings and lm_head (not the scalars)
     grad_clip: float = 1.0              # max global grad norm, 0 = off
     warmup_steps: int = 10              # linear warmup of every learning rate
     cooldown_frac: float = 0.4          # warmup-stable-decay: linear decay over the last fraction of the run
@@ -156,6 +157,7 @@ def check_hyperparameters(hp: Hyperparameters) -> None:
     positive = ["seq_len", "batch_size", "grad_accum", "keep_checkpoints", "log_every"]
     non_negative = ["batch_tokens", "warmup_steps", "max_steps", "max_tokens", "max_flops", "max_seconds",
                     "target_bpb", "val_every", "val_tokens", "checkpoint_every", "grad_clip", "weight_decay",
+                    "adam_weight_decay",
                     "matrix_lr", "embed_lr", "head_lr", "scalar_lr"]
     for key in positive:
         if getattr(hp, key) <= 0:
@@ -507,6 +509,7 @@ def set_hyperparameters(optimizers: list, hp: Hyperparameters) -> None:
                 group.update(momentum=hp.muon_momentum, weight_decay=hp.weight_decay)
             else:
                 group["betas"] = (hp.adam_beta1, hp.adam_beta2)
+                group["weight_decay"] = hp.adam_weight_decay if group["kind"] in ("embed", "head") else 0.0
 
 
 def lr_multiplier(step: int, progress: float, hp: Hyperparameters) -> float:

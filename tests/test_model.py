@@ -559,6 +559,20 @@ def test_bigram_embedding_hashes_previous_and_current_token_and_starts_as_a_no_o
         tiny_config(bigram_vocab=1)
 
 
+def test_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    plain = GPT(tiny_config())
+    dropped = GPT(tiny_config(dropout=0.2))
+    dropped.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 96, (2, 16))
+    plain.eval(), dropped.eval()
+    assert torch.equal(plain(idx), dropped(idx))  # eval (eval_bpb, generation): no dropout
+    dropped.train()
+    assert not torch.allclose(plain(idx), dropped(idx))
+    with pytest.raises(ValueError, match="dropout must be in"):
+        tiny_config(dropout=1.0)
+
+
 def test_u_net_skip_pairs_encoder_and_decoder_layers(monkeypatch):
     # 5 layers: outputs of layers 0, 1 go to the inputs of layers 4, 3; the middle layer 2 gets none
     torch.manual_seed(0)

@@ -760,3 +760,13 @@ def test_precision_auto_is_bf16_on_cuda_and_on_cpus_with_native_bf16(monkeypatch
     assert train.autocast_dtype("auto", mps) is None
     with pytest.raises(ValueError, match="--precision must be auto, bf16 or fp32"):
         train.parse_args(["--precision=fp16"])
+
+
+def test_adam_weight_decay_goes_on_the_embeddings_and_head_only():
+    hp = train.parse_args(["--preset=tiny", "--value_embeds=1", "--tie_embeddings=0", "--adam_weight_decay=0.03",
+                           "--weight_decay=0.01", "--max_steps=1"])
+    model = train.GPT(train.model_config(hp, 96, 0))
+    adam, muon = train.build_optimizers(model, hp, 0, 1, torch.device("cpu"))
+    decay = {group["kind"]: group["weight_decay"] for group in adam.param_groups}
+    assert decay == {"embed": 0.03, "head": 0.03, "scalar": 0.0}
+    assert {group["weight_decay"] for group in muon.param_groups} == {0.01}
