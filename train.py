@@ -240,6 +240,26 @@ def next_window_start(doc_starts: np.ndarray, start: int, seq_len: int) -> int:
     return end
 
 
+def shard_windows(tokens: np.ndarray, delimiter: int, seq_len: int) -> list[int]:
+    """The start of every training window of a shard, in order: the first at its first document start,
+    each next one by next_window_start."""
+    doc_starts = np.flatnonzero(tokens == delimiter)  # one pass over the shard
+    start, starts = (int(doc_starts[0]) if len(doc_starts) else 0), []
+    while start + seq_len + 1 <= len(tokens):
+        starts.append(start)
+        start = next_window_start(doc_starts, start, seq_len)
+    return starts
+
+
+def epoch_order(starts: list[int], shard: int, epoch: int) -> list[int]:
+    """The order a shard's windows are read in: as they lie in the first epoch; in every later one a
+    permutation seeded by (epoch, shard), so that data seen again (a small dataset, several epochs) comes
+    in new batches rather than the same ones in the same order. The same on every rank and every resume."""
+    if epoch == 0:
+        return starts
+    return [starts[i] for i in np.random.default_rng([epoch, shard]).permutation(len(starts))]
+
+
 class DataLoader:
     """Batches (grad_accum, batch_size, seq_len + 1) int64 for this rank, prefetched by a background thread.
     `position` (shard, start, epoch) is where the next step's windows begin: saved in checkpoints."""
@@ -265,13 +285,15 @@ class DataLoader:
         while True:
             tokens = prepare.open_shard(self.files[shard])
             self.check_token_ids(tokens, self.files[shard])
-            doc_starts = np.flatnonzero(tokens == self.delimiter)  # one pass over the shard
-            if start < 0:
-                start = int(doc_starts[0]) if len(doc_starts) else 0
-            while start + self.seq_len + 1 <= len(tokens):
-                following = next_window_start(doc_starts, start, self.seq_len)
-                yield tokens, start, {"shard": shard, "start": following, "epoch": epoch}
-                start = following
+            order = epoch_order(shard_windows(tokens, self.delimiter, self.seq_len), shard, epoch)
+            where = {s: i for i, s in enumerate(order)}
+            # a start past the shard's last window (a position saved at a shard's end) means: the next shard
+            first = 0 if start < 0 else where.get(start, len(order))
+            for i in range(first, len(order)):
+                after = ({"shard": shard, "start": order[i + 1], "epoch": epoch} if i + 1 < len(order) else
+                         {"shard": (shard + 1) % len(self.files), "start": -1,
+                          "epoch": epoch + (shard + 1 == len(self.files))})
+                yield tokens, order[i], after
             shard, start = shard + 1, -1
             if shard == len(self.files):
                 shard, epoch = 0, epoch + 1

@@ -330,10 +330,11 @@ def test_interp_custom_ops_pass_opcheck():
     checks = ["test_schema", "test_faketensor", "test_autograd_registration"]
     torch.library.opcheck(kernels._rms_norm_fwd, (x, w[0].detach().requires_grad_(), 1e-6), test_utils=checks)
     torch.library.opcheck(kernels._relu2_fwd, (x,), test_utils=checks)
-    torch.library.opcheck(kernels._linear_ce_fwd, (x, w, t, 15.0, -1, 4, "mean", True), test_utils=checks)
-    torch.library.opcheck(kernels._linear_ce_fwd, (x, w, t, 15.0, -1, 4, "none", False), test_utils=checks)
-    torch.library.opcheck(kernels._linear_ce_bwd, (xd, w.detach(), t, torch.rand(6), 15.0, -1, 4),
-                          test_utils=checks[:2])
+    for chunk in ("triton", "torch"):
+        torch.library.opcheck(kernels._linear_ce_fwd, (x, w, t, 15.0, -1, 4, "mean", True, chunk), test_utils=checks)
+        torch.library.opcheck(kernels._linear_ce_fwd, (x, w, t, 15.0, -1, 4, "none", False, chunk), test_utils=checks)
+        torch.library.opcheck(kernels._linear_ce_bwd, (xd, w.detach(), t, torch.rand(6), 15.0, -1, 4, chunk),
+                              test_utils=checks[:2])
 
 
 @needs_interpreter

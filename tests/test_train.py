@@ -386,6 +386,28 @@ def test_loader_position_resumes_exactly(data_dir):
     assert all(torch.equal(a, b) for a, b in zip(full, first + rest))
 
 
+def test_later_epochs_read_every_window_once_in_a_new_order_and_resume_exactly(data_dir):
+    files = prepare.list_shards(data_dir, "train")
+    per_epoch = sum(len(train.shard_windows(prepare.open_shard(f), DELIM, 32)) for f in files)
+    loader = train.DataLoader(files, 32, 1, 1, DELIM)
+    try:
+        stream = loader.windows({"shard": 0, "start": -1, "epoch": 0})
+        epochs = [[next(stream)[1:] for _ in range(per_epoch)] for _ in range(3)]
+    finally:
+        loader.close()
+    starts = [[start for start, _ in epoch] for epoch in epochs]
+    assert [after["epoch"] for _, after in epochs[1]][-1] == 2  # the last window of epoch 1 leads to epoch 2
+    assert sorted(starts[0]) == sorted(starts[1]) == sorted(starts[2])
+    assert starts[0] != starts[1] and starts[1] != starts[2]
+    assert starts[0] == [s for f in files for s in train.shard_windows(prepare.open_shard(f), DELIM, 32)]
+    # a position saved in the middle of a shuffled epoch resumes with the same windows
+    full, _ = loader_batches(data_dir, 2 * per_epoch // 3 + 10, grad_accum=1)
+    first, position = loader_batches(data_dir, per_epoch // 3 + 4, grad_accum=1)
+    assert position["epoch"] >= 1
+    rest, _ = loader_batches(data_dir, len(full) - len(first), grad_accum=1, position=position)
+    assert all(torch.equal(a, b) for a, b in zip(full, first + rest))
+
+
 def test_loader_crosses_shards_and_wraps(data_dir):
     batches, position = loader_batches(data_dir, 120, grad_accum=4)
     assert position["shard"] > 0 or position["epoch"] > 0
