@@ -74,6 +74,7 @@ class Hyperparameters:
     # batch: global batch = world_size * batch_size * grad_accum * seq_len tokens
     batch_size: int = 32                # sequences per process per micro-step
     grad_accum: int = 1                 # micro-steps per optimizer step per process
+    reshuffle: bool = True              # epochs after the first read each shard's windows in a new order
     batch_tokens: int = 0               # >0 fixes the global batch and derives grad_accum from the world size
     # optimizers and schedule
     matrix_lr: float = 0.02             # Muon, hidden 2-D matrices
@@ -251,11 +252,12 @@ def shard_windows(tokens: np.ndarray, delimiter: int, seq_len: int) -> list[int]
     return starts
 
 
-def epoch_order(starts: list[int], shard: int, epoch: int) -> list[int]:
-    """The order a shard's windows are read in: as they lie in the first epoch; in every later one a
-    permutation seeded by (epoch, shard), so that data seen again (a small dataset, several epochs) comes
-    in new batches rather than the same ones in the same order. The same on every rank and every resume."""
-    if epoch == 0:
+def epoch_order(starts: list[int], shard: int, epoch: int, reshuffle: bool = True) -> list[int]:
+    """The order a shard's windows are read in: as they lie in the first epoch (and always without
+    reshuffle); in every later one a permutation seeded by (epoch, shard), so that data seen again (a small
+    dataset, several epochs) comes in new batches rather than the same ones in the same order. The same on
+    every rank and every resume."""
+    if epoch == 0 or not reshuffle:
         return starts
     return [starts[i] for i in np.random.default_rng([epoch, shard]).permutation(len(starts))]
 
@@ -265,8 +267,9 @@ class DataLoader:
     `position` (shard, start, epoch) is where the next step's windows begin: saved in checkpoints."""
 
     def __init__(self, files, seq_len, batch_size, grad_accum, delimiter, rank=0, world_size=1,
-                 position=None, pin_memory=False, prefetch=4, vocab_size=None):
+                 position=None, pin_memory=False, prefetch=4, vocab_size=None, reshuffle=True):
         self.files, self.seq_len, self.batch_size, self.grad_accum = list(files), seq_len, batch_size, grad_accum
+        self.reshuffle = reshuffle
         self.delimiter, self.rank, self.world_size, self.pin_memory = delimiter, rank, world_size, pin_memory
         self.vocab_size = vocab_size
         self.position = dict(position) if position else {"shard": 0, "start": -1, "epoch": 0}
@@ -285,7 +288,7 @@ class DataLoader:
         while True:
             tokens = prepare.open_shard(self.files[shard])
             self.check_token_ids(tokens, self.files[shard])
-            order = epoch_order(shard_windows(tokens, self.delimiter, self.seq_len), shard, epoch)
+            order = epoch_order(shard_windows(tokens, self.delimiter, self.seq_len), shard, epoch, self.reshuffle)
             where = {s: i for i, s in enumerate(order)}
             # a start past the shard's last window (a position saved at a shard's end) means: the next shard
             first = 0 if start < 0 else where.get(start, len(order))
@@ -1356,7 +1359,8 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
         run.own_checkpoints = [p for p in checkpoints_by_step(ckpt_dir) if checkpoint_run_id(p) == state.run_id]
     log_start(run, state, resume[0] if resume else None)
     run.loader = DataLoader(data.train_files, hp.seq_len, hp.batch_size, grad_accum, data.delimiter, rank, world_size,
-                            position=state.position, pin_memory=device.type == "cuda", vocab_size=data.enc.n_vocab)
+                            position=state.position, pin_memory=device.type == "cuda", vocab_size=data.enc.n_vocab,
+                            reshuffle=hp.reshuffle)
     warm_up(run)
     return run, state
 

@@ -400,6 +400,7 @@ def test_later_epochs_read_every_window_once_in_a_new_order_and_resume_exactly(d
     assert sorted(starts[0]) == sorted(starts[1]) == sorted(starts[2])
     assert starts[0] != starts[1] and starts[1] != starts[2]
     assert starts[0] == [s for f in files for s in train.shard_windows(prepare.open_shard(f), DELIM, 32)]
+    assert train.epoch_order(starts[0], 0, 3, reshuffle=False) == starts[0]  # --reshuffle=0: every epoch alike
     # a position saved in the middle of a shuffled epoch resumes with the same windows
     full, _ = loader_batches(data_dir, 2 * per_epoch // 3 + 10, grad_accum=1)
     first, position = loader_batches(data_dir, per_epoch // 3 + 4, grad_accum=1)
