@@ -120,7 +120,8 @@ MODEL_AND_BATCH = {"preset", "model", "seq_len", "batch_size", "grad_accum", "ba
 # What `python train.py --data_dir=D` runs when none of MODEL_AND_BATCH is given: on a CPU, the CPU track's
 # recipe (it fits a laptop's memory; README "The CPU track" has its ablation); elsewhere the block above.
 DEVICE_DEFAULTS = {
-    "cpu": dict(preset="tiny", seq_len=128, batch_size=16, window_warmup=0.3, muon_momentum_warmup=100,
+    "cpu": dict(preset="tiny", seq_len=128, batch_size=32, window_warmup=0.3, muon_momentum_warmup=100,
+                adam_weight_decay=0.1,
                 model=dict(tie_embeddings=False, value_embeds=2, value_residual=True, x0_mix=True, unet=True,
                            short_window=64)),
 }

@@ -51,7 +51,7 @@ ROWS = {  # name -> (flags on top of BASE, what it is)
 
 # train.py's DEVICE_DEFAULTS["cpu"], written out (what `python train.py --data_dir=D` runs on a CPU)
 BUDGET_BASE = ["--preset=tiny", "--seq_len=128", "--batch_size=32", "--window_warmup=0.3", "--muon_momentum_warmup=100",
-               "--adam_weight_decay=0.02", "--tie_embeddings=0", "--value_embeds=2", "--value_residual=1",
+               "--adam_weight_decay=0.1", "--tie_embeddings=0", "--value_embeds=2", "--value_residual=1",
                "--x0_mix=1", "--unet=1", "--short_window=64", "--val_every=0", "--log_every=100"]
 BUDGET_ROWS = {
     "defaults": ([], "train.py's CPU defaults (every kept row of the token study, and the three below)"),
