@@ -10,8 +10,9 @@ model.py uses linear_cross_entropy (GPT.use_kernels). RMSNorm and ReLU^2 are lef
 model, which fuses them with the residual adds and casts; their kernels stay here as candidates that
 `--bench` times against the compiled reference, to be put back on the model's path only where a GPU
 measurement shows them faster. The public functions pick the Triton path when the tensor is on CUDA and
-Triton imports, and the reference everywhere else (CPU, MPS, no Triton), so nothing here is required. The references are the
-test oracles: tests/test_kernels.py runs every Triton kernel on CPU under TRITON_INTERPRET=1 and
+Triton imports; on a CPU inside a compiled model, linear_cross_entropy runs the same chunked op with each
+cache-sized chunk computed by compiled PyTorch (cross_entropy_chunk_torch); everywhere else (eager CPU,
+MPS, no Triton) the reference, so nothing here is required. The references are the test oracles: tests/test_kernels.py runs every Triton kernel on CPU under TRITON_INTERPRET=1 and
 compares forward and gradients with them. Each Triton op is a torch.library custom op with its own
 autograd formula, so it composes with torch.compile (the compiler sees one opaque op).
 

@@ -45,7 +45,7 @@ ROWS = {  # name -> (flags on top of BASE, what it is)
     "seq_128": (["--seq_len=128", "--batch_size=32"], "context 128 instead of 256, same tokens per step"),
     "full": (["--seq_len=128", "--batch_size=16", "--value_embeds=2", "--tie_embeddings=0", "--value_residual=1",
               "--x0_mix=1", "--unet=1", "--short_window=64", "--window_warmup=0.3", "--muon_momentum_warmup=100"],
-             "train.py's CPU defaults: every row above but doc_mask, at context 128 and 2,048 tokens per step"),
+             "every row above but doc_mask, at context 128 and 2,048 tokens per step (the CPU defaults until the budget study)"),
 }
 
 

@@ -793,3 +793,15 @@ def test_adam_weight_decay_goes_on_the_embeddings_and_head_only():
     decay = {group["kind"]: group["weight_decay"] for group in adam.param_groups}
     assert decay == {"embed": 0.03, "head": 0.03, "scalar": 0.0}
     assert {group["weight_decay"] for group in muon.param_groups} == {0.01}
+
+
+def test_cpu_defaults_apply_without_model_flags_and_are_what_the_budget_study_writes_out():
+    import cpu_track_ablation
+    hp = train.parse_args(["--device=cpu"])
+    assert (hp.preset, hp.seq_len, hp.batch_size, hp.adam_weight_decay) == ("tiny", 128, 32, 0.1)
+    assert hp.model["value_embeds"] == 2 and not hp.model["tie_embeddings"]
+    assert train.parse_args(["--device=cpu", "--batch_size=8"]).preset == "small"  # a batch flag: the block
+    written_out = train.parse_args(["--device=cpu", *cpu_track_ablation.BUDGET_BASE])
+    ignore = {"val_every", "log_every"}
+    assert {k: v for k, v in dataclasses.asdict(written_out).items() if k not in ignore} == \
+        {k: v for k, v in dataclasses.asdict(hp).items() if k not in ignore}
