@@ -152,14 +152,18 @@ def config_from_dict(d: dict) -> GPTConfig:
 
 # Presets. The weight-class presets sit just under their limits for the TinyStories default tokenizer
 # (bpe:8192, untied embeddings); `python flops.py` prints their exact counts.
+# The GPU presets carry the skip connections of modded-nanogpt's records #9 and #11 (x0 mixing, value
+# residual, U-net), which cost a few learned scalars each and helped on the CPU track (README, "The CPU
+# track"); value embeddings, untied heads and windows add parameters or attention rules, so they stay flags.
+SKIPS = dict(x0_mix=True, value_residual=True, unet=True)
 PRESETS = {
-    # a CPU model: trains on 2 cores in minutes
+    # a CPU model: trains on 2 cores in minutes (train.py's DEVICE_DEFAULTS["cpu"] adds the CPU track's switches)
     "tiny": dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, tie_embeddings=True),
-    "small": dict(n_layer=7, n_head=8, n_kv_head=4, n_embd=512),
-    "medium": dict(n_layer=10, n_head=10, n_kv_head=5, n_embd=640),
-    "large": dict(n_layer=16, n_head=12, n_kv_head=6, n_embd=768),
+    "small": dict(n_layer=7, n_head=8, n_kv_head=4, n_embd=512, **SKIPS),
+    "medium": dict(n_layer=10, n_head=10, n_kv_head=5, n_embd=640, **SKIPS),
+    "large": dict(n_layer=16, n_head=12, n_kv_head=6, n_embd=768, **SKIPS),
     # GPT-2 small's shape (12 x 768, tied), modern parts; with vocab 50304 it is 124M counted (class open)
-    "gpt2-124m": dict(n_layer=12, n_head=12, n_kv_head=12, n_embd=768, tie_embeddings=True),
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_kv_head=12, n_embd=768, tie_embeddings=True, **SKIPS),
 }
 
 

@@ -329,10 +329,12 @@ ALL_SWITCHES = dict(doc_mask=True, delimiter_id=DELIM, window=8, short_window=4,
 NEW_PARAMS = ("resid_lambdas", "x0_lambdas", "v_lambdas", "skip_weights")
 
 
-def test_new_switches_are_off_by_default_and_in_every_preset():
-    for config in [GPTConfig()] + [M.build_config(name, 8192, 256) for name in M.PRESETS]:
+def test_new_switches_are_off_by_default_and_the_gpu_presets_carry_the_skips():
+    for name, config in [("default", GPTConfig())] + [(name, M.build_config(name, 8192, 256)) for name in M.PRESETS]:
         assert (config.doc_mask, config.delimiter_id, config.window, config.short_window) == (False, -1, 0, 0)
-        assert not (config.x0_mix or config.value_residual or config.unet or config.attention_masked)
+        assert not config.attention_masked and config.bigram_vocab == 0 and config.dropout == 0
+        gpu_preset = name not in ("default", "tiny")
+        assert (config.x0_mix, config.value_residual, config.unet) == (gpu_preset,) * 3, name
     model = GPT(tiny_config())
     assert not any(hasattr(model, name) for name in NEW_PARAMS)
     assert model.attention_masks(torch.zeros(1, 8, dtype=torch.long)) is None  # the plain is_causal path
