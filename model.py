@@ -556,7 +556,7 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(positions)
         x = F.dropout(x, self.config.dropout, self.training)
         if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):  # (meta: parameter counting)
-            # the residual stream in the autocast dtype (bf16 in training on CUDA): half the memory traffic of
+            # the residual stream in the autocast dtype (bf16 in training on CUDA and bf16 CPUs): half the traffic of
             # every add and norm; the weights, the learned scalars and the optimizer states stay fp32
             x = x.to(torch.get_autocast_dtype(x.device.type))
         x0 = x
