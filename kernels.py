@@ -12,8 +12,9 @@ model, which fuses them with the residual adds and casts; their kernels stay her
 measurement shows them faster. The public functions pick the Triton path when the tensor is on CUDA and
 Triton imports; on a CPU inside a compiled model, linear_cross_entropy runs the same chunked op with each
 cache-sized chunk computed by compiled PyTorch (cross_entropy_chunk_torch); everywhere else (eager CPU,
-MPS, no Triton) the reference, so nothing here is required. The references are the test oracles: tests/test_kernels.py runs every Triton kernel on CPU under TRITON_INTERPRET=1 and
-compares forward and gradients with them. Each Triton op is a torch.library custom op with its own
+MPS, no Triton) the reference, so nothing here is required. The references are the test oracles:
+tests/test_kernels.py runs every Triton kernel on CPU under TRITON_INTERPRET=1 and compares forward and
+gradients with them. Each Triton op is a torch.library custom op with its own
 autograd formula, so it composes with torch.compile (the compiler sees one opaque op).
 
     python kernels.py --bench      # each kernel vs its torch.compile'd reference (needs CUDA)
@@ -378,8 +379,8 @@ CE_CHUNK_BYTES = 256 * 2 ** 20  # the most one chunk of logits may take (its gra
 
 
 def default_chunk_size(n_rows: int, vocab_size: int, itemsize: int = 2, budget: int | None = None) -> int:
-    """Tokens per chunk: the largest power of two whose (chunk, vocab) logits fit in CE_CHUNK_BYTES, and no
-    more than the rows there are. Thousands of tokens at GPU vocabularies (2,048 for 50,304 in bf16, 1,024
+    """Tokens per chunk: the largest power of two whose (chunk, vocab) logits fit in `budget` bytes (default
+    CE_CHUNK_BYTES; CPU_CE_CHUNK_BYTES for the CPU chunks), and no more than the rows there are. Thousands of tokens at GPU vocabularies (2,048 for 50,304 in bf16, 1,024
     for 128,256), so each chunk's three matmuls are large enough to run near peak, while the memory stays
     bounded however many tokens a batch has."""
     rows = max(1, (budget or CE_CHUNK_BYTES) // (vocab_size * itemsize))
