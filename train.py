@@ -159,8 +159,7 @@ def check_hyperparameters(hp: Hyperparameters) -> None:
     positive = ["seq_len", "batch_size", "grad_accum", "keep_checkpoints", "log_every"]
     non_negative = ["batch_tokens", "warmup_steps", "max_steps", "max_tokens", "max_flops", "max_seconds",
                     "target_bpb", "val_every", "val_tokens", "checkpoint_every", "grad_clip", "weight_decay",
-                    "adam_weight_decay",
-                    "matrix_lr", "embed_lr", "head_lr", "scalar_lr"]
+                    "adam_weight_decay", "muon_momentum_warmup", "matrix_lr", "embed_lr", "head_lr", "scalar_lr"]
     for key in positive:
         if getattr(hp, key) <= 0:
             raise ValueError(f"--{key} must be positive, got {getattr(hp, key)}")
@@ -170,8 +169,6 @@ def check_hyperparameters(hp: Hyperparameters) -> None:
     for key in ("cooldown_frac", "final_lr_frac", "window_warmup", "muon_momentum", "muon_momentum_start"):
         if not 0 <= getattr(hp, key) <= 1:
             raise ValueError(f"--{key} must be in [0, 1], got {getattr(hp, key)}")
-    if hp.muon_momentum_warmup < 0:
-        raise ValueError(f"--muon_momentum_warmup must be >= 0, got {hp.muon_momentum_warmup}")
     if not 0 <= hp.seed < 2 ** 63:  # torch.manual_seed takes a 64-bit seed
         raise ValueError(f"--seed must be in [0, 2^63), got {hp.seed}")
     if not (hp.max_steps or hp.max_tokens or hp.max_flops or hp.max_seconds):
@@ -1050,12 +1047,12 @@ def train_step(run: Run, state: RunState) -> None:
     hp, device = run.hp, run.device
     run.clock.run()
     progress = schedule_progress(state.step, run.total_steps, state.train_seconds, hp)
-    multiplier = lr_multiplier(state.step, progress, hp)
+    multiplier, momentum = lr_multiplier(state.step, progress, hp), muon_momentum(state.step, hp)
     for opt in run.optimizers:
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * multiplier
             if group["kind"] == "matrix":
-                group["momentum"] = muon_momentum(state.step, hp)
+                group["momentum"] = momentum
     if hp.window_warmup:
         windows = window_sizes(progress, run.config, hp)
         if windows != run.windows:

@@ -38,11 +38,6 @@ CPU_ROWS = [("tiny", {}, 4096, 256, 16),
             ("small", dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=2), 2048, 256, 16)]
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def build(preset, overrides, vocab, seq_len, batch_size, device, compile_, precision):
     hp = train.Hyperparameters(preset=preset, model=dict(overrides), seq_len=seq_len, batch_size=batch_size,
                                compile=compile_, precision=precision)
@@ -62,16 +57,16 @@ def build(preset, overrides, vocab, seq_len, batch_size, device, compile_, preci
 def one_step(model, compiled, run, host, device, timings=None):
     t = time.perf_counter()
     batch = host.to(device, non_blocking=True)
-    autocast = torch.autocast(device.type, dtype=run.amp_dtype or torch.bfloat16, enabled=run.amp_dtype is not None)
+    autocast = train.Run.autocast(run)  # train.py's rule; it reads only run.device and run.amp_dtype
     if timings is not None:
-        synchronize(device)
+        train.synchronize(device)
         timings["data"] += time.perf_counter() - t
         t = time.perf_counter()
     with autocast:
         loss = compiled(batch[:, :-1], batch[:, 1:])
     loss.backward()
     if timings is not None:
-        synchronize(device)
+        train.synchronize(device)
         timings["forward+backward"] += time.perf_counter() - t
         t = time.perf_counter()
     muon_grads, _ = train.reduce_and_clip_gradients(run)
@@ -79,7 +74,7 @@ def one_step(model, compiled, run, host, device, timings=None):
     run.optimizers[1].step(muon_grads)
     model.zero_grad(set_to_none=True)
     if timings is not None:
-        synchronize(device)
+        train.synchronize(device)
         timings["optimizer"] += time.perf_counter() - t
     return loss
 
@@ -90,13 +85,13 @@ def bench_row(row, device, steps, compile_, precision):
                                                precision)
     for _ in range(3):  # warm-up: compilation, autotuning, allocator
         one_step(model, compiled, run, host, device)
-    synchronize(device)
+    train.synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         one_step(model, compiled, run, host, device)
-    synchronize(device)
+    train.synchronize(device)
     seconds = time.perf_counter() - t0
     timings = {"data": 0.0, "forward+backward": 0.0, "optimizer": 0.0}
     for _ in range(steps):
