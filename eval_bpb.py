@@ -49,7 +49,6 @@ import glob
 import hashlib
 import json
 import math
-import os
 import pathlib
 import sys
 import time
@@ -58,9 +57,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import common
 import leaderboard  # the record format: results.json's reader and writer
 import prepare
-from model import load_checkpoint, model_from_checkpoint, resolve_device
+from model import load_checkpoint, model_from_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parent
 EVAL_DIR = ROOT / "data" / "eval"
@@ -353,7 +353,7 @@ def check_recordable(eval_id: str | None, result: dict | None = None) -> None:
 
 
 def parse_args(argv):
-    parser = prepare.ArgumentParser(
+    parser = common.ArgumentParser(
         prog="eval_bpb.py",
         description="Tokenizer-agnostic bits-per-byte of a checkpoint on an eval set (single process or torchrun).",
         epilog="Named eval sets: " + ", ".join(f"{k} ({v[0]})" for k, v in OFFICIAL_EVAL_SETS.items())
@@ -361,10 +361,10 @@ def parse_args(argv):
     parser.add_argument("--ckpt", required=True, help="checkpoint .pt written by train.py")
     parser.add_argument("--data", required=True,
                         help="official eval set name, a prepared folder (its val shards), or .txt/.jsonl file(s) / glob")
-    parser.add_argument("--seq_len", type=prepare.parse_count, default=None,
+    parser.add_argument("--seq_len", type=common.parse_count, default=None,
                         help="context length (default: the checkpoint's block_size)")
-    parser.add_argument("--max_tokens", type=prepare.parse_count, default=None, help="evaluate only the first N tokens of the set")
-    parser.add_argument("--batch_size", type=prepare.parse_count, default=16, help="sequences per forward pass per process")
+    parser.add_argument("--max_tokens", type=common.parse_count, default=None, help="evaluate only the first N tokens of the set")
+    parser.add_argument("--batch_size", type=common.parse_count, default=16, help="sequences per forward pass per process")
     parser.add_argument("--retokenize", action="store_true",
                         help="shards made with another tokenizer: decode their text and tokenize it with the "
                              "checkpoint's (automatic for the named official eval sets)")
@@ -379,24 +379,6 @@ def parse_args(argv):
     return args
 
 
-def setup_distributed(requested: str | None) -> tuple[int, int, torch.device]:
-    """(rank, world_size, device) of this process; train.py uses it too. Under torchrun (RANK and WORLD_SIZE
-    set) the process joins the group: NCCL on CUDA (device cuda:LOCAL_RANK), gloo on CPU. ValueError says
-    what is wrong with the device."""
-    device = resolve_device(requested)
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return 0, 1, device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
-    elif device.type == "cpu":
-        dist.init_process_group("gloo")
-    else:
-        raise ValueError(f"torchrun needs CUDA (NCCL) or CPU (gloo), not {device.type}")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
 def run(argv) -> None:
     args = parse_args(argv)
     eval_id = args.eval_id or default_eval_id(args.data)
@@ -404,14 +386,13 @@ def run(argv) -> None:
         check_recordable(eval_id)
         leaderboard.read_record(args.record)
     try:
-        rank, world, device = setup_distributed(args.device)
+        rank, world, device = common.setup_distributed(args.device)
     except ValueError as e:
         raise ValueError(f"--device: {e}") from None
     try:
         evaluate(args, eval_id, rank, world, device)
     finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        common.destroy_distributed()
 
 
 def evaluate(args, eval_id, rank, world, device) -> None:
@@ -462,7 +443,7 @@ def evaluate(args, eval_id, rank, world, device) -> None:
 
 
 def main(argv=None) -> int:
-    return prepare.run_main("eval_bpb.py", run, argv)
+    return common.run_main("eval_bpb.py", run, argv)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ import time
 
 import torch
 
+import common
 import model as model_lib
-import prepare
 
 # -----------------------------------------------------------------------------
 # Forward FLOPs per token
@@ -443,17 +443,17 @@ def model_table(config, seq_len, tokens, device, assumed_mfu, doc_len=0) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = prepare.ArgumentParser(prog="flops.py", description=__doc__)
+    p = common.ArgumentParser(prog="flops.py", description=__doc__)
     p.add_argument("--preset", default=argparse.SUPPRESS, help=f"one of {', '.join(model_lib.PRESETS)}")
-    p.add_argument("--vocab_size", type=prepare.parse_count, default=8192)
-    p.add_argument("--block_size", type=prepare.parse_count, default=1024)
-    p.add_argument("--seq_len", type=prepare.parse_count, default=0, help="default: block_size")
-    p.add_argument("--tokens", type=prepare.parse_count, default=10 ** 9, help="training tokens to price")
+    p.add_argument("--vocab_size", type=common.parse_count, default=8192)
+    p.add_argument("--block_size", type=common.parse_count, default=1024)
+    p.add_argument("--seq_len", type=common.parse_count, default=0, help="default: block_size")
+    p.add_argument("--tokens", type=common.parse_count, default=10 ** 9, help="training tokens to price")
     p.add_argument("--device", default="H100 SXM", help="a GPU name or one of: " + ", ".join(PEAK_BF16_FLOPS))
-    p.add_argument("--mfu", type=prepare.parse_finite, default=0.4, help="assumed MFU for the time estimate")
-    p.add_argument("--doc_len", type=prepare.parse_count, default=0,
+    p.add_argument("--mfu", type=common.parse_finite, default=0.4, help="assumed MFU for the time estimate")
+    p.add_argument("--doc_len", type=common.parse_count, default=0,
                    help="with --doc_mask: documents assumed this many tokens long, for the attended FLOPs figure")
-    prepare.add_dataclass_flags(p, model_lib.GPTConfig, skip=("vocab_size", "block_size"))
+    common.add_dataclass_flags(p, model_lib.GPTConfig, skip=("vocab_size", "block_size"))
     return p
 
 
@@ -481,7 +481,7 @@ def run(argv) -> int:
 
 
 def main(argv=None) -> int:
-    return prepare.run_main("flops.py", run, argv)
+    return common.run_main("flops.py", run, argv)
 
 
 if __name__ == "__main__":

@@ -59,8 +59,9 @@ import urllib.request  # the proxy settings only: requests go through http.clien
 
 from tqdm import tqdm
 
+import common
 import leaderboard  # the record format: read_record, update_record (no torch at import)
-import prepare  # ArgumentParser, run_main, the atomic writer, a checkpoint's tokenizer (numpy only: no torch at startup)
+import prepare  # a checkpoint's tokenizer (numpy only: no torch at startup)
 
 # -----------------------------------------------------------------------------
 # The default prompt set: story beginnings written for this project, in words a 3-4 year old knows,
@@ -821,7 +822,7 @@ def generate_completions(ckpt_path: str, prompts: list[str], samples: int | list
     import model as model_lib
 
     try:  # model.py and prepare.py say what is wrong with a device, a checkpoint or its tokenizer in one line
-        device = model_lib.resolve_device(device)
+        device = common.resolve_device(device)
     except ValueError as e:
         raise ValueError(f"--device: {e}")
     try:
@@ -874,7 +875,7 @@ def saved_or_generated_completions(args, prompts: list[str], cache_dir: pathlib.
     items = generate_completions(args.ckpt, prompts, samples, args.max_new_tokens, args.temperature,
                                  args.top_k, args.top_p, args.seed, args.batch_size, args.device)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    prepare.write_file_atomic(path, "".join(json.dumps(row) + "\n" for row in [{"generation": settings}] + items).encode())
+    common.write_file_atomic(path, "".join(json.dumps(row) + "\n" for row in [{"generation": settings}] + items).encode())
     print(f"saved {len(items)} completions to {path}")
     return items, {"generation": settings, "completions_file": str(path)}
 
@@ -914,7 +915,7 @@ def write_completions_file(path: pathlib.Path, items: list[dict], columns: list[
     else:
         raise ValueError(f"--generate_only={path}: use a .csv or .jsonl file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    prepare.write_file_atomic(path, text.encode("utf-8"))
+    common.write_file_atomic(path, text.encode("utf-8"))
 
 
 # -----------------------------------------------------------------------------
@@ -1142,8 +1143,8 @@ def print_summary(report: dict, usage: dict) -> None:
 # Command line.
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = prepare.ArgumentParser(prog="judge.py", description=__doc__)
-    count, number = prepare.parse_count, prepare.parse_finite
+    p = common.ArgumentParser(prog="judge.py", description=__doc__)
+    count, number = common.parse_count, common.parse_finite
     src = p.add_argument_group("what to judge (one of)")
     src.add_argument("--ckpt", help="checkpoint to generate completions from (model.save_checkpoint format)")
     src.add_argument("--completions", help="CSV or JSONL file with 'prompt' and 'completion' columns")
@@ -1304,7 +1305,7 @@ def run(args) -> dict:
     report["usage_this_run"] = usage
     # the top-level block first, items last, so the file reads like the record
     out.parent.mkdir(parents=True, exist_ok=True)
-    prepare.write_json_atomic(out, report)
+    common.write_json_atomic(out, report)
     print_summary(report, usage)
     print(f"wrote {out}")
     if record_dir:
@@ -1316,7 +1317,7 @@ def run(args) -> dict:
 def main(argv=None) -> int:
     def parse_and_run(arguments):
         run(parse_args(arguments))
-    return prepare.run_main("judge.py", parse_and_run, argv)
+    return common.run_main("judge.py", parse_and_run, argv)
 
 
 if __name__ == "__main__":

@@ -8,19 +8,18 @@ Fused Triton kernels for the hot non-matmul paths of training, each beside a pla
 
 model.py uses linear_cross_entropy (GPT.use_kernels). RMSNorm and ReLU^2 are left to torch.compile in the
 model, which fuses them with the residual adds and casts; their kernels stay here as candidates that
-`--bench` times against the compiled reference, to be put back on the model's path only where a GPU
+bench/kernels_speed.py times against the compiled reference, to be put back on the model's path only where a GPU
 measurement shows them faster. The public functions pick the Triton path when the tensor is on CUDA and
 Triton imports; on a CPU inside a compiled model, linear_cross_entropy runs the same chunked op with each
 cache-sized chunk computed by compiled PyTorch (cross_entropy_chunk_torch); everywhere else (eager CPU,
 MPS, no Triton) the reference, so nothing here is required. The references are the test oracles:
 tests/test_kernels.py runs every Triton kernel on CPU under TRITON_INTERPRET=1 and compares forward and
 gradients with them. Each Triton op is a torch.library custom op with its own
-autograd formula, so it composes with torch.compile (the compiler sees one opaque op).
+autograd formula, so it composes with torch.compile (the compiler sees one opaque op). The file imports no
+other project file: model.py is the only one that imports it.
 
-    python kernels.py --bench      # each kernel vs its torch.compile'd reference (needs CUDA)
+    python bench/kernels_speed.py   # each kernel vs its torch.compile'd reference (needs CUDA)
 """
-
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -567,110 +566,3 @@ def linear_cross_entropy_chunked(x, weight, targets, softcap: float = 0.0, ignor
     loss = _linear_ce_fwd(x2, weight, targets1, float(softcap), int(ignore_index), int(rows), reduction,
                           grad_in_forward, chunk)[0]
     return loss.view(targets.shape) if reduction == "none" else loss
-
-
-# -----------------------------------------------------------------------------
-# Benchmark: each kernel (forward + backward) vs its torch.compile'd reference, at the presets' shapes.
-
-def make_bench_parser():
-    import prepare  # the repository's one option parser (numpy only)
-    p = prepare.ArgumentParser(prog="kernels.py", description=__doc__)
-    p.add_argument("--bench", action="store_true", help="time each kernel against its compiled reference")
-    p.add_argument("--presets", default="small,medium,large,gpt2-124m", help="model.py presets, comma-separated")
-    p.add_argument("--batch_size", type=prepare.parse_count, default=16)
-    p.add_argument("--seq_len", type=prepare.parse_count, default=1024)
-    p.add_argument("--vocab_size", type=prepare.parse_count, default=50304)
-    p.add_argument("--iters", type=prepare.parse_count, default=20)
-    return p
-
-
-def _time_fwd_bwd(fn, inputs, grad_out, iters):
-    """Median milliseconds of fn(*inputs).backward(grad_out), and the peak memory above the inputs (MiB)."""
-    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-
-    def step():
-        for t in leaves:
-            t.grad = None
-        out = fn(*inputs)
-        out.backward(grad_out if out.dim() else None)
-
-    for _ in range(3):  # compile and autotune outside the timed region
-        step()
-    torch.cuda.synchronize()
-    for t in leaves:
-        t.grad = None
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    return sorted(times)[len(times) // 2], peak
-
-
-def _bench_cases(config, n_tokens, dev="cuda"):
-    """(name, triton fn, reference fn, inputs, grad_out) for one model shape, bf16 activations, fp32 weights."""
-    bf16 = torch.bfloat16
-    d, d_ff, vocab = config.n_embd, config.d_ff, config.vocab_size
-    x = torch.randn(n_tokens, d, device=dev, dtype=bf16, requires_grad=True)
-    norm_w = torch.ones(d, device=dev, requires_grad=True)
-    h = torch.randn(n_tokens, d_ff, device=dev, dtype=bf16, requires_grad=True)
-    head = (torch.randn(vocab, d, device=dev) / d ** 0.5).requires_grad_()
-    targets = torch.randint(0, vocab, (n_tokens,), device=dev)
-    cap = config.logit_softcap
-    return [
-        ("rms_norm", rms_norm_triton, rms_norm_reference, (x, norm_w), torch.randn_like(x)),
-        ("relu2", relu2_triton, relu2_reference, (h,), torch.randn_like(h)),
-        ("linear_cross_entropy", lambda a, b, c: linear_cross_entropy_triton(a, b, c, cap),
-         lambda a, b, c: linear_cross_entropy_reference(a, b, c, cap), (x, head, targets), None),
-    ]
-
-
-def run_benchmark(args):
-    if not (torch.cuda.is_available() and HAS_TRITON):
-        print("kernels.py --bench: skipped, it needs a CUDA GPU and Triton (this machine has "
-              f"cuda={torch.cuda.is_available()}, triton={HAS_TRITON}). The CPU tests are "
-              "`python -m pytest tests/test_kernels.py`.")
-        return
-    import model  # the presets' shapes come from model.py, so the benchmark follows them
-    n_tokens = args.batch_size * args.seq_len
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
-          f"{n_tokens} tokens ({args.batch_size} x {args.seq_len}), bf16 activations, fp32 weights; "
-          f"forward + backward, median of {args.iters}; peak = memory above the inputs")
-    print("| preset | kernel | shape | triton ms | compiled ms | speed-up | triton peak MiB | compiled peak MiB |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    for name in args.presets.split(","):
-        config = model.build_config(name.strip(), args.vocab_size, args.seq_len)
-        for kernel, fused, reference, inputs, grad_out in _bench_cases(config, n_tokens):
-            torch._dynamo.reset()
-            t_fused, m_fused = _time_fwd_bwd(fused, inputs, grad_out, args.iters)
-            t_ref, m_ref = _time_fwd_bwd(torch.compile(reference), inputs, grad_out, args.iters)
-            shape = " x ".join(str(s) for s in inputs[0].shape)
-            if kernel == "linear_cross_entropy":
-                shape += f" @ {config.vocab_size}"
-            print(f"| {name} | {kernel} | {shape} | {t_fused:.3f} | {t_ref:.3f} | {t_ref / t_fused:.2f}x "
-                  f"| {m_fused:.0f} | {m_ref:.0f} |", flush=True)
-
-
-def run(argv) -> int:
-    args = make_bench_parser().parse_args(argv)
-    if not args.bench:
-        raise ValueError("nothing to do; run `python kernels.py --bench` (see --help)")
-    if min(args.batch_size, args.seq_len, args.vocab_size, args.iters) < 1:
-        raise ValueError("--batch_size, --seq_len, --vocab_size and --iters must be positive")
-    run_benchmark(args)
-    return 0
-
-
-def main(argv=None) -> int:
-    import prepare
-    return prepare.run_main("kernels.py", run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

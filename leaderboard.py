@@ -67,7 +67,7 @@ import subprocess
 import sys
 import urllib.parse
 
-import prepare  # the option parser and the atomic writer; numpy only, no torch (flops.py and model.py are imported when needed)
+import common
 
 ROOT = pathlib.Path(__file__).resolve().parent
 SCHEMA = "speedrun-record/1"
@@ -485,7 +485,7 @@ def read_record(record_dir) -> tuple[pathlib.Path, dict]:
 def write_results(out_dir, record: dict) -> pathlib.Path:
     """Write RECORD_DIR/results.json atomically (a crash leaves the old file or the new one)."""
     path = pathlib.Path(out_dir) / RESULTS_NAME
-    prepare.write_json_atomic(path, record)
+    common.write_json_atomic(path, record)
     return path
 
 
@@ -1070,7 +1070,7 @@ def export_marin(record_dir) -> pathlib.Path:
     if rec.get("schema") != SCHEMA:
         raise ValueError(f"{display_path(path)}: schema {short_json(rec.get('schema'))}, expected \"{SCHEMA}\"")
     out = pathlib.Path(record_dir) / MARIN_NAME
-    prepare.write_json_atomic(out, {"runs": [{"run_info": marin_run_info(rec, path)}]})
+    common.write_json_atomic(out, {"runs": [{"run_info": marin_run_info(rec, path)}]})
     return out
 
 
@@ -1544,7 +1544,7 @@ def make_server(records_dir, link_base, port):
 # Command line
 
 def parse_args(argv):
-    p = prepare.ArgumentParser(prog="leaderboard.py", epilog=__doc__.split("Exit codes")[0],
+    p = common.ArgumentParser(prog="leaderboard.py", epilog=__doc__.split("Exit codes")[0],
                                description="Validate records/ and write the leaderboard tables into the README.")
     p.add_argument("--records", default=str(ROOT / "records"), help="records folder (default: records/ beside this file)")
     p.add_argument("--readme", default=str(ROOT / "README.md"), help="README holding the leaderboard markers")
@@ -1555,7 +1555,7 @@ def parse_args(argv):
                         f"{PALOMA_EVAL_ID} eval), and change nothing else")
     p.add_argument("--plot", metavar="FILE.svg", help="also write the BPB vs model FLOPs plot (with --check: check it is current)")
     # --serve stays: it shows a record's row and plot point before it is committed, with nothing to install
-    p.add_argument("--serve", nargs="?", const=8000, type=prepare.parse_count, metavar="PORT",
+    p.add_argument("--serve", nargs="?", const=8000, type=common.parse_count, metavar="PORT",
                    help="serve tables and plot on localhost (default port 8000)")
     return p.parse_args(argv)
 
@@ -1602,9 +1602,9 @@ def run(argv):
         print(f"ok: {len(runs)} run(s) in {n_rows} row(s), all valid; {readme} is up to date")
         return 0
     if new != old:
-        prepare.write_file_atomic(readme, new.encode("utf-8"))  # newlines as read: a CRLF README stays CRLF
+        common.write_file_atomic(readme, new.encode("utf-8"))  # newlines as read: a CRLF README stays CRLF
     if svg is not None:
-        prepare.write_file_atomic(args.plot, svg.encode("utf-8"))
+        common.write_file_atomic(args.plot, svg.encode("utf-8"))
     for p in problems:
         print(f"skipped invalid: {p}", file=sys.stderr)
     print(f"{len(runs)} run(s) in {n_rows} row(s) across {len(tables)} table(s); "
@@ -1613,7 +1613,7 @@ def run(argv):
 
 
 def main(argv=None):
-    return prepare.run_main("leaderboard.py", run, argv)
+    return common.run_main("leaderboard.py", run, argv)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,14 @@ it is neither saved in checkpoints nor in records. The file knows nothing about 
 distributed training.
 """
 import os
+import pathlib
 from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import common
 import kernels
 
 # -----------------------------------------------------------------------------
@@ -196,7 +198,7 @@ class Norm(nn.Module):
     """RMSNorm (or LayerNorm) over the last dimension, with a learnable gain. Plain PyTorch ops, so that
     torch.compile fuses the norm with the residual add and the casts around it (a custom kernel here
     would be an opaque node the compiler cannot fuse across; kernels.py's RMSNorm stays as a benchmark
-    candidate, `python kernels.py --bench`)."""
+    candidate, `python bench/kernels_speed.py`)."""
 
     def __init__(self, dim, config: GPTConfig):
         super().__init__()
@@ -717,26 +719,6 @@ class KVCache:
 # Checkpoints
 
 
-def resolve_device(name: str | None = None) -> torch.device:
-    """The device to run a model on: `name` (cpu, cuda, cuda:N, mps), or the best available one for None or
-    "auto". ValueError with the fix when it is not a device name or this machine does not have it."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else
-                            "mps" if torch.backends.mps.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device {name!r} is not a device name; use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        available = torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
-    else:
-        available = device.type == "cpu" or (device.type == "mps" and torch.backends.mps.is_available())
-    if not available:
-        raise ValueError(f"device {name!r} is not available on this machine (CUDA devices: "
-                         f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}); use cpu or leave it unset")
-    return device
-
-
 def _strip_prefixes(state_dict):
     """Remove torch.compile's `_orig_mod.` and DDP's `module.` prefixes so any wrapper's weights load."""
     clean = {}
@@ -748,23 +730,15 @@ def _strip_prefixes(state_dict):
 
 
 def save_checkpoint(path, model, config, tokenizer: dict, step: int, **extra) -> None:
-    """torch.save {model, config, tokenizer, step, **extra}, atomically: a temp file in the same folder is
-    renamed over `path`, so a crash leaves the old checkpoint or the new one, never half of one."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """torch.save {model, config, tokenizer, step, **extra}, atomically (common.atomic_file), so a crash
+    leaves the old checkpoint or the new one, never half of one."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = dict(model=_strip_prefixes(model.state_dict()),
                       config=config if isinstance(config, dict) else asdict(config),
                       tokenizer=tokenizer, step=int(step), **extra)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename, so a power cut cannot leave an empty file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with common.atomic_file(path) as f:
+        torch.save(checkpoint, f)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

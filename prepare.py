@@ -18,116 +18,25 @@ version 7 with uint32 tokens. Every document is preceded by the delimiter token 
 
 As a module it is the one place that reads shards and tokenizers (train.py, eval_bpb.py, judge.py):
 write_shard, open_shard, list_shards, read_meta, tokenizer_spec, encoding_from_spec, delimiter_id,
-token_byte_lengths; and write_file_atomic / write_json_atomic, which the other scripts' outputs use too.
+token_byte_lengths. It prepares data and nothing else; what every script shares is in common.py.
 """
 from __future__ import annotations
 
 import argparse
 import base64
 import contextlib
-import dataclasses
-import difflib
 import errno
 import json
-import math
 import os
 import pathlib
 import re
 import shutil
-import socket
 import sys
 import time
 
 import numpy as np
 
-# -----------------------------------------------------------------------------
-# Command lines: the one option-parsing helper of every script. A user's mistake raises ValueError (the
-# message names the file or flag and the fix); run_main turns it into one `error:` line and exit 2.
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose mistakes raise ValueError instead of printing usage and exiting, so the script's
-    run_main reports them like every other bad input. Prefixes of flags are not guessed."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message):
-        unknown = re.search(r"unrecognized arguments: (--[^=\s]+)", message)
-        if unknown:
-            known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
-            close = difflib.get_close_matches(unknown.group(1), known, n=1)
-            if close:
-                message += f"; did you mean {close[0]}?"
-        raise ValueError(f"{message} (python {self.prog} --help lists the options)")
-
-
-def parse_count(text: str) -> int:
-    """A whole number written 100000000, 100_000_000 or 1e8 (never rounded: 1.5e0 is refused)."""
-    try:
-        return int(text.replace("_", ""))
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not math.isfinite(value) or not value.is_integer():
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    return int(value)
-
-
-def parse_finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def parse_bool(text: str) -> bool:
-    if text.lower() not in ("1", "0", "true", "false"):
-        raise argparse.ArgumentTypeError(f"expected 1/0/true/false, got {text!r}")
-    return text.lower() in ("1", "true")
-
-
-FIELD_PARSERS = {int: parse_count, float: parse_finite, bool: parse_bool, str: str,
-                 "int": parse_count, "float": parse_finite, "bool": parse_bool, "str": str}
-
-
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
-    """One `--field=value` flag per field of the dataclass `cls`, typed by the field (defaults left unset,
-    so the caller can tell a given flag from a default: parse with argument_default=SUPPRESS)."""
-    for field in dataclasses.fields(cls):
-        if field.name not in skip:
-            parser.add_argument(f"--{field.name}", type=FIELD_PARSERS[field.type], default=argparse.SUPPRESS,
-                                metavar=str(field.type if isinstance(field.type, str) else field.type.__name__).upper())
-
-
-def run_main(script: str, run, argv=None) -> int:
-    """Call run(argv); a ValueError (bad input) or OSError (a file that cannot be read or written, a full
-    disk) becomes one `error: SCRIPT: ...` line and exit 2; Ctrl-C exit 130. Other errors are bugs and keep
-    their traceback."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        return run(argv) or 0
-    except SystemExit as e:  # argparse's --help
-        return e.code if isinstance(e.code, int) else 0
-    except ValueError as e:
-        message = str(e)
-    except OSError as e:
-        message = f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
-    except KeyboardInterrupt:
-        print(f"error: {script}: interrupted", file=sys.stderr)
-        return 130
-    prefix = f"{script}: "
-    print(f"error: {prefix if not message.startswith(prefix) else ''}{message}", file=sys.stderr)
-    return 2
-
+import common
 
 # -----------------------------------------------------------------------------
 # Shard format (llm.c / modded-nanogpt)
@@ -173,34 +82,7 @@ def write_shard(path, tokens: np.ndarray, *, vocab_size: int | None = None, dtyp
         version, dtype_ = FORMATS[magic]
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = magic, version, tokens.size
-    write_file_atomic(path, header, np.ascontiguousarray(tokens, dtype=dtype_))
-
-
-def write_file_atomic(path, *chunks) -> None:
-    """Write `chunks` (bytes, or contiguous arrays) to `path` so that a crash leaves the old file or the new
-    one, never half of one: a temp file in the same folder, flushed to disk, renamed over `path`. The one
-    atomic writer of the repository's data files (shards, meta.json, results.json, judge.json, README)."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.filename is None:  # a failed write (a full disk) names no file: name the one being written
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
-        raise
-    finally:
-        if tmp.exists():  # only after a failure: the rename consumed it otherwise
-            tmp.unlink()
-
-
-def write_json_atomic(path, obj) -> None:
-    """`obj` as indented UTF-8 JSON, atomically (write_file_atomic)."""
-    write_file_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    common.write_file_atomic(path, header, np.ascontiguousarray(tokens, dtype=dtype_))
 
 
 def read_shard_header(path) -> tuple[np.dtype, int]:
@@ -1076,42 +958,6 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-# -----------------------------------------------------------------------------
-# Folder locks (train.py's record and checkpoint folders): one run per folder, or two runs interleave their logs and delete each other's
-# checkpoints. The lock file names its holder; a lock whose process is gone (kill -9) is taken over.
-
-
-def acquire_lock(folder: pathlib.Path) -> pathlib.Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "LOCK"
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "command": " ".join(sys.argv)}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if lock_holder_alive(path):
-                raise ValueError(f"{folder} is in use by another run ({path.read_text().strip()}); wait for it, "
-                                 f"or choose another --name/--out_dir/--ckpt_dir") from None
-            path.unlink(missing_ok=True)  # its process is gone: a stale lock
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(holder, f)
-        return path
-    raise ValueError(f"{path}: could not take the lock; remove the file if no run uses {folder}")
-
-
-def lock_holder_alive(path: pathlib.Path) -> bool:
-    try:
-        holder = json.loads(path.read_text())
-        pid, host = int(holder["pid"]), holder["host"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False  # unreadable (a crash while writing it): not a live holder
-    if host != socket.gethostname():
-        return True  # another machine's run on a shared disk: cannot tell, so respect it
-    return process_alive(pid)
-
-
 def swap_in(tmp: pathlib.Path, out: pathlib.Path) -> None:
     """Make the completed folder `tmp` the folder `out`. A new `out` is one rename. An existing one keeps the
     files prepare.py did not write: its old meta.json goes first (from then until the new one lands the folder
@@ -1329,7 +1175,7 @@ def prepare(args) -> dict:
             spec = tok
         enc = encoding_from_spec(spec)
         if spec["name"] != "gpt2":
-            write_json_atomic(tmp / TOKENIZER_FILE, spec)
+            common.write_json_atomic(tmp / TOKENIZER_FILE, spec)
         dtype = np.dtype("uint32" if args.dtype == "uint32" else "uint16")
 
         writers = {s: ShardWriter(tmp, s, args.shard_tokens, enc.n_vocab, dtype) for s in ("train", "val")}
@@ -1369,43 +1215,13 @@ def prepare(args) -> dict:
                        "shard_tokens": args.shard_tokens, "delimiter": "precedes every document"},
             "command": " ".join(["python", "prepare.py"] + list(args.argv)),
         }
-        write_json_atomic(tmp / "meta.json", meta)
+        common.write_json_atomic(tmp / "meta.json", meta)
     seconds = time.time() - t0
     print(f"{out}: train {splits['train']['docs']:,} docs / {splits['train']['tokens']:,} tokens in "
           f"{splits['train']['shards']} shards, val {splits['val']['docs']:,} docs / {splits['val']['tokens']:,} tokens; "
           f"{counts['duplicates']:,} duplicates, {counts['empty']:,} empty, {counts['mojibake_repaired']:,} mojibake "
           f"repaired, {counts['mojibake_dropped']:,} dropped; {seconds:.1f}s", file=sys.stderr)
     return meta
-
-
-# -----------------------------------------------------------------------------
-# Benchmark: prepare.py's wall time against a bare in-process tiktoken encode_ordinary_batch of the
-# same documents (the floor: tokenizing is the only work that cannot be avoided). Kept on purpose: it is
-# how the README's throughput table is reproduced, the evidence that preparing costs about one tokenizing.
-
-def build_benchmark_input(inputs: list[str], path: pathlib.Path, megabytes: float) -> list[str]:
-    """Write a <|endoftext|>-separated .txt of at least `megabytes` MB from the inputs' documents,
-    repeating them with a copy number appended so that every document is distinct (dedup keeps all)."""
-    init_worker(None, "off", "uint16")
-    base = []
-    for p in inputs:
-        for task in file_tasks(pathlib.Path(p)):
-            base += [t for t in process_task(task)["texts"]]
-    if not base:
-        raise ValueError("--benchmark: the --input files hold no documents")
-    docs, size, copy = [], 0, 0
-    while size < megabytes * 1e6:
-        for d in base:
-            doc = d if copy == 0 else f"{d} ({copy})"
-            docs.append(doc)
-            size += len(doc.encode("utf-8")) + len(DELIMITER) + 2
-            if size >= megabytes * 1e6:
-                break
-        copy += 1
-    with open(path, "w", encoding="utf-8") as f:
-        for d in docs:
-            f.write(d + "\n" + DELIMITER + "\n")
-    return docs
 
 
 def peak_rss_mb() -> float:
@@ -1421,61 +1237,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
 
 
-def children_cpu_seconds() -> float:
-    import resource
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def benchmark(args) -> None:
-    """For each size: build a distinct-document input, then alternate `rounds` times between the bare
-    tiktoken call and the whole prepare.py command (a fresh process), and report the medians."""
-    import statistics
-    import subprocess
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    enc = encoding_from_spec({"name": "gpt2"})
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start; medians of "
-          f"{args.benchmark_rounds} alternating rounds; --shard_tokens {args.shard_tokens:,}\n")
-    print("| input MB | docs kept | tiktoken wall s | prepare.py wall s | prepare.py MB/s | wall ratio | "
-          "tiktoken CPU s | prepare.py CPU s | CPU ratio | peak RSS main MB | peak RSS worker MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for mb in args.benchmark_mb:
-        path = out / f"bench_{mb:g}MB.txt"
-        docs = build_benchmark_input(args.input, path, mb)
-        nbytes = path.stat().st_size
-        cmd = [sys.executable, __file__, "--input", str(path), "--tokenizer", "gpt2", "--out", str(out / "shards"),
-               "--shard_tokens", str(args.shard_tokens), "--quiet", "--report_rss"]
-        t_tiktoken, t_prepare, cpu_tiktoken, cpu_prepare, rss = [], [], [], [], []
-        for _ in range(args.benchmark_rounds):
-            t0, c0 = time.perf_counter(), time.process_time()
-            enc.encode_ordinary_batch(docs)
-            t_tiktoken.append(time.perf_counter() - t0)
-            cpu_tiktoken.append(time.process_time() - c0)
-            t0, c0 = time.perf_counter(), children_cpu_seconds()
-            run = subprocess.run(cmd, capture_output=True, text=True)
-            t_prepare.append(time.perf_counter() - t0)
-            cpu_prepare.append(children_cpu_seconds() - c0)
-            if run.returncode != 0:
-                raise ValueError(f"--benchmark: prepare.py failed: {(run.stderr.strip().splitlines() or [''])[-1]}")
-            rss.append(json.loads(run.stdout.strip().splitlines()[-1]))
-        tt, tp = statistics.median(t_tiktoken), statistics.median(t_prepare)
-        kept = read_meta(out / "shards")["cleaning"]["counts"]["kept"]
-        ct, cp = statistics.median(cpu_tiktoken), statistics.median(cpu_prepare)
-        print(f"| {nbytes / 1e6:.1f} | {kept:,} | {tt:.2f} | {tp:.2f} | {nbytes / 1e6 / tp:.2f} | **{tp / tt:.2f}** | "
-              f"{ct:.2f} | {cp:.2f} | {cp / ct:.2f} | {max(r['main_mb'] for r in rss):.0f} | "
-              f"{max(r['worker_mb'] for r in rss):.0f} |", flush=True)
-        del docs
-        path.unlink()
-
-
 # -----------------------------------------------------------------------------
 # Command line
 
-def make_parser() -> ArgumentParser:
+def make_parser() -> common.ArgumentParser:
     datasets = "\n".join(f"  {k:18s} {v['repo']}: {v['about']} (default tokenizer {v['tokenizer']})"
                          for k, v in DATASETS.items())
-    p = ArgumentParser(prog="prepare.py",
+    p = common.ArgumentParser(prog="prepare.py",
                        description=__doc__.split("\n\n")[0].strip() + "\n\nnamed datasets:\n" + datasets)
     p.add_argument("--dataset", nargs="+", metavar="NAME", help="named dataset(s), downloaded through Hugging Face")
     p.add_argument("--input", nargs="+", metavar="PATH",
@@ -1485,12 +1253,12 @@ def make_parser() -> ArgumentParser:
     p.add_argument("--tokenizer", help="gpt2 | bpe:N (train a byte-level BPE of N tokens, <|endoftext|> "
                                        "included) | a prepared folder or tokenizer.json to reuse; "
                                        "default: the dataset's, gpt2 for --input")
-    p.add_argument("--val_fraction", type=parse_finite, default=0.005, help="share of documents in val (by hash)")
-    p.add_argument("--val_docs", type=parse_count, help="exactly N documents in val (the N smallest hashes)")
+    p.add_argument("--val_fraction", type=common.parse_finite, default=0.005, help="share of documents in val (by hash)")
+    p.add_argument("--val_docs", type=common.parse_count, help="exactly N documents in val (the N smallest hashes)")
     p.add_argument("--all_val", action="store_true",
                    help="every document goes to val (an official eval set; automatic for paloma-c4-en, c4-val, "
                         "tinystories-valid)")
-    p.add_argument("--max_docs", type=parse_count, metavar="N",
+    p.add_argument("--max_docs", type=common.parse_count, metavar="N",
                    help="stop each named dataset (and the --input files together) after N documents, read as they "
                         "are needed, not downloaded whole: a quick start in minutes")
     p.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=True, help="exact de-duplication")
@@ -1499,19 +1267,14 @@ def make_parser() -> ArgumentParser:
     p.add_argument("--gpt4_only", action="store_true", help="tinystories-all: keep only the GPT-4 stories")
     p.add_argument("--revision", help="Hugging Face dataset revision (commit) to pin; default: the latest, "
                                       "recorded in meta.json")
-    p.add_argument("--shard_tokens", type=parse_count, default=100_000_000, help="tokens per shard")
+    p.add_argument("--shard_tokens", type=common.parse_count, default=100_000_000, help="tokens per shard")
     p.add_argument("--dtype", choices=("uint16", "uint32"), default="uint16",
                    help="token format; uint32 (llm.c magic 20240801) for vocabularies over 65,536")
-    p.add_argument("--bpe_train_chars", type=parse_count, default=2_000_000_000,
+    p.add_argument("--bpe_train_chars", type=common.parse_count, default=2_000_000_000,
                    help="train the BPE on at most this many characters of the train split")
-    p.add_argument("--workers", type=parse_count, default=-1, help="tokenizer processes (default: all cores; 0: in-process)")
+    p.add_argument("--workers", type=common.parse_count, default=-1, help="tokenizer processes (default: all cores; 0: in-process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--benchmark", action="store_true",
-                   help="time prepare.py against a bare tiktoken encode_ordinary_batch on a distinct-document "
-                        "input built from --input, of each --benchmark_mb size")
-    p.add_argument("--benchmark_mb", type=parse_finite, nargs="+", default=[20.0, 40.0], help="input sizes to time")
-    p.add_argument("--benchmark_rounds", type=parse_count, default=3, help="timings per size (median reported)")
-    p.add_argument("--report_rss", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--report_rss", action="store_true", help=argparse.SUPPRESS)  # for bench/prepare_speed.py
     return p
 
 
@@ -1520,15 +1283,8 @@ def run(argv: list[str]) -> int:
     args.argv = argv
     if not args.out:
         raise ValueError("--out DIR is required (e.g. --out data/tinystories)")
-    if args.benchmark:
-        if not args.input:
-            raise ValueError("--benchmark needs --input files to build its documents from")
-        if args.benchmark_rounds < 1 or min(args.benchmark_mb) <= 0:
-            raise ValueError("--benchmark_rounds and --benchmark_mb must be > 0")
-        benchmark(args)
-    else:
-        prepare(args)
-    if args.report_rss:  # for --benchmark; workers are forked (no exec), so ru_maxrss is theirs
+    prepare(args)
+    if args.report_rss:  # workers are forked (no exec), so RUSAGE_CHILDREN's ru_maxrss is theirs
         import resource
         worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(json.dumps({"main_mb": peak_rss_mb(), "worker_mb": worker_mb}))
@@ -1536,7 +1292,7 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv=None) -> int:
-    return run_main("prepare.py", run, argv)
+    return common.run_main("prepare.py", run, argv)
 
 
 

@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+import common
 import eval_bpb
 import flops
 import leaderboard
@@ -132,15 +133,14 @@ def device_defaults(given: dict) -> dict:
     setting itself, or when the device has none)."""
     if MODEL_AND_BATCH & set(given):
         return {}
-    from model import resolve_device
-    return dict(DEVICE_DEFAULTS.get(resolve_device(given.get("device", "auto")).type, {}))
+    return dict(DEVICE_DEFAULTS.get(common.resolve_device(given.get("device", "auto")).type, {}))
 
 
 def parse_flags(argv: list[str]) -> dict:
     """The flags given, typed by prepare.py's one option parser (integers may be written 1e6, never rounded)."""
-    parser = prepare.ArgumentParser(prog="train.py", add_help=False)
-    prepare.add_dataclass_flags(parser, Hyperparameters, skip=("model",))
-    prepare.add_dataclass_flags(parser, GPTConfig, skip=("vocab_size", "block_size", "delimiter_id"))
+    parser = common.ArgumentParser(prog="train.py", add_help=False)
+    common.add_dataclass_flags(parser, Hyperparameters, skip=("model",))
+    common.add_dataclass_flags(parser, GPTConfig, skip=("vocab_size", "block_size", "delimiter_id"))
     return vars(parser.parse_args(argv))
 
 
@@ -750,12 +750,6 @@ def checkpoints_by_step(ckpt_dir: pathlib.Path) -> list[pathlib.Path]:
     return sorted((p for p in found if p.stem[len("step_"):].isdigit()), key=lambda p: int(p.stem[len("step_"):]))
 
 
-def remove_orphan_temp_files(ckpt_dir: pathlib.Path) -> None:
-    """A kill -9 during a save leaves step_N.pt.tmp.PID behind; with the folder locked, none is being written."""
-    for tmp in ckpt_dir.glob("step_*.pt.tmp.*"):
-        tmp.unlink(missing_ok=True)
-
-
 def newest_readable_checkpoint(ckpt_dir: pathlib.Path) -> tuple[pathlib.Path, dict] | None:
     """The newest checkpoint that loads; a truncated or empty one (a crash, a full disk) is skipped with a
     warning and the one before it is used."""
@@ -997,18 +991,13 @@ class Clock:
 
     def pause(self) -> None:
         if self.started is not None:
-            synchronize(self.device)
+            common.synchronize(self.device)
             self.unreported += time.perf_counter() - self.started
             self.started = None
 
     def take(self) -> float:
         seconds, self.unreported = self.unreported, 0.0
         return seconds
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def reduce_and_clip_gradients(run: Run) -> tuple[list, torch.Tensor]:
@@ -1253,7 +1242,7 @@ def warm_up(run: Run) -> None:
             k, _ = muon.share(group)
             muon.orthogonalise(torch.randn((k, *group["params"][0].shape), device=run.device), group["ns_steps"],
                                muon.ns_dtype)
-    synchronize(run.device)
+    common.synchronize(run.device)
 
 
 def open_log(hp, out_dir: pathlib.Path, resumed: bool, sources: dict, digests: dict, saved_digests, master) -> RunLog:
@@ -1308,9 +1297,8 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
     data = load_data(hp)
     ckpt_dir = pathlib.Path(hp.ckpt_dir or ROOT / "checkpoints" / hp.name)
     if rank == 0:
-        lock = prepare.acquire_lock(ckpt_dir)
-        locks.callback(lock.unlink, missing_ok=True)
-        remove_orphan_temp_files(ckpt_dir)
+        locks.enter_context(common.folder_lock(ckpt_dir))
+        common.remove_orphan_temp_files(ckpt_dir)
     resume = find_resume_checkpoint(hp, ckpt_dir)
 
     torch.manual_seed(hp.seed)
@@ -1336,8 +1324,7 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
     state.out_dir = str(hp.out_dir or state.out_dir)
     out_dir = pathlib.Path(state.out_dir)
     if rank == 0 and out_dir.resolve() != ckpt_dir.resolve():
-        lock = prepare.acquire_lock(out_dir)
-        locks.callback(lock.unlink, missing_ok=True)
+        locks.enter_context(common.folder_lock(out_dir))
     if resume is None and (out_dir / leaderboard.RESULTS_NAME).exists():
         raise ValueError(f"{out_dir} already holds a record (results.json); choose another --name or --out_dir, "
                          f"or delete it")
@@ -1365,14 +1352,13 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
 
 def train(hp: Hyperparameters) -> dict:
     """One run. Returns a summary (per-step losses, validations, the record, its folder, the last checkpoint)."""
-    rank, world_size, device = eval_bpb.setup_distributed(hp.device)
+    rank, world_size, device = common.setup_distributed(hp.device)
     try:
         with contextlib.ExitStack() as locks:  # the locks are released and the log closed however the run ends
             run, state = set_up(hp, rank, world_size, device, locks)
             return train_loop(run, state)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        common.destroy_distributed()
 
 
 def run_command(argv: list[str]) -> int:
@@ -1392,7 +1378,7 @@ def run_command(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return prepare.run_main("train.py", run_command, argv)
+    return common.run_main("train.py", run_command, argv)
 
 
 if __name__ == "__main__":

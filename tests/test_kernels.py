@@ -19,9 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import kernels  # noqa: E402
+import kernels
+from helpers import ROOT
 
 INTERPRETED = kernels.HAS_TRITON and type(kernels._relu2_fwd_kernel).__name__ == "InterpretedFunction"
 needs_interpreter = pytest.mark.skipif(
@@ -405,25 +404,3 @@ def test_cuda_ops_compose_with_inductor():
 
     got, want = torch.compile(step, fullgraph=True)(x, nw, w, t), step(x, nw, w, t)
     torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
-
-
-# -----------------------------------------------------------------------------
-# The benchmark's command line (the benchmark itself needs a GPU)
-
-def test_bench_args_are_typed_and_bad_ones_rejected():
-    args = kernels.make_bench_parser().parse_args(["--bench", "--iters=5", "--presets=small"])
-    assert args.iters == 5 and args.presets == "small" and args.seq_len == 1024
-    for bad in (["--iters=x"], ["--nope=1"], ["iters=3"]):
-        with pytest.raises(ValueError):
-            kernels.make_bench_parser().parse_args(bad)
-
-
-def test_bench_cli_exit_codes(capsys):
-    assert kernels.main(["--bench", "--iters=zero"]) == 2
-    assert capsys.readouterr().err.startswith("error: kernels.py: argument --iters")
-    assert kernels.main(["--bench", "--iters=0"]) == 2
-    assert kernels.main(["--frobnicate"]) == 2
-    assert kernels.main(["--help"]) == 0
-    if not torch.cuda.is_available():
-        assert kernels.main(["--bench"]) == 0
-        assert "skipped" in capsys.readouterr().out

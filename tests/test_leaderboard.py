@@ -23,9 +23,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import leaderboard as lb  # noqa: E402
+import leaderboard as lb
+from helpers import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "leaderboard" / "records"
 HEAD = "# A README\n\nSome text with trailing spaces   \r\nand a CRLF line.\n\n"
@@ -41,7 +40,7 @@ def repo(tmp_path):
     return tmp_path
 
 
-def run_cli(repo, *extra, capsys=None):
+def run_leaderboard(repo, *extra, capsys=None):
     code = lb.main([f"--records={repo / 'records'}", f"--readme={repo / 'README.md'}", *extra])
     out, err = capsys.readouterr() if capsys else ("", "")
     return code, out, err
@@ -137,7 +136,7 @@ def test_pareto_matches_brute_force():
 
 
 def test_fixture_tables(repo, capsys):
-    code, out, err = run_cli(repo, capsys=capsys)
+    code, out, err = run_leaderboard(repo, capsys=capsys)
     assert code == 0, err
     text = (repo / "README.md").read_text()
     tables = section_tables(text)
@@ -175,28 +174,28 @@ def test_fixture_tables(repo, capsys):
 
 
 def test_regeneration_is_idempotent_and_leaves_the_rest_byte_identical(repo, capsys):
-    assert run_cli(repo, capsys=capsys)[0] == 0
+    assert run_leaderboard(repo, capsys=capsys)[0] == 0
     first = (repo / "README.md").read_bytes()
     assert first.startswith((HEAD + lb.START_MARKER + "\n").encode())
     assert first.endswith(("\n" + lb.END_MARKER + TAIL).encode())
-    assert run_cli(repo, capsys=capsys)[0] == 0
+    assert run_leaderboard(repo, capsys=capsys)[0] == 0
     assert (repo / "README.md").read_bytes() == first
-    code, out, _ = run_cli(repo, "--check", capsys=capsys)
+    code, out, _ = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 0 and "up to date" in out
 
 
 def test_check_fails_on_stale_readme(repo, capsys):
-    code, _, err = run_cli(repo, "--check", capsys=capsys)  # the README still holds "old content"
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)  # the README still holds "old content"
     assert code == 1 and "out of date" in err and "README.md" in err
-    assert run_cli(repo, capsys=capsys)[0] == 0
+    assert run_leaderboard(repo, capsys=capsys)[0] == 0
     shutil.rmtree(repo / "records" / "tinystories" / "2025-01-15_cheap")  # a record removed: stale again
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and "out of date" in err
 
 
 def test_missing_markers_is_a_clear_error(repo, capsys):
     (repo / "README.md").write_text("# no markers here\n")
-    code, _, err = run_cli(repo, capsys=capsys)
+    code, _, err = run_leaderboard(repo, capsys=capsys)
     assert code == 2 and "leaderboard:start" in err and err.count("\n") == 1
     assert (repo / "README.md").read_text() == "# no markers here\n"
 
@@ -233,15 +232,15 @@ def test_invalid_record_names_file_and_field_and_writes_nothing(repo, capsys):
     edit_json(path, lambda r: r["compute"].__setitem__("model_flops", "lots"))
     edit_json(repo / "records" / "tinystories" / "2025-01-10_baseline" / "results.json", lambda r: r["training"].pop("seq_len"))
     before = (repo / "README.md").read_bytes()
-    code, _, err = run_cli(repo, capsys=capsys)
+    code, _, err = run_leaderboard(repo, capsys=capsys)
     assert code == 1
     assert "2025-01-15_cheap/results.json: compute.model_flops: expected a finite number" in err
     assert "2025-01-10_baseline/results.json: training.seq_len: missing" in err
     assert (repo / "README.md").read_bytes() == before
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and "compute.model_flops" in err
     # --skip_invalid: tables from the valid records, the others listed
-    code, _, err = run_cli(repo, "--skip_invalid", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--skip_invalid", capsys=capsys)
     assert code == 0 and "skipped invalid" in err
     text = (repo / "README.md").read_text()
     tables = section_tables(text)
@@ -316,7 +315,7 @@ def judge_interval_as_a_number(r):  # judge.py writes [low, high]
 def test_tampered_record_is_caught(repo, capsys, folder, change, field):
     path = repo / "records" / "tinystories" / folder / "results.json"
     edit_json(path, change)
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1
     assert f"{folder}/results.json: {field}:" in err, err
 
@@ -324,10 +323,10 @@ def test_tampered_record_is_caught(repo, capsys, folder, change, field):
 def test_edited_source_in_log_is_caught(repo, capsys):
     log = repo / "records" / "tinystories" / "2025-01-10_baseline" / "train.log"
     log.write_bytes(log.read_bytes().replace(b"print('training baseline')", b"print('training b4seline')"))
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and "2025-01-10_baseline/train.log: source train.py: header says sha256" in err
     log.unlink()
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and "2025-01-10_baseline/train.log: train.log: missing" in err
 
 
@@ -346,26 +345,26 @@ def test_tampered_marin_record_is_caught(repo, capsys):
     path = repo / "records" / "fineweb-edu" / "2025-06-27_marin_llama_130m_adamw" / "speedrun_results.json"
     original = path.read_text()
     edit_json(path, lambda d: d["runs"][0]["run_info"].__setitem__("model_flops", d["runs"][0]["run_info"]["model_flops"] / 2))
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and "speedrun_results.json: runs[0].run_info.model_flops:" in err
     path.write_text(original)
     edit_json(path, lambda d: d["runs"][0]["run_info"].__setitem__("training_time", 500.0))
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and "runs[0].run_info.training_hardware_flops:" in err
     edit_json(path, lambda d: d["runs"][0]["run_info"].pop("eval/paloma/c4_en/bpb"))
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and "runs[0].run_info.eval/paloma/c4_en/bpb: missing" in err
 
 
 def test_record_folder_needs_a_readme(repo, capsys):
     (repo / "records" / "tinystories" / "2025-01-12_muon_3seeds" / "README.md").unlink()
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and err.count("2025-01-12_muon_3seeds/README.md: README.md: missing") == 1
 
 
 def test_record_in_the_wrong_place(repo, capsys):
     shutil.copytree(repo / "records" / "tinystories" / "2025-01-15_cheap", repo / "records" / "tiny" / "x")
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and "tiny/x/results.json: (location): unknown track folder" in err
 
 
@@ -389,7 +388,7 @@ def test_record_text_cannot_change_the_readme(repo, capsys):
     edit_json(repo / "records" / "tinystories" / "2025-01-15_cheap" / "results.json",
               lambda r: (r["author"].__setitem__("name", INJECTION), r["compute"].__setitem__("device", "H100 SXM\n<b>")))
     svg = repo / "frontier.svg"
-    assert run_cli(repo, f"--plot={svg}", capsys=capsys)[0] == 0
+    assert run_leaderboard(repo, f"--plot={svg}", capsys=capsys)[0] == 0
     text = (repo / "README.md").read_text()
     assert text.count(lb.START_MARKER) == 1 and text.count(lb.END_MARKER) == 1
     section = readme_section(repo)
@@ -402,7 +401,7 @@ def test_record_text_cannot_change_the_readme(repo, capsys):
     assert cheap["author"].startswith("Eve \\| 0 \\| \\[won\\]") and "&lt;img" in cheap["author"]
     assert cheap["hardware"] == "1× H100 SXM &lt;b&gt;"
     ET.fromstring(svg.read_text())  # the plot stays well-formed XML
-    assert run_cli(repo, "--check", f"--plot={svg}", capsys=capsys)[0] == 0
+    assert run_leaderboard(repo, "--check", f"--plot={svg}", capsys=capsys)[0] == 0
 
 
 def test_escape_and_link():
@@ -465,7 +464,7 @@ def zero_judge_items(r):
 ])
 def test_impossible_or_hostile_figures_are_refused(repo, capsys, folder, change, field):
     edit_json(repo / "records" / "tinystories" / folder / "results.json", change)
-    code, _, err = run_cli(repo, capsys=capsys)
+    code, _, err = run_leaderboard(repo, capsys=capsys)
     assert code == 1 and f"{folder}/results.json: {field}:" in err, err
     assert all(line.startswith(("invalid: ", "error: ")) for line in err.splitlines())  # one line each
 
@@ -474,7 +473,7 @@ def test_marin_mfu_above_one_is_refused(repo, capsys):
     """Issue 13, item 11, for Marin's format: hardware FLOPs below model FLOPs."""
     path = repo / "records" / "fineweb-edu" / "2025-06-27_marin_llama_130m_adamw" / "speedrun_results.json"
     edit_json(path, lambda d: d["runs"][0]["run_info"].update(training_hardware_flops=1e15, resources={}))
-    code, _, err = run_cli(repo, capsys=capsys)
+    code, _, err = run_leaderboard(repo, capsys=capsys)
     assert code == 1 and "runs[0].run_info.training_hardware_flops: below model_flops" in err, err
 
 
@@ -483,7 +482,7 @@ def test_skip_invalid_ranks_no_part_of_an_invalid_record(repo, capsys):
     edit_json(repo / "records" / "tinystories" / "2025-01-12_muon_3seeds" / "seed1" / "results.json",
               lambda r: r["compute"].__setitem__("model_flops", -1))
     (repo / "records" / "tinystories" / "2025-01-15_cheap" / "README.md").unlink()
-    code, _, err = run_cli(repo, "--skip_invalid", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--skip_invalid", capsys=capsys)
     assert code == 0 and "seed1/results.json: compute.model_flops" in err and "2025-01-15_cheap/README.md" in err
     text = (repo / "README.md").read_text()
     ts = next(rows for h, rows in section_tables(text).items() if "tinystories-valid" in h)
@@ -502,7 +501,7 @@ def test_unknown_track_is_refused_with_the_list():
 def test_record_folder_names_are_checked(repo, capsys, name):
     """Issue 13, item 3: a folder name becomes a link: plain names only, and the error names the folder."""
     shutil.copytree(repo / "records" / "tinystories" / "2025-01-15_cheap", repo / "records" / "tinystories" / name)
-    code, _, err = run_cli(repo, "--skip_invalid", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--skip_invalid", capsys=capsys)
     assert code == 0 and f"(location): folder name {json.dumps(name)}" in err, err
     assert len(err.splitlines()) == 1
     ts = next(rows for h, rows in section_tables((repo / "README.md").read_text()).items() if "tinystories-valid" in h)
@@ -516,13 +515,13 @@ def test_symlinks_out_of_records_are_refused(repo, tmp_path_factory, capsys, whi
     outside = tmp_path_factory.mktemp("outside") / which
     shutil.move(folder / which, outside)
     (folder / which).symlink_to(outside)
-    code, _, err = run_cli(repo, capsys=capsys)
+    code, _, err = run_leaderboard(repo, capsys=capsys)
     assert code == 1 and f"2025-01-15_cheap/{which}: (location): a symbolic link that leads outside" in err, err
     # a link inside records/ is fine
     (folder / which).unlink()
     shutil.move(outside, folder.parent / f"cheap_{which}")
     (folder / which).symlink_to(pathlib.Path("..", f"cheap_{which}"))
-    assert run_cli(repo, capsys=capsys)[0] == 0
+    assert run_leaderboard(repo, capsys=capsys)[0] == 0
 
 
 def json_text_with(path, key, raw):
@@ -544,7 +543,7 @@ def json_text_with(path, key, raw):
 def test_huge_numbers_and_deep_nesting_are_one_line_problems(repo, capsys, key, raw, says):
     """Issue 13, item 13: no traceback, one line that names the file."""
     json_text_with(repo / "records" / "tinystories" / "2025-01-15_cheap" / "results.json", key, raw)
-    code, _, err = run_cli(repo, capsys=capsys)
+    code, _, err = run_leaderboard(repo, capsys=capsys)
     assert code == 1 and f"2025-01-15_cheap/results.json: {says}" in err, err[:2000]
     assert len(err.splitlines()) == 2 and "Traceback" not in err
 
@@ -563,7 +562,7 @@ def test_read_record_names_the_file(tmp_path):
 
 def test_plot(repo, capsys):
     svg_path = repo / "frontier.svg"
-    assert run_cli(repo, f"--plot={svg_path}", capsys=capsys)[0] == 0
+    assert run_leaderboard(repo, f"--plot={svg_path}", capsys=capsys)[0] == 0
     root = ET.fromstring(svg_path.read_text())
     ns = "{http://www.w3.org/2000/svg}"
     circles = [c for c in root.iter(ns + "circle") if c.find(ns + "title") is not None]
@@ -577,10 +576,10 @@ def test_plot(repo, capsys):
     frontiers = list(root.iter(ns + "polyline"))
     assert len(frontiers) == 1 and len(frontiers[0].get("points").split()) == 3
     assert len([x for x in root.iter(ns + "line") if x.get("class") == "spread"]) == 1  # the 3-seed row's spread
-    code, _, err = run_cli(repo, "--check", f"--plot={svg_path}", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", f"--plot={svg_path}", capsys=capsys)
     assert code == 0, err
     svg_path.write_text("<svg/>")
-    assert run_cli(repo, "--check", f"--plot={svg_path}", capsys=capsys)[0] == 1
+    assert run_leaderboard(repo, "--check", f"--plot={svg_path}", capsys=capsys)[0] == 1
 
 
 def test_serve(repo):
@@ -629,7 +628,7 @@ def test_the_six_real_marin_files_are_tabled_with_their_own_bpb(shared_data, tmp
              for p in sorted((shared_data / "marin").glob("*.json"))}
     assert len(files) == 6
     repo = marin_repo(tmp_path, files)
-    code, out, err = run_cli(repo, capsys=capsys)
+    code, out, err = run_leaderboard(repo, capsys=capsys)
     assert code == 0 and err == "", err
     rows, text = marin_table(repo)
     assert set(rows) == set(files)
@@ -646,7 +645,7 @@ def test_the_six_real_marin_files_are_tabled_with_their_own_bpb(shared_data, tmp
     notes = text.split("**Notes**")[1].split("####")[0]
     assert "Gated DeltaNet: not a plain Llama" in notes and "32 TPU cores as devices" in notes
     assert "total_training_flops 4.57e15" in notes and "device_flops 1.95e13" in notes
-    assert run_cli(repo, "--check", capsys=capsys)[0] == 0
+    assert run_leaderboard(repo, "--check", capsys=capsys)[0] == 0
 
 
 @pytest.mark.parametrize("variant,hardware,model_flops,hardware_flops,note", [
@@ -667,7 +666,7 @@ def test_each_marin_variant_is_read(tmp_path, capsys, variant, hardware, model_f
     assert run["mfu"] == pytest.approx(run["model_flops"] / run["hardware_flops"])
     assert (note is None and run["notes"] == []) or any(note in n for n in run["notes"]), run["notes"]
     repo = marin_repo(tmp_path, {variant: MARIN_FIXTURES / f"{variant}.json"})
-    assert run_cli(repo, capsys=capsys)[0] == 0
+    assert run_leaderboard(repo, capsys=capsys)[0] == 0
     rows, text = marin_table(repo)
     assert rows[variant]["hardware"] == hardware and (note is None) == ("**Notes**" not in text)
 
@@ -697,14 +696,14 @@ def test_malformed_marin_files_are_refused_naming_file_and_field(tmp_path, capsy
     source = tmp_path / "edited.json"
     source.write_text(json.dumps(data))
     repo = marin_repo(tmp_path, {variant: source})
-    code, _, err = run_cli(repo, capsys=capsys)
+    code, _, err = run_leaderboard(repo, capsys=capsys)
     assert code == 1 and f"{variant}/speedrun_results.json: {field}" in err, err
 
 
 def test_marin_size_tracks_rank_by_hardware_flops(repo, capsys):
     """Ours (Paloma C4-EN 1.52, 5.94e16 hardware FLOPs) and Marin's 130M (1.1862, 1.65e19) under each threshold
     they reach; the allenai/c4 eval (c4-en-val) is not primary and makes no row."""
-    assert run_cli(repo, capsys=capsys)[0] == 0
+    assert run_leaderboard(repo, capsys=capsys)[0] == 0
     text = (repo / "README.md").read_text()
     view = text.split("#### fineweb-edu · Marin's size tracks")[1].split("###")[0]
     lines = [line for line in view.splitlines() if line.startswith("| llama")]
@@ -721,7 +720,7 @@ def test_marin_size_tracks_rank_by_hardware_flops(repo, capsys):
 def test_a_fineweb_record_needs_the_paloma_eval(repo, capsys):
     path = repo / "records" / "fineweb-edu" / "2025-03-01_c4_small" / "results.json"
     edit_json(path, lambda r: r["eval"].pop("paloma-c4-en"))
-    code, _, err = run_cli(repo, capsys=capsys)
+    code, _, err = run_leaderboard(repo, capsys=capsys)
     assert code == 1 and "2025-03-01_c4_small/results.json: eval: no primary eval" in err
     assert "--data paloma-c4-en" in err and "c4-en-val" in err
 
@@ -759,11 +758,11 @@ def test_export_marin_round_trip(repo, tmp_path, capsys):
     assert "runs[0].run_info.model_flops:" in lb.load_marin_record(other, "fineweb-edu", "x")[1][0]
 
     # beside its results.json the export is the same run, not a second one; a stale export is named
-    assert run_cli(repo, capsys=capsys)[0] == 0
+    assert run_leaderboard(repo, capsys=capsys)[0] == 0
     rows = [r for h, rs in section_tables((repo / "README.md").read_text()).items() if "c4_small" in str(rs) for r in rs]
     assert [r["BPB"] for r in rows if "2025-03-01_c4_small" in r["run"]] == ["1.5200"]
     edit_json(record / "results.json", lambda r: r.__setitem__("description", "changed"))
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and "2025-03-01_c4_small/speedrun_results.json: runs: differs from the results.json" in err
 
 

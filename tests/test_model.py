@@ -10,10 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import model as M
-from conftest import tiny_config
+from helpers import tiny_config
 from model import GPT, GPTConfig
 
-ROOT = os.path.dirname(M.__file__)
 
 
 def test_padded_vocab_size():
@@ -38,21 +37,6 @@ def test_bad_configs_are_rejected_with_the_reason():
     with pytest.raises(ValueError, match="d_ff"):
         GPTConfig(mlp_ratio=0.0)  # an MLP of width 0 would silently drop the MLP
 
-
-def test_resolve_device():
-    assert M.resolve_device("cpu") == torch.device("cpu")
-    assert M.resolve_device(None).type in ("cpu", "cuda", "mps")
-    with pytest.raises(ValueError, match="not a device name"):
-        M.resolve_device("gpu0")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="not available"):
-            M.resolve_device("cuda")
-    else:
-        with pytest.raises(ValueError, match="not available"):
-            M.resolve_device(f"cuda:{torch.cuda.device_count()}")
-
-
-# ----------------------------------------------------------------------------- forward and losses
 
 def test_logits_loss_and_per_token_losses():
     torch.manual_seed(0)

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 import prepare
-from conftest import byte_spec
+from helpers import ROOT, byte_spec, write_txt
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 # -----------------------------------------------------------------------------
@@ -53,11 +52,6 @@ def make_docs(n=60, seed=0) -> list[str]:
     rng = random.Random(seed)
     words = "the cat sat on a mat and ran to see big red dog é ü 日本 ’ “ ”".split()
     return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 40))) + f" #{i}." for i in range(n)]
-
-
-def write_txt(path, docs):
-    path.write_text("".join(f"{d}\n<|endoftext|>\n" for d in docs), encoding="utf-8")
-    return path
 
 
 # -----------------------------------------------------------------------------

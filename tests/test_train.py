@@ -17,14 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import flops  # noqa: E402
-import model  # noqa: E402
-import prepare  # noqa: E402
-import train  # noqa: E402
-from conftest import write_prepared_dir  # noqa: E402
+import flops
+import model
+import prepare
+import train
+from helpers import ROOT, write_prepared_dir
 
 DELIM = 256  # byte-level tokenizer: ids 0..255 are bytes, 256 is <|endoftext|>
 TINY = ["--preset=tiny", "--n_layer=2", "--n_embd=32", "--n_head=2", "--seq_len=32", "--batch_size=4", "--log_every=1",
@@ -254,11 +252,11 @@ def test_muon_op_count_is_per_shape_not_per_matrix():
 
 
 MUON_DDP = """
-import sys, torch, torch.distributed as dist
-sys.path.insert(0, {root!r})
-import train
-dist.init_process_group("gloo")
-rank, world = dist.get_rank(), dist.get_world_size()
+import os, torch
+import common, train
+threads = lambda: len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 0
+before = threads()
+rank, world, device = common.setup_distributed("cpu")
 torch.manual_seed(0)
 params = [torch.nn.Parameter(torch.randn(*s)) for s in [(8, 4)] * 3 + [(4, 6)] * 2]
 grads = [[torch.randn(len(params), 8, 4)] for _ in range(4)]
@@ -270,9 +268,9 @@ for step in range(4):
         p.grad = g * (2 * rank) / max(1, world - 1) if world > 1 else g.clone()
     opt.step()
 state = opt.state_dict()
-if rank == 0:
-    torch.save({{"params": [p.detach() for p in params], "state": state}}, {out!r})
-dist.destroy_process_group()
+common.destroy_distributed()
+if rank == 0:  # the group's threads are gone before the interpreter shuts down (common.setup_distributed)
+    torch.save({{"params": [p.detach() for p in params], "state": state, "threads": (before, threads())}}, {out!r})
 """
 
 
@@ -282,14 +280,16 @@ def test_distributed_muon_equals_one_process(tmp_path, world):
     for w in sorted({1, world}):
         out = tmp_path / f"muon_{w}.pt"
         script = tmp_path / f"muon_{w}.py"
-        script.write_text(MUON_DDP.format(root=str(ROOT), out=str(out)))
+        script.write_text(MUON_DDP.format(out=str(out)))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={w}", str(script)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+                              env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)))
         assert proc.returncode == 0, proc.stderr[-2000:]
         outs[w] = torch.load(out, weights_only=True)
     for a, b in zip(outs[1]["params"], outs[world]["params"]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    before, after = outs[world]["threads"]
+    assert after == before, f"{after - before} threads of the process group outlive destroy_distributed"
     # the saved momentum is every matrix's, unpadded, whatever the world size: a checkpoint resumes anywhere
     for key, value in outs[1]["state"]["state"].items():
         torch.testing.assert_close(value["momentum_buffer"], outs[world]["state"]["state"][key]["momentum_buffer"],
@@ -706,35 +706,36 @@ def test_resume_falls_back_past_a_truncated_checkpoint_and_removes_orphans(strai
     (ckpt / "step_000020.pt").write_bytes((tmp / "ckpt" / "step_000020.pt").read_bytes())
     (ckpt / "step_000030.pt").write_bytes(b"")                                                   # empty
     (ckpt / "step_000035.pt").write_bytes((tmp / "ckpt" / "step_000040.pt").read_bytes()[:5000])  # truncated
-    (ckpt / "step_000036.pt.tmp.999999").write_bytes(b"partial")
+    (ckpt / ".step_000036.pt.tmp999999").write_bytes(b"partial")  # common.atomic_file's temp name
     resumed = train.train(train.parse_args([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}",
                                             f"--ckpt_dir={ckpt}", *TINY, "--max_steps=40", "--val_every=20",
                                             "--checkpoint_every=20", "--resume=1"]))
     assert "skipping" in capsys.readouterr().err
     np.testing.assert_allclose(resumed["losses"], straight["losses"][20:], rtol=0, atol=1e-6)
-    assert not list(ckpt.glob("*.tmp.*"))
+    assert not list(ckpt.glob(".*.tmp*"))
 
 
 def test_a_second_run_into_a_locked_folder_is_refused(data_dir, tmp_path, capsys):
     """Issue: two runs into one out_dir/ckpt_dir interleaved train.log, overwrote results.json and deleted each
-    other's checkpoints. A lock names its holder; a stale lock (its process gone) is taken over."""
-    (tmp_path / "c").mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other's checkpoints. The lock names its holder; once the holder is gone (kill -9), the next run takes it."""
+    script = "import pathlib, sys, time, common\nwith common.folder_lock(pathlib.Path(sys.argv[1])):\n" \
+             "    print('locked', flush=True)\n    time.sleep(60)\n"
+    holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "c")], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
     try:
-        (tmp_path / "c" / "LOCK").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
-                                                         "started": "now", "command": "train.py"}))
+        assert holder.stdout.readline().strip() == "locked"
         code = train.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={tmp_path / 'c'}",
                            *TINY, "--max_steps=2", "--val_every=0"])
         err = capsys.readouterr().err
-        assert code == 2 and "in use by another run" in err and str(holder.pid) in err, err
+        assert code == 2 and "in use by another run" in err and f"pid {holder.pid}" in err, err
         assert not (tmp_path / "r").exists()
     finally:
         holder.kill()
         holder.wait()
-    # the holder is gone: its lock is stale, the run proceeds and releases its own locks at the end
+    # the holder is gone: the run proceeds and releases its own locks at the end
     result = run_train(tmp_path, data_dir, "--max_steps=2", "--val_every=0", f"--ckpt_dir={tmp_path / 'c'}")
     assert result["record"]["training"]["steps"] == 2
-    assert not (tmp_path / "c" / "LOCK").exists() and not (tmp_path / "record" / "LOCK").exists()
+    assert not (tmp_path / "c" / "LOCK.json").exists() and not (tmp_path / "record" / "LOCK.json").exists()
 
 
 def test_token_ids_outside_the_vocabulary_are_named(data_dir, tmp_path, capsys):

@@ -1,9 +1,9 @@
 """
 The training step's speed, one GPU (or the CPU): tokens/s, MFU, peak memory and where a step's time goes.
 
-    python tests/bench_step.py                                   # CUDA: small, medium, large, gpt2-124m
-    python tests/bench_step.py --device=cpu                      # CPU: the tiny preset and the CPU-track shape
-    python tests/bench_step.py --presets=small --steps=50 --out=bench.json
+    python bench/bench_step.py                                   # CUDA: small, medium, large, gpt2-124m
+    python bench/bench_step.py --device=cpu                      # CPU: the tiny preset and the CPU-track shape
+    python bench/bench_step.py --presets=small --steps=50 --out=bench.json
 
 Each row builds the preset with train.py's own pieces (model.build_config, train.build_optimizers,
 train.compile_model, train.reduce_and_clip_gradients) on random tokens, so it measures the step, not the
@@ -24,10 +24,10 @@ import types
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as `python bench/NAME.py`: the project's modules are one folder up
 
+import common  # noqa: E402
 import flops  # noqa: E402
-import prepare  # noqa: E402
 import train  # noqa: E402
 from model import GPT, build_config  # noqa: E402
 
@@ -59,14 +59,14 @@ def one_step(model, compiled, run, host, device, timings=None):
     batch = host.to(device, non_blocking=True)
     autocast = train.Run.autocast(run)  # train.py's rule; it reads only run.device and run.amp_dtype
     if timings is not None:
-        train.synchronize(device)
+        common.synchronize(device)
         timings["data"] += time.perf_counter() - t
         t = time.perf_counter()
     with autocast:
         loss = compiled(batch[:, :-1], batch[:, 1:])
     loss.backward()
     if timings is not None:
-        train.synchronize(device)
+        common.synchronize(device)
         timings["forward+backward"] += time.perf_counter() - t
         t = time.perf_counter()
     muon_grads, _ = train.reduce_and_clip_gradients(run)
@@ -74,7 +74,7 @@ def one_step(model, compiled, run, host, device, timings=None):
     run.optimizers[1].step(muon_grads)
     model.zero_grad(set_to_none=True)
     if timings is not None:
-        train.synchronize(device)
+        common.synchronize(device)
         timings["optimizer"] += time.perf_counter() - t
     return loss
 
@@ -85,13 +85,13 @@ def bench_row(row, device, steps, compile_, precision):
                                                precision)
     for _ in range(3):  # warm-up: compilation, autotuning, allocator
         one_step(model, compiled, run, host, device)
-    train.synchronize(device)
+    common.synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         one_step(model, compiled, run, host, device)
-    train.synchronize(device)
+    common.synchronize(device)
     seconds = time.perf_counter() - t0
     timings = {"data": 0.0, "forward+backward": 0.0, "optimizer": 0.0}
     for _ in range(steps):
@@ -126,16 +126,15 @@ def table(results) -> str:
 
 
 def run(argv) -> int:
-    p = prepare.ArgumentParser(prog="tests/bench_step.py", description=__doc__)
+    p = common.ArgumentParser(prog="bench/bench_step.py", description=__doc__)
     p.add_argument("--device", default="auto", help="auto | cuda | cpu")
     p.add_argument("--presets", default="", help="comma-separated presets (default: the device's rows)")
-    p.add_argument("--steps", type=prepare.parse_count, default=0, help="timed steps per pass (default 30 GPU, 10 CPU)")
-    p.add_argument("--compile", type=prepare.parse_bool, default=True)
+    p.add_argument("--steps", type=common.parse_count, default=0, help="timed steps per pass (default 30 GPU, 10 CPU)")
+    p.add_argument("--compile", type=common.parse_bool, default=True)
     p.add_argument("--precision", default="auto", help="auto | bf16 | fp32, as train.py's --precision")
     p.add_argument("--out", default="", help="also write the results as JSON here")
     args = p.parse_args(argv)
-    from model import resolve_device
-    device = resolve_device(args.device)
+    device = common.resolve_device(args.device)
     rows = GPU_ROWS if device.type == "cuda" else CPU_ROWS
     if args.presets:
         wanted = args.presets.split(",")
@@ -153,9 +152,9 @@ def run(argv) -> int:
           f"pass, peak {results[0]['peak_flops']:.3e} FLOP/s ({results[0]['peak_source']})\n")
     print(table(results))
     if args.out:
-        prepare.write_json_atomic(args.out, results)
+        common.write_json_atomic(args.out, results)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(prepare.run_main("bench_step.py", run))
+    sys.exit(common.run_main("bench_step.py", run))

@@ -7,9 +7,9 @@ results.json hold the score). Two studies:
   --study=budget  each setting changed back from train.py's CPU defaults (BUDGET_BASE + BUDGET_ROWS), at the
                   CPU track's compute budget (2.2317e13 model FLOPs), where a bigger model pays for its size.
 
-    python tests/cpu_track_ablation.py --data_dir=data/ts-sample-4k --eval_text=tinystories_hf_validation_head.txt
-    python tests/cpu_track_ablation.py ... --study=budget --jobs=2 --threads=1
-    python tests/cpu_track_ablation.py ... --rows=baseline,doc_mask --seeds=1,2,3 --jobs=2
+    python bench/cpu_track_ablation.py --data_dir=data/ts-sample-4k --eval_text=tinystories_hf_validation_head.txt
+    python bench/cpu_track_ablation.py ... --study=budget --jobs=2 --threads=1
+    python bench/cpu_track_ablation.py ... --rows=baseline,doc_mask --seeds=1,2,3 --jobs=2
 
 Every run is `python train.py --data_dir=D BASE ROW --max_steps=0 --max_tokens=TOKENS --seed=S` (or
 `--max_flops=FLOPS`), then `python eval_bpb.py --ckpt LAST --data EVAL_TEXT --seq_len SEQ_LEN --eval_id
@@ -25,9 +25,9 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as `python bench/NAME.py`: the project's modules are one folder up
 
-import prepare  # noqa: E402
+import common  # noqa: E402
 
 BASE = ["--preset=tiny", "--seq_len=256", "--batch_size=16", "--val_every=0", "--log_every=50"]
 ROWS = {  # name -> (flags on top of BASE, what it is)
@@ -103,7 +103,7 @@ def table(scores: dict, rows: dict = ROWS, reference: str = "baseline") -> str:
 
 
 def run(argv) -> int:
-    p = prepare.ArgumentParser(prog="tests/cpu_track_ablation.py", description=__doc__)
+    p = common.ArgumentParser(prog="bench/cpu_track_ablation.py", description=__doc__)
     p.add_argument("--data_dir", required=True)
     p.add_argument("--eval_text", required=True, help="the TinyStories validation head (a text file)")
     p.add_argument("--study", default="tokens", choices=sorted(STUDIES))
@@ -111,9 +111,9 @@ def run(argv) -> int:
     p.add_argument("--extra", action="append", default=[], metavar="NAME=FLAGS",
                    help='another row, e.g. --extra "full=--doc_mask=1 --x0_mix=1"')
     p.add_argument("--seeds", default="1,2")
-    p.add_argument("--tokens", type=prepare.parse_count, default=1_228_800, help="training tokens per run")
-    p.add_argument("--jobs", type=prepare.parse_count, default=1, help="runs at once")
-    p.add_argument("--threads", type=prepare.parse_count, default=2, help="threads per run")
+    p.add_argument("--tokens", type=common.parse_count, default=1_228_800, help="training tokens per run")
+    p.add_argument("--jobs", type=common.parse_count, default=1, help="runs at once")
+    p.add_argument("--threads", type=common.parse_count, default=2, help="threads per run")
     p.add_argument("--out", default="", help="default runs/cpu-track-ablation (tokens), runs/cpu-track-budget")
     args = p.parse_args(argv)
     args.out = args.out or ("runs/cpu-track-ablation" if args.study == "tokens" else "runs/cpu-track-budget")
@@ -137,10 +137,10 @@ def run(argv) -> int:
     for name, flags, seed in jobs:  # in row order, whatever order they finished in
         scores[name].append(run_one(name, flags, seed, args)["eval"]["tinystories-valid-head"]["bpb"])
     budget = f"{args.tokens:,} training tokens" if args.study == "tokens" else f"{BUDGET_FLOPS:.4e} model FLOPs"
-    print(f"\n{budget} per run; python tests/cpu_track_ablation.py {' '.join(argv)}\n")
+    print(f"\n{budget} per run; python bench/cpu_track_ablation.py {' '.join(argv)}\n")
     print(table(scores, known, "baseline" if args.study == "tokens" else "defaults"))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(prepare.run_main("cpu_track_ablation.py", run))
+    sys.exit(common.run_main("cpu_track_ablation.py", run))
