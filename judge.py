@@ -1006,10 +1006,10 @@ def summarize(values: list[float]) -> dict:
     n = len(values)
     if n == 0:
         return {"n": 0, "mean": None, "std": None, "ci95": None}
-    mean = sum(values) / n
+    mean = statistics.fmean(values)
     if n == 1:
         return {"n": 1, "mean": mean, "std": None, "ci95": None}
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    std = statistics.stdev(values)
     half = Z95 * std / math.sqrt(n)
     return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half]}
 

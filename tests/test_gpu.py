@@ -2,7 +2,6 @@
 model as one graph that never recompiles, bf16 against fp32 training, and train.py end to end on CUDA.
 They skip without a CUDA device."""
 import json
-import pathlib
 import subprocess
 import sys
 

@@ -5,7 +5,6 @@ import csv
 import json
 import math
 import os
-import pathlib
 import re
 import signal
 import statistics

@@ -8,7 +8,6 @@ import os
 import pathlib
 import random
 import re
-import socket
 import subprocess
 import sys
 import traceback
@@ -18,6 +17,7 @@ import pytest
 import torch
 
 
+import common
 import flops
 import model
 import prepare
@@ -149,7 +149,7 @@ def test_one_config_builder_for_train_flops_and_model(flags):
     from_flops = flops.config_from_args(flops.make_parser().parse_args([*flags, "--vocab_size=8192", "--block_size=512"]))
     overrides = dict(f[2:].split("=") for f in flags[1:])
     types = {f.name: f.type for f in dataclasses.fields(model.GPTConfig)}
-    typed = {k: prepare.FIELD_PARSERS[types[k]](v) for k, v in overrides.items()}
+    typed = {k: common.FIELD_PARSERS[types[k]](v) for k, v in overrides.items()}
     from_model = model.build_config(flags[0].split("=")[1], 8192, 512, **typed)
     assert from_train == from_flops == from_model
 
