@@ -89,6 +89,9 @@ MARIN_SIZE_TRACKS = (("llama_30m", 1.5264), ("llama_75m", 1.2789), ("llama_300m"
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
 TOLERANCE = 0.01  # recomputed figures may differ from the record's by at most 1%
 EXACT = 1e-6       # figures computed from the record's own numbers (BPB from loss, tokens, bytes): rounding only
+# A peak a record measured on a device that has a datasheet peak: at least 1/MEASURED_PEAK_FACTOR of it (a bf16
+# matmul reaches 60-90% of the datasheet figure) and not above it. train.py measures only devices without one.
+MEASURED_PEAK_FACTOR = 2
 START_MARKER = "<!-- leaderboard:start -->"
 END_MARKER = "<!-- leaderboard:end -->"
 RESULTS_NAME = "results.json"
@@ -542,6 +545,73 @@ def check_code_against_log(results_path, code):
     return problems
 
 
+# train.log: what the run printed (its environment sections: a resumed run appends one more), from which a
+# target is checked. train.py logs "budget: ... or val bpb <= <target>" at every start, "step <n> val bpb <bpb> ..."
+# at every validation, and stops at the first validation that reaches the target.
+VAL_LINE = re.compile(r"^step (\d+) val bpb (\d+\.\d+) ")
+TARGET_IN_BUDGET = re.compile(r"^budget: .* or val bpb <= (\S+)$")
+LOGGED_BPB = 5e-7  # validations are logged with 6 decimals
+
+
+def logged_run_lines(log_path) -> list[str]:
+    """The lines train.py printed into train.log: its environment sections, never the logged source files."""
+    data = pathlib.Path(log_path).read_bytes()
+    lines, headers = [], list(SECTION_LINE.finditer(data))
+    for m, following in zip(headers, headers[1:] + [None]):
+        if m.group(0) == f"{'=' * 20} environment {'=' * 20}".encode():
+            block = data[m.end():following.start() if following else len(data)]
+            lines += block.decode("utf-8", errors="replace").splitlines()
+    return lines
+
+
+def check_target_against_log(results_path, rec):
+    """A target is what train.log says the run aimed at and reached: the value its budget line names; reached
+    only if the validation at the last step is at or below it (train.py stops there, so the time to target is the
+    run's training time); not reached only if no logged validation got there."""
+    target, field = rec["target"], "target"
+    if target is None:
+        return []
+    if target["metric"] != "bpb":
+        return [invalid(results_path, f"{field}.metric", f"{short_json(target['metric'])}; train.py's --target_bpb "
+                                                         f"is \"bpb\", the one target checked against train.log")]
+    log_path = pathlib.Path(results_path).with_name("train.log")
+    if not log_path.is_file():
+        return []  # check_code_against_log names the missing log
+    lines = logged_run_lines(log_path)
+    named = [m.group(1) for m in map(TARGET_IN_BUDGET.match, lines) if m]
+    if not named or not is_number(parse_float(named[-1])) or parse_float(named[-1]) != target["value"]:
+        return [invalid(results_path, f"{field}.value", f"{target['value']} but train.log's last budget line "
+                                                        f"names {'target ' + named[-1] if named else 'no target'}")]
+    validations = [(int(m.group(1)), float(m.group(2))) for m in map(VAL_LINE.match, lines) if m]
+    steps, train_seconds = rec["training"]["steps"], rec["compute"]["train_seconds"]
+    if target["reached"]:
+        final = [bpb for step, bpb in validations if step == steps]
+        if not final or final[-1] > target["value"] + LOGGED_BPB:
+            return [invalid(results_path, f"{field}.reached", f"true, but train.log's validation at the last step "
+                                                              f"({steps}) " + (f"has bpb {final[-1]:.6f} > {target['value']}"
+                                                                               if final else "is not logged"))]
+        seconds = target.get("seconds")
+        if seconds is None or not train_seconds * (1 - TOLERANCE) <= seconds <= train_seconds * (1 + EXACT):
+            return [invalid(results_path, f"{field}.seconds", f"{short_json(seconds)} but the run stopped at the target "
+                                                              f"after compute.train_seconds {train_seconds:.6g}: "
+                                                              f"the time to target is the training time")]
+        return []
+    reached = [(step, bpb) for step, bpb in validations if bpb <= target["value"] - LOGGED_BPB]
+    if reached:
+        return [invalid(results_path, f"{field}.reached", f"false, but train.log's validation at step {reached[0][0]} "
+                                                          f"has bpb {reached[0][1]:.6f} <= {target['value']}")]
+    if target.get("seconds") is not None:
+        return [invalid(results_path, f"{field}.seconds", "a time to a target that was not reached: null")]
+    return []
+
+
+def parse_float(text):
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 # ----------------------------------------------------------------------------------------------------
 # Reading one record file into runs. A run is a plain dict with the fields the tables need.
 
@@ -596,6 +666,7 @@ def load_speedrun_record(path, track):
                                               f"has: {', '.join(rec['eval']) or 'none'})"))
     problems += recompute_speedrun_record(path, rec)
     problems += check_code_against_log(path, rec["code"])
+    problems += check_target_against_log(path, rec)
     if problems:
         return [], problems
 
@@ -682,6 +753,10 @@ def recompute_speedrun_record(path, rec):
     elif known is not None and not measured:
         problems.append(check_close(path, "compute.peak_flops_per_device", peak, known,
                                     f"flops.py's datasheet peak for {compute['device']}"))
+    elif known is not None and not known / MEASURED_PEAK_FACTOR <= peak <= known * (1 + TOLERANCE):
+        problems.append(invalid(path, "compute.peak_flops_per_device", f"{peak:.6g} measured, but flops.py's datasheet "
+                                      f"peak for {compute['device']} is {known:.6g}: a measured peak lies between "
+                                      f"1/{MEASURED_PEAK_FACTOR} of it and it; use the datasheet figure"))
     problems.append(check_close(path, "compute.hardware_flops", compute["hardware_flops"],
                                 compute["train_seconds"] * compute["device_count"] * peak,
                                 "train_seconds × device_count × peak_flops_per_device"))

@@ -478,6 +478,97 @@ def test_marin_mfu_above_one_is_refused(repo, capsys):
     assert code == 1 and "runs[0].run_info.training_hardware_flops: below model_flops" in err, err
 
 
+# ---------------------------------------------------------------------------------------------------
+# Issue 23, item 4: figures that decide a ranking are checked against what the record's own log and flops.py say
+
+SEED1 = ("tinystories", "2025-01-12_muon_3seeds", "seed1")
+
+
+def invented_target(r):  # the hostile tester's: tops "Time to target" at 0.0 s on a record that never got there
+    r["target"] = {"metric": "bpb", "value": 0.5, "reached": True, "seconds": 0.001}
+
+
+def instant_target(r):  # the logged target, reached, in a time the run did not take
+    r["target"]["seconds"] = 0.001
+
+
+def unreached_target_said_reached(r):
+    r["target"]["value"] = 1.22
+    r["target"]["seconds"] = 110.0
+
+
+def other_metric(r):
+    r["target"]["metric"] = "loss"
+
+
+@pytest.mark.parametrize("change,log_edit,field", [
+    (invented_target, None, "target.value"),
+    (instant_target, None, "target.seconds"),
+    (unreached_target_said_reached, ("<= 1.25", "<= 1.22"), "target.reached"),  # 1.24 at the end, above 1.22
+    (None, ("step 800 val bpb 1.240000", "step 800 val bpb 1.260000"), "target.reached"),
+    (None, ("step 800 val bpb 1.240000", "step 700 val bpb 1.240000"), "target.reached"),  # not at the last step
+    (lambda r: r["target"].update(reached=False, seconds=None), None, "target.reached"),  # it did get there
+    (other_metric, None, "target.metric"),
+    (None, ("budget: 800 steps (max_steps) or val bpb <= 1.25", "budget: 800 steps (max_steps)"), "target.value"),
+])
+def test_a_target_is_checked_against_the_logged_validations(repo, capsys, change, log_edit, field):
+    folder = repo / "records" / pathlib.Path(*SEED1)
+    if change:
+        edit_json(folder / "results.json", change)
+    if log_edit:
+        log = folder / "train.log"
+        assert log_edit[0] in log.read_text()
+        log.write_text(log.read_text().replace(*log_edit))
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and f"seed1/results.json: {field}:" in err, err
+
+
+def test_a_target_not_reached_is_listed_without_a_time(repo, capsys):
+    folder = repo / "records" / pathlib.Path(*SEED1)
+    edit_json(folder / "results.json", lambda r: r["target"].update(value=1.1, reached=False, seconds=None))
+    log = folder / "train.log"
+    log.write_text(log.read_text().replace("<= 1.25", "<= 1.1"))
+    assert run_cli(repo, capsys=capsys)[0] == 0
+    text = (repo / "README.md").read_text()
+    assert "[2025-01-12_muon_3seeds]" in text and "Time to target" not in text  # ranked, but timed only when all reached
+
+
+def measured_peak(fraction_of_datasheet=None, mfu=None):
+    """The baseline's H100 peak replaced by a "measured" one (a fraction of the datasheet figure, or whatever
+    gives `mfu`), hardware FLOPs and MFU made consistent with it."""
+    def change(r):
+        c = r["compute"]
+        c["peak_flops_source"] = "measured"
+        c["peak_flops_per_device"] = (989.5e12 * fraction_of_datasheet if fraction_of_datasheet else
+                                      c["model_flops"] / (c["train_seconds"] * c["device_count"] * mfu))
+        c["hardware_flops"] = c["train_seconds"] * c["device_count"] * c["peak_flops_per_device"]
+        c["mfu"] = c["model_flops"] / c["hardware_flops"]
+    return change
+
+
+@pytest.mark.parametrize("device", ["H100 SXM", "NVIDIA H100 80GB HBM3"])
+def test_a_measured_peak_far_below_the_datasheet_is_refused(repo, capsys, device):
+    path = repo / "records" / "tinystories" / "2025-01-10_baseline" / "results.json"
+    edit_json(path, lambda r: r["compute"].__setitem__("device", device))
+    edit_json(path, measured_peak(mfu=0.991))  # the hostile tester's 99.1% MFU
+    peak = json.loads(path.read_text())["compute"]["peak_flops_per_device"]
+    assert peak < 989.5e12 / lb.MEASURED_PEAK_FACTOR  # thousands of times below the datasheet, MFU still <= 1
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "2025-01-10_baseline/results.json: compute.peak_flops_per_device:" in err, err
+    edit_json(path, measured_peak(fraction_of_datasheet=1.5))  # above the datasheet: no measurement gives that
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "compute.peak_flops_per_device" in err, err
+
+
+def test_a_measured_peak_near_the_datasheet_and_a_cpu_peak_are_accepted(repo, capsys):
+    edit_json(repo / "records" / "tinystories" / "2025-01-10_baseline" / "results.json", measured_peak(0.7))
+    # a Xeon "v4" is a CPU with a measured peak, not a TPU v4 with a datasheet one
+    edit_json(repo / "records" / "tinystories" / "2025-01-20_medium_cpu" / "results.json", lambda r: r["compute"].__setitem__(
+        "device", "cpu: Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz (2 threads per process)"))
+    code, _, err = run_cli(repo, capsys=capsys)
+    assert code == 0, err
+
+
 def test_skip_invalid_ranks_no_part_of_an_invalid_record(repo, capsys):
     """Issue 13, item 11: one bad seed, or a missing README.md, keeps the whole record folder out."""
     edit_json(repo / "records" / "tinystories" / "2025-01-12_muon_3seeds" / "seed1" / "results.json",
