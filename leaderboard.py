@@ -289,7 +289,11 @@ RECORD_FIELDS = {
     "compute.train_seconds": "positive",
     "eval": "dict", "target": "dict?", "judge": "dict?", "software": "dict",
 }
-EVAL_FIELDS = {"bpb": "positive", "loss": "positive", "tokens": "count", "bytes": "count", "fingerprint": "sha256"}
+# seq_len: the context the text was scored in (eval_bpb records it); an entry written before it was recorded was
+# scored at the record's training.seq_len (the block_size train.py gives the model, eval_bpb's default context).
+# BPBs are ranked together when scored at each run's training context; an eval at another context is tabled apart.
+EVAL_FIELDS = {"bpb": "positive", "loss": "positive", "tokens": "count", "bytes": "count", "fingerprint": "sha256",
+               "seq_len": "count?"}
 TARGET_FIELDS = {"metric": "str", "value": "positive", "reached": "bool", "seconds": "positive?"}
 # the block judge.py writes: the four category means over the n judged items, their mean, and the 95% interval
 # of the overall mean ([low, high], null for a single item)
@@ -626,6 +630,14 @@ def primary_evals(track, evals):
     return sorted((k, v["bpb"], v["fingerprint"]) for k, v in evals.items() if normalized_id(k).startswith(prefix))
 
 
+def eval_context(rec, eval_id):
+    """None when the eval entry was scored at the run's training context (its seq_len is training.seq_len, or
+    absent: written before eval_bpb recorded it, when eval_bpb's default was the model's block_size, which
+    train.py sets to training.seq_len), else the context it was scored at: a table of its own."""
+    context = rec["eval"][eval_id].get("seq_len")
+    return None if context in (None, rec["training"]["seq_len"]) else context
+
+
 def load_speedrun_record(path, track):
     """Validate a results.json of schema speedrun-record/1; return ([run], [problems])."""
     try:
@@ -677,7 +689,7 @@ def load_speedrun_record(path, track):
         "weight_class": rec["params"]["weight_class"], "tokens": training["tokens"],
         "model_flops": float(compute["model_flops"]), "hardware_flops": float(compute["hardware_flops"]),
         "seconds": float(compute["train_seconds"]), "hardware": f"{compute['device_count']}× {compute['device']}",
-        "mfu": float(compute["mfu"]), "evals": evals,
+        "mfu": float(compute["mfu"]), "evals": evals, "eval_context": {k: eval_context(rec, k) for k, _, _ in evals},
         "target": target, "judge_overall": float(judge["overall"]) if judge else None, "notes": [],
     }
     return [run], []
@@ -716,6 +728,10 @@ def recompute_speedrun_record(path, rec):
     model_config, training, compute, params = rec["model"], rec["training"], rec["compute"], rec["params"]
     for eval_id, entry in rec["eval"].items():
         problems += check_eval_entry(path, eval_id, entry)
+        context, block_size = entry.get("seq_len"), model_config.get("block_size")
+        if is_int(context) and is_int(block_size) and context > block_size:
+            problems.append(invalid(path, f"eval.{eval_id}.seq_len", f"{context:,} is longer than the model's "
+                                                                     f"block_size {block_size:,}"))
     if rec["judge"] is not None:
         problems += check_judge_block(path, rec["judge"])
 
@@ -1269,21 +1285,24 @@ def make_row(folder, runs, link):
 
 
 def build_tables(runs, link_base):
-    """[{track, eval_id, fingerprint, rows}] sorted by track then eval id; rows ranked, Pareto marked."""
+    """[{track, eval_id, fingerprint, context, rows}] sorted by track, eval id, fingerprint and context; rows ranked,
+    Pareto marked. BPBs are ranked together only on the same text (fingerprint) scored in the same way: each run
+    at its own training context (context None; Marin scores at the model's seq_len too), or all at one other
+    context (eval_context)."""
     groups = {}
     for run in runs:
         for eval_id, bpb, fingerprint in run["evals"]:
-            key = (run["track"], eval_id, fingerprint)
+            key = (run["track"], eval_id, fingerprint, run.get("eval_context", {}).get(eval_id))
             groups.setdefault(key, {}).setdefault(run["folder"], []).append(dict(run, bpb=bpb))
     tables = []
-    for (track, eval_id, fingerprint), by_folder in groups.items():
+    for (track, eval_id, fingerprint, context), by_folder in groups.items():
         rows = [make_row(folder, folder_runs, pathlib.Path(os.path.relpath(folder, link_base)).as_posix())
                 for folder, folder_runs in by_folder.items()]
         rows.sort(key=lambda r: (r["bpb"], r["model_flops"], r["date"], r["folder"]))
         for rank, (row, star) in enumerate(zip(rows, pareto_front([(r["model_flops"], r["bpb"]) for r in rows])), 1):
             row["rank"], row["pareto"] = rank, star
-        tables.append({"track": track, "eval_id": eval_id, "fingerprint": fingerprint, "rows": rows})
-    tables.sort(key=lambda t: (TRACKS.index(t["track"]), t["eval_id"], t["fingerprint"]))
+        tables.append({"track": track, "eval_id": eval_id, "fingerprint": fingerprint, "context": context, "rows": rows})
+    tables.sort(key=lambda t: (TRACKS.index(t["track"]), t["eval_id"], t["fingerprint"], t["context"] or 0))
     return tables
 
 
@@ -1368,7 +1387,8 @@ def table_title(table, markdown=True):
     kind = PRIMARY_EVAL_NAME[PRIMARY_EVAL_PREFIX[table["track"]]]
     eval_id, fingerprint = escape(table["eval_id"], markdown), escape(short_fingerprint(table["fingerprint"]), markdown)
     code = "`" if markdown else ""
-    return f"{table['track']} · {kind} ({code}{eval_id}{code}, eval data {code}{fingerprint}{code})"
+    context = f", scored at context {table['context']:,}, not the training context" if table.get("context") else ""
+    return f"{table['track']} · {kind} ({code}{eval_id}{code}, eval data {code}{fingerprint}{code}{context})"
 
 
 MAIN_COLUMNS = ["#", "run", "author", "date", "params (class)", "tokens", "model FLOPs", "hardware", "time",

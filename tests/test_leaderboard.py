@@ -569,6 +569,35 @@ def test_a_measured_peak_near_the_datasheet_and_a_cpu_peak_are_accepted(repo, ca
     assert code == 0, err
 
 
+# Issue 23, item 7: the context a text was scored in is part of what makes two BPBs comparable
+
+def test_bpbs_scored_at_another_context_are_tabled_apart(repo, capsys):
+    ts = repo / "records" / "tinystories"
+    edit_json(ts / "2025-01-15_cheap" / "results.json", lambda r: r["eval"]["tinystories-valid"].update(seq_len=64))
+    edit_json(ts / "2025-01-10_baseline" / "results.json", lambda r: r["eval"]["tinystories-valid"].update(seq_len=256))
+    code, _, err = run_cli(repo, capsys=capsys)
+    assert code == 0, err
+    tables = section_tables((repo / "README.md").read_text())
+    same_text = {h: [r["run"].split("]")[0][1:] for r in rows] for h, rows in tables.items() if "`tinystories-valid`" in h}
+    # at the training context (256, recorded or, for the runs written before it was, assumed): one ranking
+    assert same_text == {
+        "tinystories · TinyStories valid BPB (`tinystories-valid`, eval data `7c665c44ab281266`)":
+            ["2025-01-12_muon_3seeds", "2025-01-10_baseline", "2025-01-20_medium_cpu"],
+        "tinystories · TinyStories valid BPB (`tinystories-valid`, eval data `7c665c44ab281266`, scored at context 64, "
+        "not the training context)": ["2025-01-15_cheap"]}
+
+
+def test_a_context_longer_than_the_model_is_refused(repo, capsys):
+    path = repo / "records" / "tinystories" / "2025-01-15_cheap" / "results.json"
+    edit_json(path, lambda r: r["eval"]["tinystories-valid"].update(seq_len=10 ** 9))
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "2025-01-15_cheap/results.json: eval.tinystories-valid.seq_len: 1,000,000,000 is longer " \
+                          "than the model's block_size 256" in err, err
+    edit_json(path, lambda r: r["eval"]["tinystories-valid"].update(seq_len=0))
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "eval.tinystories-valid.seq_len: expected an integer >= 1" in err, err
+
+
 def test_skip_invalid_ranks_no_part_of_an_invalid_record(repo, capsys):
     """Issue 13, item 11: one bad seed, or a missing README.md, keeps the whole record folder out."""
     edit_json(repo / "records" / "tinystories" / "2025-01-12_muon_3seeds" / "seed1" / "results.json",
