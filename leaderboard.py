@@ -186,12 +186,20 @@ def student_t_cdf(t, df):
 
 
 def mean_and_sd(values):
-    """Mean and sample standard deviation (n - 1 in the denominator; 0 for a single value)."""
+    """Mean and sample standard deviation (n - 1 in the denominator; 0 for a single value), computed in units
+    of the largest value, so that no sum or square of finite values (up to 1e308) overflows."""
     n = len(values)
-    mean = sum(values) / n
+    scale = max(abs(v) for v in values) or 1.0
+    scaled = [v / scale for v in values]
+    mean = sum(scaled) / n
     if n < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+        return mean * scale, 0.0
+    return mean * scale, math.sqrt(sum((v - mean) ** 2 for v in scaled) / (n - 1)) * scale
+
+
+def mean(values):
+    """The mean of finite values, without overflow: sum(values) of two 1e308s is inf."""
+    return mean_and_sd(values)[0]
 
 
 def one_sided_p_below(values, target):
@@ -1265,15 +1273,15 @@ def make_row(folder, runs, link):
     return {
         "folder": folder.name, "link": link, "author": first["author"], "date": max(r["date"] for r in runs),
         "params": max(r["params"] for r in runs), "weight_class": first["weight_class"],
-        "tokens": sum(r["tokens"] for r in runs) / len(runs),
-        "model_flops": sum(r["model_flops"] for r in runs) / len(runs),
-        "hardware_flops": (sum(r["hardware_flops"] for r in runs) / len(runs)
+        "tokens": mean([r["tokens"] for r in runs]),
+        "model_flops": mean([r["model_flops"] for r in runs]),
+        "hardware_flops": (mean([r["hardware_flops"] for r in runs])
                            if all(r["hardware_flops"] is not None for r in runs) else None),
         # each note once, in the runs' order; a run of several gets its name in front
         "notes": list(dict.fromkeys((f"{r['name']}: {n}" if len(runs) > 1 else n) for r in runs for n in r.get("notes", ()))),
-        "seconds": sum(r["seconds"] for r in runs) / len(runs),
+        "seconds": mean([r["seconds"] for r in runs]),
         "hardware": " / ".join(sorted({r["hardware"] for r in runs})),
-        "mfu": sum(mfus) / len(mfus) if mfus else None,
+        "mfu": mean(mfus) if mfus else None,
         "bpb": bpb, "spread": spread, "n": len(runs), "target": target,
         "p_value": one_sided_p_below(bpbs, target) if target is not None else None,
         "judge": sum(judged) / len(judged) if judged else None,
@@ -1521,31 +1529,54 @@ def render_svg(tables):
     return "\n".join(out) + "\n"
 
 
+MAX_TICKS = 10
+FLOAT_MAX = sys.float_info.max
+
+
+def flops_axis(rows):
+    """(first decade, last decade, decades per tick) of the log FLOPs axis: at most MAX_TICKS + 1 ticks however
+    many decades the figures span (a record may say 1e308; 10.0 ** 309 is no float, so ticks are exponents)."""
+    logs = [math.log10(r["model_flops"]) for r in rows]
+    lo = math.floor(min(logs))
+    hi = max(lo + 1, math.ceil(max(logs)))
+    return lo, hi, max(1, math.ceil((hi - lo) / MAX_TICKS))
+
+
+def bpb_axis(rows):
+    """(low, high) of the BPB axis: the points and their spreads, padded 5%, within [0, the largest float], so
+    that no difference of two figures overflows."""
+    lo = max(0.0, min(r["bpb"] - r["spread"] for r in rows))
+    hi = min(FLOAT_MAX, max(r["bpb"] + r["spread"] for r in rows))
+    pad = max(0.05 * (hi - lo), 0.01)
+    return max(0.0, lo - pad), min(FLOAT_MAX, hi + pad)
+
+
 def svg_panel(table, y0):
     rows = table["rows"]
-    x_lo = math.floor(math.log10(min(r["model_flops"] for r in rows)))
-    x_hi = max(x_lo + 1, math.ceil(math.log10(max(r["model_flops"] for r in rows))))
-    b_lo, b_hi = min(r["bpb"] - r["spread"] for r in rows), max(r["bpb"] + r["spread"] for r in rows)
-    pad = max(0.05 * (b_hi - b_lo), 0.01)
-    b_lo, b_hi = b_lo - pad, b_hi + pad
+    x_lo, x_hi, x_step = flops_axis(rows)
+    b_lo, b_hi = bpb_axis(rows)
     left, right, top, bottom = MARGIN_L, PANEL_W - MARGIN_R, y0 + MARGIN_T, y0 + PANEL_H - MARGIN_B
     colours = dict(zip(weight_class_names(), CLASS_COLOURS))
 
+    def x_at(decade):
+        return left + (decade - x_lo) / (x_hi - x_lo) * (right - left)
+
     def x_of(flops):
-        return left + (math.log10(flops) - x_lo) / (x_hi - x_lo) * (right - left)
+        return x_at(math.log10(flops))
 
     def y_of(bpb):
-        return bottom - (bpb - b_lo) / (b_hi - b_lo) * (bottom - top)
+        return bottom - (min(max(bpb, b_lo), b_hi) - b_lo) / (b_hi - b_lo) * (bottom - top)
 
     out = [f'<text x="12" y="{y0 + 22}" font-size="13" font-weight="bold">{table_title(table, markdown=False)}</text>',
            f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#888"/>']
-    for e in range(x_lo, x_hi + 1):  # a tick per decade
-        x = x_of(10.0 ** e)
+    for e in range(x_lo, x_hi + 1, x_step):  # a tick per decade (per few decades, over a wide span)
+        x = x_at(e)
         out.append(f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}" stroke="#888"/>')
         out.append(f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">1e{e}</text>')
     for k in range(5):
         b = b_lo + k * (b_hi - b_lo) / 4
-        out.append(f'<text x="{left - 6}" y="{y_of(b) + 4:.1f}" text-anchor="end">{b:.3f}</text>')
+        label = f"{b:.3f}" if b < 1e6 else f"{b:.3g}"
+        out.append(f'<text x="{left - 6}" y="{y_of(b) + 4:.1f}" text-anchor="end">{label}</text>')
     out.append(f'<text x="{(left + right) / 2}" y="{bottom + 34}" text-anchor="middle">model FLOPs (log scale)</text>')
     out.append(f'<text x="16" y="{(top + bottom) / 2}" text-anchor="middle" '
                f'transform="rotate(-90 16 {(top + bottom) / 2})">BPB</text>')

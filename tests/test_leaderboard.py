@@ -703,6 +703,45 @@ def test_plot(repo, capsys):
     assert run_cli(repo, "--check", f"--plot={svg_path}", capsys=capsys)[0] == 1
 
 
+def svg_numbers(root):
+    """Every coordinate the plot writes (attributes that are numbers or lists of them)."""
+    numbers = []
+    for element in root.iter():
+        for name in ("x", "y", "x1", "x2", "y1", "y2", "cx", "cy", "width", "height"):
+            if element.get(name) is not None:
+                numbers.append(float(element.get(name)))
+        for point in (element.get("points") or "").split():
+            numbers += [float(v) for v in point.split(",")]
+    return numbers
+
+
+def test_plot_of_extreme_figures(repo, capsys):
+    """Issue 23, item 12: a Marin record with model FLOPs 1e308 (two runs: their sum is no float) crashed --plot."""
+    path = repo / "records" / "fineweb-edu" / "2025-06-27_marin_llama_130m_adamw" / lb.MARIN_NAME
+    def extreme(d):
+        info = d["runs"][0]["run_info"]
+        info.update(model_config={}, resources={}, model_flops=1e308, training_hardware_flops=1.5e308)
+        d["runs"].append({"run_info": dict(info, model_flops=1.7e308, training_hardware_flops=1.75e308)})
+    edit_json(path, extreme)
+    svg_path = repo / "frontier.svg"
+    code, _, err = run_cli(repo, f"--plot={svg_path}", capsys=capsys)
+    assert code == 0, err
+    root = ET.fromstring(svg_path.read_text())
+    numbers = svg_numbers(root)
+    assert numbers and all(math.isfinite(v) and -1 <= v <= max(lb.PANEL_W, 4 * lb.PANEL_H) for v in numbers)
+    ns = "{http://www.w3.org/2000/svg}"
+    ticks = [t.text for t in root.iter(ns + "text") if (t.text or "").startswith("1e")]
+    assert "1e308" in " ".join(ticks) and len(ticks) <= 4 * (lb.MAX_TICKS + 1)  # a few per panel, not one per decade
+    assert "1.35e308" in (repo / "README.md").read_text()  # the two runs' mean model FLOPs, no overflow
+
+
+def test_statistics_of_huge_values_do_not_overflow():
+    mean, sd = lb.mean_and_sd([1.5e308, 1.0])
+    assert mean == pytest.approx(0.75e308) and sd == pytest.approx(1.5e308 / math.sqrt(2))
+    assert lb.mean([1.7e308, 1.7e308]) == pytest.approx(1.7e308)
+    assert lb.mean_and_sd([1.0, 2.0, 3.0, 4.0]) == (2.5, pytest.approx(math.sqrt(5 / 3)))
+
+
 def test_serve(repo):
     server = lb.make_server(repo / "records", repo, 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
