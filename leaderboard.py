@@ -1122,6 +1122,18 @@ def paloma_eval(rec):
     return eval_id, evals[eval_id]
 
 
+# Fields of a results.json that only --export_marin reads (train.py writes neither): checked before they are copied.
+EXPORT_FIELDS = {"wandb_run_link": "url?", "hyperparameters": "dict?"}
+
+
+def non_finite(value, path, field):
+    """A problem for each NaN or infinity in a JSON value (Python's json reads them; strict JSON has none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [invalid(path, field, f"{value}: not a finite number (strict JSON has no NaN or Infinity)")]
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return [p for key, v in items for p in non_finite(v, path, f"{field}.{key}")]  # depth: read_json's limit
+
+
 def marin_run_info(rec, record_path) -> dict:
     """A speedrun-record/1 record as Marin's run_info (every figure the record's own), or a ValueError naming
     what is missing."""
@@ -1133,6 +1145,8 @@ def marin_run_info(rec, record_path) -> dict:
                          f"--record {display_path(pathlib.Path(record_path).parent)} first")
     problems = check_types(rec, RECORD_FIELDS, record_path) + check_types(found[1], EVAL_FIELDS, record_path,
                                                                           f"eval.{found[0]}.")
+    problems += check_types(rec, EXPORT_FIELDS, record_path) + non_finite(rec.get("hyperparameters"), record_path,
+                                                                           "hyperparameters")
     if problems:
         raise ValueError(problems[0])
     compute, training, author = rec["compute"], rec["training"], rec["author"]
@@ -1164,12 +1178,18 @@ def marin_run_info(rec, record_path) -> dict:
 
 
 def export_marin(record_dir) -> pathlib.Path:
-    """Write RECORD_DIR/speedrun_results.json from RECORD_DIR/results.json (atomically)."""
+    """Write RECORD_DIR/speedrun_results.json from RECORD_DIR/results.json (atomically), only for a record that
+    passes every check the leaderboard makes, as strict JSON."""
     path, rec = read_record(record_dir)
     if rec.get("schema") != SCHEMA:
         raise ValueError(f"{display_path(path)}: schema {short_json(rec.get('schema'))}, expected \"{SCHEMA}\"")
+    _, problems = load_speedrun_record(path, check_track(rec.get("track")))
+    if problems:
+        more = f" (and {len(problems) - 1} more: python leaderboard.py --check lists them)" if len(problems) > 1 else ""
+        raise ValueError(f"not exported, the record is invalid: {problems[0]}{more}")
     out = pathlib.Path(record_dir) / MARIN_NAME
-    prepare.write_json_atomic(out, {"runs": [{"run_info": marin_run_info(rec, path)}]})
+    text = json.dumps({"runs": [{"run_info": marin_run_info(rec, path)}]}, indent=2, ensure_ascii=False, allow_nan=False)
+    prepare.write_file_atomic(out, (text + "\n").encode("utf-8"))
     return out
 
 

@@ -926,6 +926,42 @@ def test_export_marin_round_trip(repo, tmp_path, capsys):
     assert code == 1 and "2025-03-01_c4_small/speedrun_results.json: runs: differs from the results.json" in err
 
 
+def strict_json(text):
+    """json.loads that refuses NaN and Infinity, as every strict JSON reader does."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("change,says", [
+    (lambda r: r.__setitem__("hyperparameters", {"lr": float("nan"), "betas": [0.9, float("inf")]}),
+     "results.json: hyperparameters.lr: nan: not a finite number"),
+    (lambda r: r.__setitem__("wandb_run_link", "javascript:alert(1)"), "results.json: wandb_run_link: expected an http(s) URL"),
+    (lambda r: r.__setitem__("hyperparameters", "lr=1e-3"), "results.json: hyperparameters: expected an object"),
+    (halve_model_flops, "not exported, the record is invalid: "),  # figures the leaderboard refuses
+    (lambda r: r["code"]["sha256"].__setitem__("train.py", "0" * 64), "code.sha256.train.py"),
+])
+def test_export_marin_copies_only_checked_figures(repo, capsys, change, says):
+    """Issue 23, item 12: --export_marin copied fields nothing checked and wrote NaN (not JSON)."""
+    record = repo / "records" / "fineweb-edu" / "2025-03-01_c4_small"
+    edit_json(record / "results.json", change)
+    assert lb.main(["--export_marin", str(record)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and says in err, err
+    assert not (record / lb.MARIN_NAME).exists()
+
+
+def test_export_marin_writes_strict_json(repo, capsys):
+    record = repo / "records" / "fineweb-edu" / "2025-03-01_c4_small"
+    edit_json(record / "results.json", lambda r: r.update(hyperparameters={"lr": 0.003, "betas": [0.9, 0.95]},
+                                                          wandb_run_link="https://wandb.ai/me/run"))
+    assert lb.main(["--export_marin", str(record)]) == 0
+    info = strict_json((record / lb.MARIN_NAME).read_text())["runs"][0]["run_info"]
+    assert info["train_config"]["hyperparameters"] == {"lr": 0.003, "betas": [0.9, 0.95]}
+    assert info["wandb_run_link"] == "https://wandb.ai/me/run"
+    assert run_cli(repo, capsys=capsys)[0] == 0  # the export beside its record checks out
+
+
 def test_export_marin_needs_a_paloma_eval(repo, capsys):
     record = repo / "records" / "tinystories" / "2025-01-10_baseline"
     assert lb.main(["--export_marin", str(record)]) == 2
