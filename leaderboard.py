@@ -42,7 +42,12 @@ What is checked (a mismatch beyond 1% is an error; counts must match exactly):
 - counted/unique/embedding params and the weight class, recounted by flops.count_params on model.GPT
   built on the meta device,
 - hardware FLOPs = train_seconds x device_count x peak, the peak being flops.py's datasheet figure for a
-  known device unless the record says it measured it; MFU = model FLOPs / hardware FLOPs,
+  known device unless the record says it measured it (then within MEASURED_PEAK_FACTOR below the datasheet
+  figure); MFU = model FLOPs / hardware FLOPs,
+- a target against train.log: the value its budget line names, reached only by the validation logged at the
+  last step, in the run's training seconds (check_target_against_log),
+- each eval's seq_len (the context it was scored at) within the model's block_size; BPBs at each run's
+  training context are ranked together, another context gets its own table,
 - the sha256 of every source file in results.json's `code` block against the source that train.log
   holds and the sha256 it declares. train.log starts with the files that ran, as train.py writes them:
 
