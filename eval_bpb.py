@@ -30,7 +30,8 @@ the tokenizer, which is what makes BPB comparable across tokenizers.
 How the eval stream is cut: the tokens are the val shards in order, [<|endoftext|> doc1 <|endoftext|>
 doc2 ...]. Window i holds inputs tokens[i*T : i*T+T] and targets shifted by one, tokens[i*T+1 :
 i*T+T+1], with T = seq_len; the windows do not overlap and the last, partial one is scored too, so
-every token after the first is predicted exactly once. Rank r of W scores windows r, r+W, r+2W, ...;
+every token after the first is predicted exactly once. T is the context the tokens are scored in and
+changes the BPB, so the eval entry records it (seq_len; a text shorter than T is one window). Rank r of W scores windows r, r+W, r+2W, ...;
 the sums do not depend on batch_size or W.
 
 Document boundaries: the model attends here exactly as it did in training, because the attention
@@ -78,7 +79,9 @@ OFFICIAL_EVAL_SETS = {
                         "one with --all_val into data/eval/fineweb-edu-val"),
 }
 DOCUMENT_BOUNDARY = b"\xff"  # stands for a scored special token in the fingerprint; never occurs in UTF-8 text
-RESULT_KEYS = ("bpb", "loss", "tokens", "bytes", "fingerprint")
+# What results.json's eval.<id> holds. seq_len is the context the text was scored in (the windows' length): it
+# changes the BPB, so leaderboard.py ranks together only BPBs scored at each run's training context.
+RESULT_KEYS = ("bpb", "loss", "tokens", "bytes", "fingerprint", "seq_len")
 
 
 # -----------------------------------------------------------------------------
@@ -133,8 +136,8 @@ def evaluate_bpb(model, tokens, token_bytes, seq_len: int, batch_size: int, devi
     token_bytes: UTF-8 byte length of each token id, 0 for special tokens (prepare.token_byte_lengths).
     max_tokens: evaluate only tokens[:max_tokens] (train.py's val_tokens).
     enc: the tiktoken Encoding of `tokens`; needed for the fingerprint (None without it).
-    Returns {"bpb", "loss" (nats per scored token), "tokens" (scored), "bytes" (scored), "fingerprint"},
-    the same on every rank when torch.distributed is initialised.
+    Returns {"bpb", "loss" (nats per scored token), "tokens" (scored), "bytes" (scored), "fingerprint",
+    "seq_len" (the context: the windows' length)}, the same on every rank when torch.distributed is initialised.
     """
     if seq_len < 1 or batch_size < 1:
         raise ValueError(f"seq_len ({seq_len}) and batch_size ({batch_size}) must be positive")
@@ -212,6 +215,7 @@ def evaluate_bpb(model, tokens, token_bytes, seq_len: int, batch_size: int, devi
         "tokens": n_tokens,
         "bytes": n_bytes,
         "fingerprint": eval_fingerprint(tokens, token_bytes_np, enc) if enc is not None else None,
+        "seq_len": seq_len,
     }
 
 
@@ -431,7 +435,7 @@ def evaluate(args, eval_id, rank, world, device) -> None:
         check_recordable(eval_id, result)
         leaderboard.update_record(args.record, f"eval.{eval_id}", {k: result[k] for k in RESULT_KEYS})
     if args.json:
-        print(json.dumps({**result, "eval_id": eval_id, "seq_len": seq_len, "seconds": round(seconds, 3),
+        print(json.dumps({**result, "eval_id": eval_id, "seconds": round(seconds, 3),
                           "tokens_per_second": round(scored / seconds), "world_size": world}))
     else:
         print(f"eval {eval_id or args.data}: bpb {result['bpb']:.6f} | loss {result['loss']:.6f} nats/token | "

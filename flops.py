@@ -207,6 +207,30 @@ def _uses(node, consumers):
     return _add(whole, _max(parts.values()))
 
 
+def _release_graph(graph: list, consumers: dict) -> None:
+    """Free an autograd graph one node at a time, every node after all of its consumers, while what it
+    consumes is still held. graph: [its root node], emptied here so that nothing else holds the root.
+    Dropped at once, a node frees its saved activations from inside its own destructor, they free the
+    nodes that made them, and so on down the model: a plain chain of 1,000 layers overflows the C stack
+    (a segfault, no message)."""
+    order = [node for node in graph if node is not None]
+    graph.clear()
+    waiting = {node: len(users) for node, users in consumers.items()}  # consumer edges not yet freed
+    consumers.clear()
+    ready = list(order)
+    while ready:
+        for child, _ in ready.pop().next_functions:
+            if child is not None:
+                waiting[child] -= 1
+                if not waiting[child]:
+                    ready.append(child)
+                    order.append(child)
+    waiting.clear()
+    order.reverse()
+    while order:
+        order.pop()  # its consumers are gone and what it consumes is still held: nothing recurses
+
+
 def count_params(model, seq_len: int = 16) -> dict:
     """Parameters by the TinyStories Hackathon rules: every unique trainable floating-point weight, times
     the number of distinct times it takes part in the forward computation, detected from the autograd
@@ -227,8 +251,17 @@ def count_params(model, seq_len: int = 16) -> dict:
     idx = torch.zeros(1, min(seq_len, block_size), dtype=torch.long, device=device)
     with torch.enable_grad():
         out = model(idx)
-        root = (out if out.dim() == 0 else out.float().sum()).grad_fn
-        consumers = _autograd_consumers(root) if root is not None else {}
+        graph = [(out if out.dim() == 0 else out.float().sum()).grad_fn]  # the root: _release_graph frees it
+    del out
+    consumers = _autograd_consumers(graph[0]) if graph[0] is not None else {}
+    try:
+        return _count(params, consumers)
+    finally:
+        _release_graph(graph, consumers)
+
+
+def _count(params, consumers) -> dict:
+    """count_params' sums over the weights, from the reversed autograd graph."""
     accumulators = {id(node.variable): node for node in consumers if node.name().endswith("AccumulateGrad")}
     counted = unique = embedding = 0
     for p in params:
@@ -240,7 +273,6 @@ def count_params(model, seq_len: int = 16) -> dict:
         counted += n * uses
         if embed_uses:
             embedding += n * uses
-    del consumers, out, root
     return {"counted": counted, "unique": unique, "embedding": embedding, "non_embedding": counted - embedding}
 
 
@@ -275,8 +307,10 @@ PEAK_BF16_FLOPS = {
 }
 
 # How device names (torch.cuda.get_device_name(), or a table key) map to table entries. Order matters:
-# variants without a datasheet number in the table (H100/H200 NVL, A10G) are caught first as unknown.
+# device_name()'s CPU names (a Xeon "E5-2680 v4" is no TPU v4) and variants without a datasheet number in
+# the table (H100/H200 NVL, A10G) are caught first as unknown.
 _DEVICE_PATTERNS = [
+    (r"^cpu\b", None),
     (r"\bNVL\b", None),
     (r"\bA10G\b", None),
     (r"\bH100\b.*\bPCIe\b", "H100 PCIe"),

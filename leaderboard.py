@@ -42,7 +42,12 @@ What is checked (a mismatch beyond 1% is an error; counts must match exactly):
 - counted/unique/embedding params and the weight class, recounted by flops.count_params on model.GPT
   built on the meta device,
 - hardware FLOPs = train_seconds x device_count x peak, the peak being flops.py's datasheet figure for a
-  known device unless the record says it measured it; MFU = model FLOPs / hardware FLOPs,
+  known device unless the record says it measured it (then within MEASURED_PEAK_FACTOR below the datasheet
+  figure); MFU = model FLOPs / hardware FLOPs,
+- a target against train.log: the value its budget line names, reached only by the validation logged at the
+  last step, in the run's training seconds (check_target_against_log),
+- each eval's seq_len (the context it was scored at) within the model's block_size; BPBs at each run's
+  training context are ranked together, another context gets its own table,
 - the sha256 of every source file in results.json's `code` block against the source that train.log
   holds and the sha256 it declares. train.log starts with the files that ran, as train.py writes them:
 
@@ -90,6 +95,9 @@ MARIN_SIZE_TRACKS = (("llama_30m", 1.5264), ("llama_75m", 1.2789), ("llama_300m"
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
 TOLERANCE = 0.01  # recomputed figures may differ from the record's by at most 1%
 EXACT = 1e-6       # figures computed from the record's own numbers (BPB from loss, tokens, bytes): rounding only
+# A peak a record measured on a device that has a datasheet peak: at least 1/MEASURED_PEAK_FACTOR of it (a bf16
+# matmul reaches 60-90% of the datasheet figure) and not above it. train.py measures only devices without one.
+MEASURED_PEAK_FACTOR = 2
 START_MARKER = "<!-- leaderboard:start -->"
 END_MARKER = "<!-- leaderboard:end -->"
 RESULTS_NAME = "results.json"
@@ -185,8 +193,14 @@ def student_t_cdf(t, df):
 
 
 def mean_and_sd(values):
-    """Mean and sample standard deviation (n - 1 in the denominator; 0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    """Mean and sample standard deviation (n - 1 in the denominator; 0 for a single value). The standard
+    library's mean and stdev sum exactly (as fractions), so no finite values (up to 1e308) overflow."""
+    return float(statistics.mean(values)), float(statistics.stdev(values)) if len(values) > 1 else 0.0
+
+
+def mean(values):
+    """The mean of finite values, without overflow: sum(values) of two 1e308s is inf."""
+    return mean_and_sd(values)[0]
 
 
 def one_sided_p_below(values, target):
@@ -284,7 +298,11 @@ RECORD_FIELDS = {
     "compute.train_seconds": "positive",
     "eval": "dict", "target": "dict?", "judge": "dict?", "software": "dict",
 }
-EVAL_FIELDS = {"bpb": "positive", "loss": "positive", "tokens": "count", "bytes": "count", "fingerprint": "sha256"}
+# seq_len: the context the text was scored in (eval_bpb records it); an entry written before it was recorded was
+# scored at the record's training.seq_len (the block_size train.py gives the model, eval_bpb's default context).
+# BPBs are ranked together when scored at each run's training context; an eval at another context is tabled apart.
+EVAL_FIELDS = {"bpb": "positive", "loss": "positive", "tokens": "count", "bytes": "count", "fingerprint": "sha256",
+               "seq_len": "count?"}
 TARGET_FIELDS = {"metric": "str", "value": "positive", "reached": "bool", "seconds": "positive?"}
 # the block judge.py writes: the four category means over the n judged items, their mean, and the 95% interval
 # of the overall mean ([low, high], null for a single item)
@@ -540,6 +558,74 @@ def check_code_against_log(results_path, code):
     return problems
 
 
+# train.log: what the run printed (its environment sections: a resumed run appends one more), from which a
+# target is checked. train.py logs "budget: ... or val bpb <= <target>" at every start, "step <n> val bpb <bpb> ..."
+# at every validation, and stops at the first validation that reaches the target.
+VAL_LINE = re.compile(r"^step (\d+) val bpb (\d+\.\d+) ")
+TARGET_IN_BUDGET = re.compile(r"^budget: .* or val bpb <= (\S+)$")
+LOGGED_BPB = 5e-7  # validations are logged with 6 decimals
+
+
+def logged_run_lines(log_path) -> list[str]:
+    """The lines train.py printed into train.log: its environment sections, never the logged source files."""
+    data = pathlib.Path(log_path).read_bytes()
+    lines, headers = [], list(SECTION_LINE.finditer(data))
+    for m, following in zip(headers, headers[1:] + [None]):
+        if m.group(0) == f"{'=' * 20} environment {'=' * 20}".encode():
+            block = data[m.end():following.start() if following else len(data)]
+            lines += block.decode("utf-8", errors="replace").splitlines()
+    return lines
+
+
+def check_target_against_log(results_path, rec):
+    """A target is what train.log says the run aimed at and reached: the value its budget line names; reached
+    only if the validation at the last step is at or below it (train.py stops there, so the time to target is the
+    run's training time); not reached only if no logged validation got there."""
+    target, field = rec["target"], "target"
+    if target is None:
+        return []
+    if target["metric"] != "bpb":
+        return [invalid(results_path, f"{field}.metric", f"{short_json(target['metric'])}; train.py's --target_bpb "
+                                                         f"is \"bpb\", the one target checked against train.log")]
+    log_path = pathlib.Path(results_path).with_name("train.log")
+    if not log_path.is_file():
+        return []  # check_code_against_log names the missing log
+    lines = logged_run_lines(log_path)
+    named = [m.group(1) for m in map(TARGET_IN_BUDGET.match, lines) if m]
+    if not named or parse_float(named[-1]) != target["value"]:
+        return [invalid(results_path, f"{field}.value", f"{target['value']} but train.log's last budget line "
+                                                        f"names {'target ' + named[-1] if named else 'no target'}")]
+    validations = [(int(m.group(1)), float(m.group(2))) for m in map(VAL_LINE.match, lines) if m]
+    steps, train_seconds = rec["training"]["steps"], rec["compute"]["train_seconds"]
+    if target["reached"]:
+        final = [bpb for step, bpb in validations if step == steps]
+        if not final or final[-1] > target["value"] + LOGGED_BPB:
+            return [invalid(results_path, f"{field}.reached", f"true, but train.log's validation at the last step "
+                                                              f"({steps}) " + (f"has bpb {final[-1]:.6f} > {target['value']}"
+                                                                               if final else "is not logged"))]
+        seconds = target.get("seconds")
+        if seconds is None or not train_seconds * (1 - TOLERANCE) <= seconds <= train_seconds * (1 + EXACT):
+            return [invalid(results_path, f"{field}.seconds", f"{short_json(seconds)} but the run stopped at the target "
+                                                              f"after compute.train_seconds {train_seconds:.6g}: "
+                                                              f"the time to target is the training time")]
+        return []
+    reached = [(step, bpb) for step, bpb in validations if bpb <= target["value"] - LOGGED_BPB]
+    if reached:
+        return [invalid(results_path, f"{field}.reached", f"false, but train.log's validation at step {reached[0][0]} "
+                                                          f"has bpb {reached[0][1]:.6f} <= {target['value']}")]
+    if target.get("seconds") is not None:
+        return [invalid(results_path, f"{field}.seconds", "a time to a target that was not reached: null")]
+    return []
+
+
+def parse_float(text):
+    """A number as a log line writes it, or None."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 # ----------------------------------------------------------------------------------------------------
 # Reading one record file into runs. A run is a plain dict with the fields the tables need.
 
@@ -552,6 +638,14 @@ def primary_evals(track, evals):
     """[(eval id, bpb, fingerprint)] for the eval entries that count as the track's primary BPB."""
     prefix = PRIMARY_EVAL_PREFIX[track]
     return sorted((k, v["bpb"], v["fingerprint"]) for k, v in evals.items() if normalized_id(k).startswith(prefix))
+
+
+def eval_context(rec, eval_id):
+    """None when the eval entry was scored at the run's training context (its seq_len is training.seq_len, or
+    absent: written before eval_bpb recorded it, when eval_bpb's default was the model's block_size, which
+    train.py sets to training.seq_len), else the context it was scored at: a table of its own."""
+    context = rec["eval"][eval_id].get("seq_len")
+    return None if context in (None, rec["training"]["seq_len"]) else context
 
 
 def load_speedrun_record(path, track):
@@ -594,6 +688,7 @@ def load_speedrun_record(path, track):
                                               f"has: {', '.join(rec['eval']) or 'none'})"))
     problems += recompute_speedrun_record(path, rec)
     problems += check_code_against_log(path, rec["code"])
+    problems += check_target_against_log(path, rec)
     if problems:
         return [], problems
 
@@ -604,7 +699,7 @@ def load_speedrun_record(path, track):
         "weight_class": rec["params"]["weight_class"], "tokens": training["tokens"],
         "model_flops": float(compute["model_flops"]), "hardware_flops": float(compute["hardware_flops"]),
         "seconds": float(compute["train_seconds"]), "hardware": f"{compute['device_count']}× {compute['device']}",
-        "mfu": float(compute["mfu"]), "evals": evals,
+        "mfu": float(compute["mfu"]), "evals": evals, "eval_context": {k: eval_context(rec, k) for k, _, _ in evals},
         "target": target, "judge_overall": float(judge["overall"]) if judge else None, "notes": [],
     }
     return [run], []
@@ -643,6 +738,10 @@ def recompute_speedrun_record(path, rec):
     model_config, training, compute, params = rec["model"], rec["training"], rec["compute"], rec["params"]
     for eval_id, entry in rec["eval"].items():
         problems += check_eval_entry(path, eval_id, entry)
+        context, block_size = entry.get("seq_len"), model_config.get("block_size")
+        if is_int(context) and is_int(block_size) and context > block_size:
+            problems.append(invalid(path, f"eval.{eval_id}.seq_len", f"{context:,} is longer than the model's "
+                                                                     f"block_size {block_size:,}"))
     if rec["judge"] is not None:
         problems += check_judge_block(path, rec["judge"])
 
@@ -680,6 +779,10 @@ def recompute_speedrun_record(path, rec):
     elif known is not None and not measured:
         problems.append(check_close(path, "compute.peak_flops_per_device", peak, known,
                                     f"flops.py's datasheet peak for {compute['device']}"))
+    elif known is not None and not known / MEASURED_PEAK_FACTOR <= peak <= known * (1 + TOLERANCE):
+        problems.append(invalid(path, "compute.peak_flops_per_device", f"{peak:.6g} measured, but flops.py's datasheet "
+                                      f"peak for {compute['device']} is {known:.6g}: a measured peak lies between "
+                                      f"1/{MEASURED_PEAK_FACTOR} of it and it; use the datasheet figure"))
     problems.append(check_close(path, "compute.hardware_flops", compute["hardware_flops"],
                                 compute["train_seconds"] * compute["device_count"] * peak,
                                 "train_seconds × device_count × peak_flops_per_device"))
@@ -1021,6 +1124,18 @@ def paloma_eval(rec):
     return eval_id, evals[eval_id]
 
 
+# Fields of a results.json that only --export_marin reads (train.py writes neither): checked before they are copied.
+EXPORT_FIELDS = {"wandb_run_link": "url?", "hyperparameters": "dict?"}
+
+
+def non_finite(value, path, field):
+    """A problem for each NaN or infinity in a JSON value (Python's json reads them; strict JSON has none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [invalid(path, field, f"{value}: not a finite number (strict JSON has no NaN or Infinity)")]
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return [p for key, v in items for p in non_finite(v, path, f"{field}.{key}")]  # depth: read_json's limit
+
+
 def marin_run_info(rec, record_path) -> dict:
     """A speedrun-record/1 record as Marin's run_info (every figure the record's own), or a ValueError naming
     what is missing."""
@@ -1032,6 +1147,8 @@ def marin_run_info(rec, record_path) -> dict:
                          f"--record {display_path(pathlib.Path(record_path).parent)} first")
     problems = check_types(rec, RECORD_FIELDS, record_path) + check_types(found[1], EVAL_FIELDS, record_path,
                                                                           f"eval.{found[0]}.")
+    problems += check_types(rec, EXPORT_FIELDS, record_path) + non_finite(rec.get("hyperparameters"), record_path,
+                                                                           "hyperparameters")
     if problems:
         raise ValueError(problems[0])
     compute, training, author = rec["compute"], rec["training"], rec["author"]
@@ -1063,12 +1180,18 @@ def marin_run_info(rec, record_path) -> dict:
 
 
 def export_marin(record_dir) -> pathlib.Path:
-    """Write RECORD_DIR/speedrun_results.json from RECORD_DIR/results.json (atomically)."""
+    """Write RECORD_DIR/speedrun_results.json from RECORD_DIR/results.json (atomically), only for a record that
+    passes every check the leaderboard makes, as strict JSON."""
     path, rec = read_record(record_dir)
     if rec.get("schema") != SCHEMA:
         raise ValueError(f"{display_path(path)}: schema {short_json(rec.get('schema'))}, expected \"{SCHEMA}\"")
+    _, problems = load_speedrun_record(path, check_track(rec.get("track")))
+    if problems:
+        more = f" (and {len(problems) - 1} more: python leaderboard.py --check lists them)" if len(problems) > 1 else ""
+        raise ValueError(f"not exported, the record is invalid: {problems[0]}{more}")
     out = pathlib.Path(record_dir) / MARIN_NAME
-    common.write_json_atomic(out, {"runs": [{"run_info": marin_run_info(rec, path)}]})
+    text = json.dumps({"runs": [{"run_info": marin_run_info(rec, path)}]}, indent=2, ensure_ascii=False, allow_nan=False)
+    common.write_file_atomic(out, (text + "\n").encode("utf-8"))
     return out
 
 
@@ -1172,15 +1295,15 @@ def make_row(folder, runs, link):
     return {
         "folder": folder.name, "link": link, "author": first["author"], "date": max(r["date"] for r in runs),
         "params": max(r["params"] for r in runs), "weight_class": first["weight_class"],
-        "tokens": sum(r["tokens"] for r in runs) / len(runs),
-        "model_flops": sum(r["model_flops"] for r in runs) / len(runs),
-        "hardware_flops": (sum(r["hardware_flops"] for r in runs) / len(runs)
+        "tokens": mean([r["tokens"] for r in runs]),
+        "model_flops": mean([r["model_flops"] for r in runs]),
+        "hardware_flops": (mean([r["hardware_flops"] for r in runs])
                            if all(r["hardware_flops"] is not None for r in runs) else None),
         # each note once, in the runs' order; a run of several gets its name in front
         "notes": list(dict.fromkeys((f"{r['name']}: {n}" if len(runs) > 1 else n) for r in runs for n in r.get("notes", ()))),
-        "seconds": sum(r["seconds"] for r in runs) / len(runs),
+        "seconds": mean([r["seconds"] for r in runs]),
         "hardware": " / ".join(sorted({r["hardware"] for r in runs})),
-        "mfu": sum(mfus) / len(mfus) if mfus else None,
+        "mfu": mean(mfus) if mfus else None,
         "bpb": bpb, "spread": spread, "n": len(runs), "target": target,
         "p_value": one_sided_p_below(bpbs, target) if target is not None else None,
         "judge": sum(judged) / len(judged) if judged else None,
@@ -1192,21 +1315,24 @@ def make_row(folder, runs, link):
 
 
 def build_tables(runs, link_base):
-    """[{track, eval_id, fingerprint, rows}] sorted by track then eval id; rows ranked, Pareto marked."""
+    """[{track, eval_id, fingerprint, context, rows}] sorted by track, eval id, fingerprint and context; rows ranked,
+    Pareto marked. BPBs are ranked together only on the same text (fingerprint) scored in the same way: each run
+    at its own training context (context None; Marin scores at the model's seq_len too), or all at one other
+    context (eval_context)."""
     groups = {}
     for run in runs:
         for eval_id, bpb, fingerprint in run["evals"]:
-            key = (run["track"], eval_id, fingerprint)
+            key = (run["track"], eval_id, fingerprint, run.get("eval_context", {}).get(eval_id))
             groups.setdefault(key, {}).setdefault(run["folder"], []).append(dict(run, bpb=bpb))
     tables = []
-    for (track, eval_id, fingerprint), by_folder in groups.items():
+    for (track, eval_id, fingerprint, context), by_folder in groups.items():
         rows = [make_row(folder, folder_runs, pathlib.Path(os.path.relpath(folder, link_base)).as_posix())
                 for folder, folder_runs in by_folder.items()]
         rows.sort(key=lambda r: (r["bpb"], r["model_flops"], r["date"], r["folder"]))
         for rank, (row, star) in enumerate(zip(rows, pareto_front([(r["model_flops"], r["bpb"]) for r in rows])), 1):
             row["rank"], row["pareto"] = rank, star
-        tables.append({"track": track, "eval_id": eval_id, "fingerprint": fingerprint, "rows": rows})
-    tables.sort(key=lambda t: (TRACKS.index(t["track"]), t["eval_id"], t["fingerprint"]))
+        tables.append({"track": track, "eval_id": eval_id, "fingerprint": fingerprint, "context": context, "rows": rows})
+    tables.sort(key=lambda t: (TRACKS.index(t["track"]), t["eval_id"], t["fingerprint"], t["context"] or 0))
     return tables
 
 
@@ -1291,7 +1417,8 @@ def table_title(table, markdown=True):
     kind = PRIMARY_EVAL_NAME[PRIMARY_EVAL_PREFIX[table["track"]]]
     eval_id, fingerprint = escape(table["eval_id"], markdown), escape(short_fingerprint(table["fingerprint"]), markdown)
     code = "`" if markdown else ""
-    return f"{table['track']} · {kind} ({code}{eval_id}{code}, eval data {code}{fingerprint}{code})"
+    context = f", scored at context {table['context']:,}, not the training context" if table.get("context") else ""
+    return f"{table['track']} · {kind} ({code}{eval_id}{code}, eval data {code}{fingerprint}{code}{context})"
 
 
 MAIN_COLUMNS = ["#", "run", "author", "date", "params (class)", "tokens", "model FLOPs", "hardware", "time",
@@ -1424,31 +1551,54 @@ def render_svg(tables):
     return "\n".join(out) + "\n"
 
 
+MAX_TICKS = 10
+FLOAT_MAX = sys.float_info.max
+
+
+def flops_axis(rows):
+    """(first decade, last decade, decades per tick) of the log FLOPs axis: at most MAX_TICKS + 1 ticks however
+    many decades the figures span (a record may say 1e308; 10.0 ** 309 is no float, so ticks are exponents)."""
+    logs = [math.log10(r["model_flops"]) for r in rows]
+    lo = math.floor(min(logs))
+    hi = max(lo + 1, math.ceil(max(logs)))
+    return lo, hi, max(1, math.ceil((hi - lo) / MAX_TICKS))
+
+
+def bpb_axis(rows):
+    """(low, high) of the BPB axis: the points and their spreads, padded 5%, within [0, the largest float], so
+    that no difference of two figures overflows."""
+    lo = max(0.0, min(r["bpb"] - r["spread"] for r in rows))
+    hi = min(FLOAT_MAX, max(r["bpb"] + r["spread"] for r in rows))
+    pad = max(0.05 * (hi - lo), 0.01)
+    return max(0.0, lo - pad), min(FLOAT_MAX, hi + pad)
+
+
 def svg_panel(table, y0):
     rows = table["rows"]
-    x_lo = math.floor(math.log10(min(r["model_flops"] for r in rows)))
-    x_hi = max(x_lo + 1, math.ceil(math.log10(max(r["model_flops"] for r in rows))))
-    b_lo, b_hi = min(r["bpb"] - r["spread"] for r in rows), max(r["bpb"] + r["spread"] for r in rows)
-    pad = max(0.05 * (b_hi - b_lo), 0.01)
-    b_lo, b_hi = b_lo - pad, b_hi + pad
+    x_lo, x_hi, x_step = flops_axis(rows)
+    b_lo, b_hi = bpb_axis(rows)
     left, right, top, bottom = MARGIN_L, PANEL_W - MARGIN_R, y0 + MARGIN_T, y0 + PANEL_H - MARGIN_B
     colours = dict(zip(weight_class_names(), CLASS_COLOURS))
 
+    def x_at(decade):
+        return left + (decade - x_lo) / (x_hi - x_lo) * (right - left)
+
     def x_of(flops):
-        return left + (math.log10(flops) - x_lo) / (x_hi - x_lo) * (right - left)
+        return x_at(math.log10(flops))
 
     def y_of(bpb):
-        return bottom - (bpb - b_lo) / (b_hi - b_lo) * (bottom - top)
+        return bottom - (min(max(bpb, b_lo), b_hi) - b_lo) / (b_hi - b_lo) * (bottom - top)
 
     out = [f'<text x="12" y="{y0 + 22}" font-size="13" font-weight="bold">{table_title(table, markdown=False)}</text>',
            f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#888"/>']
-    for e in range(x_lo, x_hi + 1):  # a tick per decade
-        x = x_of(10.0 ** e)
+    for e in range(x_lo, x_hi + 1, x_step):  # a tick per decade (per few decades, over a wide span)
+        x = x_at(e)
         out.append(f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}" stroke="#888"/>')
         out.append(f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">1e{e}</text>')
     for k in range(5):
         b = b_lo + k * (b_hi - b_lo) / 4
-        out.append(f'<text x="{left - 6}" y="{y_of(b) + 4:.1f}" text-anchor="end">{b:.3f}</text>')
+        label = f"{b:.3f}" if b < 1e6 else f"{b:.3g}"
+        out.append(f'<text x="{left - 6}" y="{y_of(b) + 4:.1f}" text-anchor="end">{label}</text>')
     out.append(f'<text x="{(left + right) / 2}" y="{bottom + 34}" text-anchor="middle">model FLOPs (log scale)</text>')
     out.append(f'<text x="16" y="{(top + bottom) / 2}" text-anchor="middle" '
                f'transform="rotate(-90 16 {(top + bottom) / 2})">BPB</text>')

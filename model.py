@@ -766,10 +766,9 @@ def model_from_checkpoint(ckpt: dict, device="cpu") -> GPT:
         config = config_from_dict(dict(ckpt["config"]))
     except (ValueError, TypeError) as e:
         raise ValueError(f"checkpoint config does not fit this model.py: {e}") from None
-    with torch.device(device):
-        model = GPT(config)
+    with torch.device("meta"):  # shapes first: a config edited to block_size 10^9 (learned positions) allocates nothing
+        expected = GPT(config).state_dict()
     state = _strip_prefixes(ckpt["model"])
-    expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
@@ -780,5 +779,7 @@ def model_from_checkpoint(ckpt: dict, device="cpu") -> GPT:
                                        f"shape mismatch {wrong[:5]}" if wrong else "") if s)
         raise ValueError(f"checkpoint weights do not fit its config ({detail}); was the checkpoint "
                               "written by a different model.py?")
+    with torch.device(device):
+        model = GPT(config)
     model.load_state_dict(state)
     return model

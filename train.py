@@ -872,7 +872,7 @@ def build_record(run: Run, state: RunState, final_eval: dict, stopped_by: str, t
         "training": {"steps": state.step, "tokens": state.tokens, "batch_tokens": state.batch_tokens,
                      "seq_len": hp.seq_len, "seed": hp.seed, "world_size": run.world_size, "stopped_by": stopped_by},
         "compute": compute_block(run, state),
-        "eval": {run.data.eval_id: {k: final_eval[k] for k in ("bpb", "loss", "tokens", "bytes", "fingerprint")}},
+        "eval": {run.data.eval_id: {k: final_eval[k] for k in eval_bpb.RESULT_KEYS}},
         "target": target,
         "judge": None,
         "software": run.software,

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pathlib
+import resource
 import subprocess
 import sys
 
@@ -460,3 +461,59 @@ def test_paloma_c4_en_is_the_primary_eval_of_fineweb_edu_and_open(gpt2_setup, tm
     assert set(evals) == {"paloma-c4-en", "c4-en-val"}
     for track in ("fineweb-edu", "open"):
         assert [e[0] for e in leaderboard.primary_evals(track, evals)] == ["paloma-c4-en"]
+
+
+# -----------------------------------------------------------------------------
+# Issue 23, item 7: the context a text is scored in is recorded; a config edited to a huge context is refused
+# before anything is allocated
+
+def with_block_size(ckpt_path, out_path, block_size) -> pathlib.Path:
+    """A copy of a checkpoint whose config says another block_size (the weights unchanged)."""
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt["config"]["block_size"] = block_size
+    torch.save(ckpt, out_path)
+    return out_path
+
+
+def test_the_context_scored_in_is_recorded(gpt2_setup, gpt2, tmp_path, capsys):
+    data, ckpt = gpt2_setup
+    n_tokens = len(encode_docs(gpt2, DOCS * 4))  # the val stream, counted independently
+    assert n_tokens - 1 > 32
+    record = tmp_path / "record"
+    record.mkdir()
+    (record / "results.json").write_text(json.dumps({"name": "run", "eval": {}}))
+    # a RoPE model copied with block_size 10^9: the whole text is one window, scored at a context of 10^9
+    huge = with_block_size(ckpt, tmp_path / "huge.pt", 10 ** 9)
+    for path, seq_len, eval_id in ((ckpt, [], "at-block-size"), (ckpt, ["--seq_len", "16"], "at-16"),
+                                   (huge, [], "huge-copy")):
+        assert eval_bpb.main(["--ckpt", str(path), "--data", str(data), "--device", "cpu", *seq_len,
+                              "--record", str(record), "--eval_id", eval_id]) == 0
+    evals = json.loads((record / "results.json").read_text())["eval"]
+    assert {k: e["seq_len"] for k, e in evals.items()} == {"at-block-size": 32, "at-16": 16, "huge-copy": 10 ** 9}
+    assert len({e["fingerprint"] for e in evals.values()}) == 1  # one text ...
+    assert len({e["bpb"] for e in evals.values()}) == 3          # ... three BPBs: the context is part of the score
+
+
+def test_a_learned_position_model_edited_to_a_huge_context_allocates_nothing(gpt2_setup, tmp_path):
+    """rope=False: block_size rows of learned positions. A copy whose config says 10^9 would take 10^9 x n_embd
+    floats (128 GB here) before the weights were even compared: refused in one line, under a 4 GB memory limit."""
+    data, _ = gpt2_setup
+    from model import padded_vocab_size
+    torch.manual_seed(0)
+    model = GPT(tiny_config(vocab_size=padded_vocab_size(50257), n_layer=1, n_head=2, n_kv_head=2, block_size=32,
+                            rope=False))
+    ckpt = tmp_path / "learned.pt"
+    save_checkpoint(ckpt, model, model.config, tokenizer=GPT2_SPEC, step=0)
+    huge = with_block_size(ckpt, tmp_path / "learned_huge.pt", 10 ** 9)
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (4 << 30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt\nOnce upon a time\n")
+    commands = [[str(ROOT / "eval_bpb.py"), "--ckpt", str(huge), "--data", str(data), "--device", "cpu"],
+                [str(ROOT / "judge.py"), f"--ckpt={huge}", f"--prompts={prompts}", "--samples=1", "--device=cpu",
+                 f"--cache_dir={tmp_path / 'cache'}", f"--generate_only={tmp_path / 'out.csv'}"]]
+    for command in commands:
+        out = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=300, preexec_fn=limit)
+        err = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and err[-1].startswith("error: ") and "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert "transformer.wpe.weight (32, 32) vs (1000000000, 32)" in err[-1]
+    assert eval_bpb.main(["--ckpt", str(ckpt), "--data", str(data), "--device", "cpu"]) == 0  # the true one scores

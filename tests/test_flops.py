@@ -1,6 +1,7 @@
 """Tests for flops.py: Marin's convention term by term, the published 130M example, agreement with
 torch.utils.flop_counter on a real forward+backward, device peaks, hardware FLOPs and MFU, the CLI; parameter counting by the hackathon rules (detected, not declared) and weight classes."""
 import math
+import resource
 import subprocess
 import sys
 from dataclasses import asdict
@@ -93,7 +94,9 @@ def test_peak_table_is_marins():
     ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A100 80GB PCIe", 312e12), ("NVIDIA L40S", 366.5e12),
     ("NVIDIA L4", 121e12), ("NVIDIA A10", 125e12), ("NVIDIA B200", 2.5e15), ("AMD Instinct MI300X", 1307.4e12),
     ("H100 SXM", 989.5e12), ("TPU v5p", 459e12),
-    ("NVIDIA A10G", None), ("NVIDIA H100 NVL", None), ("NVIDIA GeForce RTX 4090", None), ("cpu", None)])
+    ("NVIDIA A10G", None), ("NVIDIA H100 NVL", None), ("NVIDIA GeForce RTX 4090", None), ("cpu", None),
+    # train.py's CPU names: a Xeon "v4" is no TPU v4, an "A10" in a model name no GPU
+    ("cpu: Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz (2 threads per process)", None), ("cpu: A10 (1 threads per process)", None)])
 def test_device_names_map_to_datasheet_peaks(name, peak):
     assert flops.device_peak_flops(name) == ((peak, "datasheet") if peak else (None, "unknown"))
 
@@ -168,6 +171,30 @@ def test_plain_model_counts_every_parameter_once(overrides):
     wte = model.transformer.wte.weight.numel()
     assert counts["embedding"] == wte + (model.transformer.wpe.weight.numel() if "wpe" in model.transformer else 0)
     assert counts["non_embedding"] == total - counts["embedding"]
+
+
+DEEP_CHAIN = """
+import torch
+import model as M
+from flops import count_params
+config = M.build_config(None, 256, 16, n_layer=200, n_embd=16, n_head=2, n_kv_head=1, x0_mix=False,
+                        value_residual=False, unet=False)
+with torch.device("meta"):
+    model = M.GPT(config)
+counts = count_params(model)
+print(counts["counted"], counts["unique"], sum(p.numel() for p in model.parameters()))
+"""
+
+
+def test_a_deep_plain_chain_is_counted_without_a_crash():
+    # the graph of a plain chain is as deep as the model; freed at once it overflowed the C stack (train.py's
+    # --n_layer=1000 record made leaderboard.py segfault). A 1 MB stack (1/8 of the usual) makes 200 layers enough.
+    small_stack = lambda: resource.setrlimit(resource.RLIMIT_STACK, (1 << 20, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+    out = subprocess.run([sys.executable, "-c", DEEP_CHAIN], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         preexec_fn=small_stack)
+    assert out.returncode == 0, out.stderr[-2000:]
+    counted, unique, total = map(int, out.stdout.split())
+    assert counted == unique == total  # a plain model: every weight once
 
 
 def test_tied_embedding_counts_once():

@@ -477,6 +477,126 @@ def test_marin_mfu_above_one_is_refused(repo, capsys):
     assert code == 1 and "runs[0].run_info.training_hardware_flops: below model_flops" in err, err
 
 
+# ---------------------------------------------------------------------------------------------------
+# Issue 23, item 4: figures that decide a ranking are checked against what the record's own log and flops.py say
+
+SEED1 = ("tinystories", "2025-01-12_muon_3seeds", "seed1")
+
+
+def invented_target(r):  # the hostile tester's: tops "Time to target" at 0.0 s on a record that never got there
+    r["target"] = {"metric": "bpb", "value": 0.5, "reached": True, "seconds": 0.001}
+
+
+def instant_target(r):  # the logged target, reached, in a time the run did not take
+    r["target"]["seconds"] = 0.001
+
+
+def unreached_target_said_reached(r):
+    r["target"]["value"] = 1.22
+    r["target"]["seconds"] = 110.0
+
+
+def other_metric(r):
+    r["target"]["metric"] = "loss"
+
+
+@pytest.mark.parametrize("change,log_edit,field", [
+    (invented_target, None, "target.value"),
+    (instant_target, None, "target.seconds"),
+    (unreached_target_said_reached, ("<= 1.25", "<= 1.22"), "target.reached"),  # 1.24 at the end, above 1.22
+    (None, ("step 800 val bpb 1.240000", "step 800 val bpb 1.260000"), "target.reached"),
+    (None, ("step 800 val bpb 1.240000", "step 700 val bpb 1.240000"), "target.reached"),  # not at the last step
+    (lambda r: r["target"].update(reached=False, seconds=None), None, "target.reached"),  # it did get there
+    (other_metric, None, "target.metric"),
+    (None, ("budget: 800 steps (max_steps) or val bpb <= 1.25", "budget: 800 steps (max_steps)"), "target.value"),
+])
+def test_a_target_is_checked_against_the_logged_validations(repo, capsys, change, log_edit, field):
+    folder = repo / "records" / pathlib.Path(*SEED1)
+    if change:
+        edit_json(folder / "results.json", change)
+    if log_edit:
+        log = folder / "train.log"
+        assert log_edit[0] in log.read_text()
+        log.write_text(log.read_text().replace(*log_edit))
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and f"seed1/results.json: {field}:" in err, err
+
+
+def test_a_target_not_reached_is_listed_without_a_time(repo, capsys):
+    folder = repo / "records" / pathlib.Path(*SEED1)
+    edit_json(folder / "results.json", lambda r: r["target"].update(value=1.1, reached=False, seconds=None))
+    log = folder / "train.log"
+    log.write_text(log.read_text().replace("<= 1.25", "<= 1.1"))
+    assert run_cli(repo, capsys=capsys)[0] == 0
+    text = (repo / "README.md").read_text()
+    assert "[2025-01-12_muon_3seeds]" in text and "Time to target" not in text  # ranked, but timed only when all reached
+
+
+def measured_peak(fraction_of_datasheet=None, mfu=None):
+    """The baseline's H100 peak replaced by a "measured" one (a fraction of the datasheet figure, or whatever
+    gives `mfu`), hardware FLOPs and MFU made consistent with it."""
+    def change(r):
+        c = r["compute"]
+        c["peak_flops_source"] = "measured"
+        c["peak_flops_per_device"] = (989.5e12 * fraction_of_datasheet if fraction_of_datasheet else
+                                      c["model_flops"] / (c["train_seconds"] * c["device_count"] * mfu))
+        c["hardware_flops"] = c["train_seconds"] * c["device_count"] * c["peak_flops_per_device"]
+        c["mfu"] = c["model_flops"] / c["hardware_flops"]
+    return change
+
+
+@pytest.mark.parametrize("device", ["H100 SXM", "NVIDIA H100 80GB HBM3"])
+def test_a_measured_peak_far_below_the_datasheet_is_refused(repo, capsys, device):
+    path = repo / "records" / "tinystories" / "2025-01-10_baseline" / "results.json"
+    edit_json(path, lambda r: r["compute"].__setitem__("device", device))
+    edit_json(path, measured_peak(mfu=0.991))  # the hostile tester's 99.1% MFU
+    peak = json.loads(path.read_text())["compute"]["peak_flops_per_device"]
+    assert peak < 989.5e12 / lb.MEASURED_PEAK_FACTOR  # thousands of times below the datasheet, MFU still <= 1
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "2025-01-10_baseline/results.json: compute.peak_flops_per_device:" in err, err
+    edit_json(path, measured_peak(fraction_of_datasheet=1.5))  # above the datasheet: no measurement gives that
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "compute.peak_flops_per_device" in err, err
+
+
+def test_a_measured_peak_near_the_datasheet_and_a_cpu_peak_are_accepted(repo, capsys):
+    edit_json(repo / "records" / "tinystories" / "2025-01-10_baseline" / "results.json", measured_peak(0.7))
+    # a Xeon "v4" is a CPU with a measured peak, not a TPU v4 with a datasheet one
+    edit_json(repo / "records" / "tinystories" / "2025-01-20_medium_cpu" / "results.json", lambda r: r["compute"].__setitem__(
+        "device", "cpu: Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz (2 threads per process)"))
+    code, _, err = run_cli(repo, capsys=capsys)
+    assert code == 0, err
+
+
+# Issue 23, item 7: the context a text was scored in is part of what makes two BPBs comparable
+
+def test_bpbs_scored_at_another_context_are_tabled_apart(repo, capsys):
+    ts = repo / "records" / "tinystories"
+    edit_json(ts / "2025-01-15_cheap" / "results.json", lambda r: r["eval"]["tinystories-valid"].update(seq_len=64))
+    edit_json(ts / "2025-01-10_baseline" / "results.json", lambda r: r["eval"]["tinystories-valid"].update(seq_len=256))
+    code, _, err = run_cli(repo, capsys=capsys)
+    assert code == 0, err
+    tables = section_tables((repo / "README.md").read_text())
+    same_text = {h: [r["run"].split("]")[0][1:] for r in rows] for h, rows in tables.items() if "`tinystories-valid`" in h}
+    # at the training context (256, recorded or, for the runs written before it was, assumed): one ranking
+    assert same_text == {
+        "tinystories · TinyStories valid BPB (`tinystories-valid`, eval data `7c665c44ab281266`)":
+            ["2025-01-12_muon_3seeds", "2025-01-10_baseline", "2025-01-20_medium_cpu"],
+        "tinystories · TinyStories valid BPB (`tinystories-valid`, eval data `7c665c44ab281266`, scored at context 64, "
+        "not the training context)": ["2025-01-15_cheap"]}
+
+
+def test_a_context_longer_than_the_model_is_refused(repo, capsys):
+    path = repo / "records" / "tinystories" / "2025-01-15_cheap" / "results.json"
+    edit_json(path, lambda r: r["eval"]["tinystories-valid"].update(seq_len=10 ** 9))
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "2025-01-15_cheap/results.json: eval.tinystories-valid.seq_len: 1,000,000,000 is longer " \
+                          "than the model's block_size 256" in err, err
+    edit_json(path, lambda r: r["eval"]["tinystories-valid"].update(seq_len=0))
+    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    assert code == 1 and "eval.tinystories-valid.seq_len: expected an integer >= 1" in err, err
+
+
 def test_skip_invalid_ranks_no_part_of_an_invalid_record(repo, capsys):
     """Issue 13, item 11: one bad seed, or a missing README.md, keeps the whole record folder out."""
     edit_json(repo / "records" / "tinystories" / "2025-01-12_muon_3seeds" / "seed1" / "results.json",
@@ -580,6 +700,45 @@ def test_plot(repo, capsys):
     assert code == 0, err
     svg_path.write_text("<svg/>")
     assert run_leaderboard(repo, "--check", f"--plot={svg_path}", capsys=capsys)[0] == 1
+
+
+def svg_numbers(root):
+    """Every coordinate the plot writes (attributes that are numbers or lists of them)."""
+    numbers = []
+    for element in root.iter():
+        for name in ("x", "y", "x1", "x2", "y1", "y2", "cx", "cy", "width", "height"):
+            if element.get(name) is not None:
+                numbers.append(float(element.get(name)))
+        for point in (element.get("points") or "").split():
+            numbers += [float(v) for v in point.split(",")]
+    return numbers
+
+
+def test_plot_of_extreme_figures(repo, capsys):
+    """Issue 23, item 12: a Marin record with model FLOPs 1e308 (two runs: their sum is no float) crashed --plot."""
+    path = repo / "records" / "fineweb-edu" / "2025-06-27_marin_llama_130m_adamw" / lb.MARIN_NAME
+    def extreme(d):
+        info = d["runs"][0]["run_info"]
+        info.update(model_config={}, resources={}, model_flops=1e308, training_hardware_flops=1.5e308)
+        d["runs"].append({"run_info": dict(info, model_flops=1.7e308, training_hardware_flops=1.75e308)})
+    edit_json(path, extreme)
+    svg_path = repo / "frontier.svg"
+    code, _, err = run_cli(repo, f"--plot={svg_path}", capsys=capsys)
+    assert code == 0, err
+    root = ET.fromstring(svg_path.read_text())
+    numbers = svg_numbers(root)
+    assert numbers and all(math.isfinite(v) and -1 <= v <= max(lb.PANEL_W, 4 * lb.PANEL_H) for v in numbers)
+    ns = "{http://www.w3.org/2000/svg}"
+    ticks = [t.text for t in root.iter(ns + "text") if (t.text or "").startswith("1e")]
+    assert "1e308" in " ".join(ticks) and len(ticks) <= 4 * (lb.MAX_TICKS + 1)  # a few per panel, not one per decade
+    assert "1.35e308" in (repo / "README.md").read_text()  # the two runs' mean model FLOPs, no overflow
+
+
+def test_statistics_of_huge_values_do_not_overflow():
+    mean, sd = lb.mean_and_sd([1.5e308, 1.0])
+    assert mean == pytest.approx(0.75e308) and sd == pytest.approx(1.5e308 / math.sqrt(2))
+    assert lb.mean([1.7e308, 1.7e308]) == pytest.approx(1.7e308)
+    assert lb.mean_and_sd([1.0, 2.0, 3.0, 4.0]) == (2.5, pytest.approx(math.sqrt(5 / 3)))
 
 
 def test_serve(repo):
@@ -764,6 +923,42 @@ def test_export_marin_round_trip(repo, tmp_path, capsys):
     edit_json(record / "results.json", lambda r: r.__setitem__("description", "changed"))
     code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and "2025-03-01_c4_small/speedrun_results.json: runs: differs from the results.json" in err
+
+
+def strict_json(text):
+    """json.loads that refuses NaN and Infinity, as every strict JSON reader does."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("change,says", [
+    (lambda r: r.__setitem__("hyperparameters", {"lr": float("nan"), "betas": [0.9, float("inf")]}),
+     "results.json: hyperparameters.lr: nan: not a finite number"),
+    (lambda r: r.__setitem__("wandb_run_link", "javascript:alert(1)"), "results.json: wandb_run_link: expected an http(s) URL"),
+    (lambda r: r.__setitem__("hyperparameters", "lr=1e-3"), "results.json: hyperparameters: expected an object"),
+    (halve_model_flops, "not exported, the record is invalid: "),  # figures the leaderboard refuses
+    (lambda r: r["code"]["sha256"].__setitem__("train.py", "0" * 64), "code.sha256.train.py"),
+])
+def test_export_marin_copies_only_checked_figures(repo, capsys, change, says):
+    """Issue 23, item 12: --export_marin copied fields nothing checked and wrote NaN (not JSON)."""
+    record = repo / "records" / "fineweb-edu" / "2025-03-01_c4_small"
+    edit_json(record / "results.json", change)
+    assert lb.main(["--export_marin", str(record)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and says in err, err
+    assert not (record / lb.MARIN_NAME).exists()
+
+
+def test_export_marin_writes_strict_json(repo, capsys):
+    record = repo / "records" / "fineweb-edu" / "2025-03-01_c4_small"
+    edit_json(record / "results.json", lambda r: r.update(hyperparameters={"lr": 0.003, "betas": [0.9, 0.95]},
+                                                          wandb_run_link="https://wandb.ai/me/run"))
+    assert lb.main(["--export_marin", str(record)]) == 0
+    info = strict_json((record / lb.MARIN_NAME).read_text())["runs"][0]["run_info"]
+    assert info["train_config"]["hyperparameters"] == {"lr": 0.003, "betas": [0.9, 0.95]}
+    assert info["wandb_run_link"] == "https://wandb.ai/me/run"
+    assert run_cli(repo, capsys=capsys)[0] == 0  # the export beside its record checks out
 
 
 def test_export_marin_needs_a_paloma_eval(repo, capsys):

@@ -453,7 +453,8 @@ def test_record_has_every_field_and_consistent_numbers(straight_run, data_dir):
     counted = flops.count_params(train.GPT(model.config_from_dict(record["model"])))["counted"]
     assert record["params"]["counted"] == counted and record["params"]["weight_class"] == "small"
     [(eval_id, ev)] = record["eval"].items()
-    assert ev == {k: result["validations"][-1][k] for k in ("bpb", "loss", "tokens", "bytes", "fingerprint")}
+    assert ev == {k: result["validations"][-1][k] for k in ("bpb", "loss", "tokens", "bytes", "fingerprint", "seq_len")}
+    assert ev["seq_len"] == 32  # the context it was scored at: the run's
     assert len(ev["fingerprint"]) == 64 and ev["bytes"] > 0
     assert record["data"]["fingerprint"] == hashlib.sha256((data_dir / "meta.json").read_bytes()).hexdigest()
     for name, digest in record["code"]["sha256"].items():
