@@ -518,7 +518,7 @@ def test_a_target_is_checked_against_the_logged_validations(repo, capsys, change
         log = folder / "train.log"
         assert log_edit[0] in log.read_text()
         log.write_text(log.read_text().replace(*log_edit))
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and f"seed1/results.json: {field}:" in err, err
 
 
@@ -527,7 +527,7 @@ def test_a_target_not_reached_is_listed_without_a_time(repo, capsys):
     edit_json(folder / "results.json", lambda r: r["target"].update(value=1.1, reached=False, seconds=None))
     log = folder / "train.log"
     log.write_text(log.read_text().replace("<= 1.25", "<= 1.1"))
-    assert run_cli(repo, capsys=capsys)[0] == 0
+    assert run_leaderboard(repo, capsys=capsys)[0] == 0
     text = (repo / "README.md").read_text()
     assert "[2025-01-12_muon_3seeds]" in text and "Time to target" not in text  # ranked, but timed only when all reached
 
@@ -552,10 +552,10 @@ def test_a_measured_peak_far_below_the_datasheet_is_refused(repo, capsys, device
     edit_json(path, measured_peak(mfu=0.991))  # the hostile tester's 99.1% MFU
     peak = json.loads(path.read_text())["compute"]["peak_flops_per_device"]
     assert peak < 989.5e12 / lb.MEASURED_PEAK_FACTOR  # thousands of times below the datasheet, MFU still <= 1
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and "2025-01-10_baseline/results.json: compute.peak_flops_per_device:" in err, err
     edit_json(path, measured_peak(fraction_of_datasheet=1.5))  # above the datasheet: no measurement gives that
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and "compute.peak_flops_per_device" in err, err
 
 
@@ -564,7 +564,7 @@ def test_a_measured_peak_near_the_datasheet_and_a_cpu_peak_are_accepted(repo, ca
     # a Xeon "v4" is a CPU with a measured peak, not a TPU v4 with a datasheet one
     edit_json(repo / "records" / "tinystories" / "2025-01-20_medium_cpu" / "results.json", lambda r: r["compute"].__setitem__(
         "device", "cpu: Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz (2 threads per process)"))
-    code, _, err = run_cli(repo, capsys=capsys)
+    code, _, err = run_leaderboard(repo, capsys=capsys)
     assert code == 0, err
 
 
@@ -574,7 +574,7 @@ def test_bpbs_scored_at_another_context_are_tabled_apart(repo, capsys):
     ts = repo / "records" / "tinystories"
     edit_json(ts / "2025-01-15_cheap" / "results.json", lambda r: r["eval"]["tinystories-valid"].update(seq_len=64))
     edit_json(ts / "2025-01-10_baseline" / "results.json", lambda r: r["eval"]["tinystories-valid"].update(seq_len=256))
-    code, _, err = run_cli(repo, capsys=capsys)
+    code, _, err = run_leaderboard(repo, capsys=capsys)
     assert code == 0, err
     tables = section_tables((repo / "README.md").read_text())
     same_text = {h: [r["run"].split("]")[0][1:] for r in rows] for h, rows in tables.items() if "`tinystories-valid`" in h}
@@ -589,11 +589,11 @@ def test_bpbs_scored_at_another_context_are_tabled_apart(repo, capsys):
 def test_a_context_longer_than_the_model_is_refused(repo, capsys):
     path = repo / "records" / "tinystories" / "2025-01-15_cheap" / "results.json"
     edit_json(path, lambda r: r["eval"]["tinystories-valid"].update(seq_len=10 ** 9))
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and "2025-01-15_cheap/results.json: eval.tinystories-valid.seq_len: 1,000,000,000 is longer " \
                           "than the model's block_size 256" in err, err
     edit_json(path, lambda r: r["eval"]["tinystories-valid"].update(seq_len=0))
-    code, _, err = run_cli(repo, "--check", capsys=capsys)
+    code, _, err = run_leaderboard(repo, "--check", capsys=capsys)
     assert code == 1 and "eval.tinystories-valid.seq_len: expected an integer >= 1" in err, err
 
 
@@ -723,7 +723,7 @@ def test_plot_of_extreme_figures(repo, capsys):
         d["runs"].append({"run_info": dict(info, model_flops=1.7e308, training_hardware_flops=1.75e308)})
     edit_json(path, extreme)
     svg_path = repo / "frontier.svg"
-    code, _, err = run_cli(repo, f"--plot={svg_path}", capsys=capsys)
+    code, _, err = run_leaderboard(repo, f"--plot={svg_path}", capsys=capsys)
     assert code == 0, err
     root = ET.fromstring(svg_path.read_text())
     numbers = svg_numbers(root)
@@ -958,7 +958,7 @@ def test_export_marin_writes_strict_json(repo, capsys):
     info = strict_json((record / lb.MARIN_NAME).read_text())["runs"][0]["run_info"]
     assert info["train_config"]["hyperparameters"] == {"lr": 0.003, "betas": [0.9, 0.95]}
     assert info["wandb_run_link"] == "https://wandb.ai/me/run"
-    assert run_cli(repo, capsys=capsys)[0] == 0  # the export beside its record checks out
+    assert run_leaderboard(repo, capsys=capsys)[0] == 0  # the export beside its record checks out
 
 
 def test_export_marin_needs_a_paloma_eval(repo, capsys):
