@@ -91,8 +91,8 @@ def straight_run(tmp_path_factory, data_dir) -> tuple[pathlib.Path, dict]:
 
 
 def test_parse_args_types_overrides_and_errors():
-    hp = train.parse_args(["--n_layer=3", "--matrix_lr=0.5", "--resume=true", "--max_tokens=1e6", "--name=x=y"])
-    assert (hp.model["n_layer"], hp.matrix_lr, hp.resume, hp.max_tokens, hp.name) == (3, 0.5, True, 1_000_000, "x=y")
+    hp = train.parse_args(["--n_layer=3", "--matrix_lr=0.5", "--resume=true", "--max_tokens=1e6", "--description=x=y"])
+    assert (hp.model["n_layer"], hp.matrix_lr, hp.resume, hp.max_tokens, hp.description) == (3, 0.5, True, 1_000_000, "x=y")
     assert hp.preset == "small" and hp.track == "tinystories" and hp.data_dir == "data/tinystories"
     for bad in (["--n_layer=2.5"], ["--n_layr=2"], ["--compile=maybe"], ["n_layer=2"], ["--max_seconds=nan"],
                 ["--batch_size=0"], ["--max_steps=0"], ["--seed=1e30"], ["--mlp=swiglu2", "--data_dir=x"]):
