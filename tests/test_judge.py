@@ -66,6 +66,11 @@ def server_factory(tmp_path):
         s.stop()
 
 
+def port_of(server) -> int:
+    """A server's port: a restarted server listens there, at the same --base_url (part of the cache key)."""
+    return int(server.base_url.rsplit(":", 1)[1].split("/")[0])
+
+
 def run_judge(*args, env_key=KEY, wait=True):
     env = {k: v for k, v in os.environ.items() if k != "JUDGE_KEY"}
     env["HF_HUB_OFFLINE"] = "1"  # the hub loaders must fail fast and clearly, not hang, without a network
@@ -275,7 +280,7 @@ def test_faulty_server_run_completes_with_the_servers_scores(tmp_path, server_fa
     # a re-run with the same arguments sends no request: the endpoint may even be gone
     before = len(server.events())
     server.stop()
-    again = run_judge(*[a for a in args if not a.startswith("--base_url")], "--base_url=http://127.0.0.1:9/v1")
+    again = run_judge(*args)
     assert again.returncode == 0, again.stderr
     assert "in 0 requests" in again.stdout and len(server.events()) == before
     report2 = json.loads((record / "judge.json").read_text())
@@ -301,7 +306,8 @@ def test_crash_mid_run_resumes_without_grading_twice(tmp_path, server_factory):
     with open(cache_dir / "grades.jsonl", "a") as f:
         f.write('{"key": "torn-by-the-cra')  # what a kill during a write leaves
 
-    fresh = server_factory()
+    hanging.stop()
+    fresh = server_factory(f"--port={port_of(hanging)}")  # the same --base_url
     proc = run_judge(f"--base_url={fresh.base_url}", *args)
     assert proc.returncode == 0, proc.stderr
     second = answered_grades(fresh)
@@ -327,9 +333,10 @@ def test_endpoint_lost_mid_run_keeps_what_was_graded(tmp_path, server_factory):
     dying.proc.wait(timeout=10)
     graded = answered_grades(dying)
     assert len(graded) == 4
-    assert sorted(cache_keys(cache_dir)) == sorted(judge.cache_key("judge-a", it["prompt"], it["completion"])
+    settings = judge.grading_settings(judge.PAPER, dying.base_url, 0.0, 600, "auto")
+    assert sorted(cache_keys(cache_dir)) == sorted(judge.cache_key("judge-a", it["prompt"], it["completion"], settings)
                                                    for it in items if ("judge-a", sha_of("judge-a", it)) in graded)
-    fresh = server_factory()
+    fresh = server_factory(f"--port={port_of(dying)}")  # the same --base_url
     proc = run_judge(f"--base_url={fresh.base_url}", *args, f"--out={tmp_path / 'j.json'}")
     assert proc.returncode == 0, proc.stderr
     assert not set(graded) & set(answered_grades(fresh)) and len(cache_keys(cache_dir)) == len(items)
@@ -654,8 +661,9 @@ def test_ctrl_c_stops_at_once_and_keeps_the_grades(tmp_path, server_factory, pre
     if presses == 1:
         assert "3 new grades of 6 saved" in stderr and stderr.strip().splitlines()[-1] == "error: judge.py: interrupted"
     assert len(cache_keys(cache_dir)) == 3 and not (tmp_path / "judge.json").exists()
-    # the re-run grades only the rest
-    fresh = server_factory()
+    # the re-run grades only the rest (of a server at the same --base_url: it is part of the cache key)
+    hanging.stop()
+    fresh = server_factory(f"--port={port_of(hanging)}")
     proc = run_judge(f"--base_url={fresh.base_url}", *args)
     assert proc.returncode == 0, proc.stderr
     assert len(answered_grades(fresh)) == 3 and len(cache_keys(cache_dir)) == 6
@@ -857,12 +865,15 @@ def test_malformed_cache_and_completions_files_are_one_line_errors(tmp_path):
     completions = write_jsonl(tmp_path / "ok.jsonl", items)
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
-    # a cache line that is JSON, with the item's key, but not a grade: said, not a KeyError in the report
-    key = judge.cache_key("judge-a", items[0]["prompt"], items[0]["completion"])
+    # a cache line that is JSON, with the item's key, but not a grade: skipped and said (its grade is asked
+    # again, here of a server that is not there), not a KeyError in the report
+    settings = judge.grading_settings(judge.PAPER, "http://127.0.0.1:9/v1", 0.0, 600, "auto")
+    key = judge.cache_key("judge-a", items[0]["prompt"], items[0]["completion"], settings)
     (cache_dir / "grades.jsonl").write_text(json.dumps({"key": key, "status": "ok", "scores": {"grammar": "ten"}}) + "\n")
     proc = run_judge(f"--completions={completions}", "--model=judge-a", "--base_url=http://127.0.0.1:9/v1",
                      f"--cache_dir={cache_dir}", f"--out={tmp_path / 'j.json'}", *FAST)
-    assert_one_line_error(proc, "grades.jsonl", "line 1 is not a cache record")
+    assert proc.returncode == 2 and "skipped 1 line(s) that are not cache records (line 1)" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: judge.py: cannot reach") and "Traceback" not in proc.stderr
     # a completions line nested beyond what a JSON parser recurses into
     deep = tmp_path / "deep.jsonl"
     deep.write_text("[" * 200_000 + "\n")
