@@ -1323,8 +1323,10 @@ def prepare(args) -> dict:
                 raise ValueError("no train documents to train the BPE on: every document was empty, a duplicate "
                                  "or in val; check the input or lower --val_fraction / --val_docs")
             print(f"trained in {time.time() - t0:.1f}s on {trained_on['docs']:,} documents", file=sys.stderr)
-            if len(spec["ranks"]) + 1 < tok:
-                print(f"warning: the text only supported {len(spec['ranks']) + 1} of {tok} tokens", file=sys.stderr)
+            if len(spec["ranks"]) + 1 < tok:  # named by what it is: records and tables show the name
+                spec = {**spec, "name": f"bpe:{len(spec['ranks']) + 1}"}
+                print(f"warning: the text only supported {len(spec['ranks']) + 1:,} of the {tok:,} tokens asked "
+                      f"for: the tokenizer is {spec['name']}; give more text to train a larger one", file=sys.stderr)
         else:
             spec = tok
         enc = encoding_from_spec(spec)
