@@ -160,12 +160,26 @@ def write_json_atomic(path, obj) -> None:
 
 
 def remove_orphan_temp_files(folder: pathlib.Path) -> None:
-    """Temp files a killed writer left in `folder`. Call it only while holding the folder's lock: then no
-    writer of ours is running there."""
+    """Temp files a killed writer left in `folder` (kill -9 during a checkpoint or results.json write). Call it
+    while holding the folder's lock; a temp file whose process is alive (eval_bpb.py or judge.py writing into
+    the record, which take no lock) is left alone."""
     if folder.is_dir():
         for p in folder.iterdir():
-            if TEMP_NAME.fullmatch(p.name) and p.is_file():
+            if TEMP_NAME.fullmatch(p.name) and p.is_file() and not process_alive(int(p.name.rpartition(".tmp")[2])):
                 p.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (a file named after a live process is in use)."""
+    if pid == os.getpid():
+        return False  # a file of ours from an earlier process with this id: stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists (another user's)
+    return True
 
 
 # -----------------------------------------------------------------------------

@@ -29,9 +29,10 @@ Write the summary into a record's results.json (and the full report to DIR/judge
     python judge.py --ckpt=ckpt.pt --model=gpt-4o --record=records/tinystories/2025-01-01_me
 
 Re-runs are free: generated completions are saved in --cache_dir keyed by the generation arguments,
-and every judge answer is appended (fsync'd) to --cache_dir/grades.jsonl keyed by (protocol, judge model,
-prompt, completion), so a re-run, or a run resumed after a crash or Ctrl-C, sends only the requests not
-yet answered. The API key is read from the environment variable named by --api_key_env; it is sent only
+and every judge answer is appended (fsync'd) to --cache_dir/grades.jsonl keyed by the judge model, the
+story and every setting that changes a grade (the protocol's wording, --base_url, the judge's temperature
+and max tokens, --structured), so a re-run, or a run resumed after a crash or Ctrl-C, sends only the
+requests not yet answered. The API key is read from the environment variable named by --api_key_env; it is sent only
 to --base_url (redirects are refused), and never printed or written (a server that echoes it is redacted).
 """
 import argparse
@@ -199,8 +200,10 @@ class Protocol:
     def user_message(self, prompt: str, completion: str) -> str:
         if self.name == "paper":
             return self.user_prompt.format(story=f"{prompt.rstrip()} *** {completion.strip()}")
-        # replace, not format: organisers' prompts may hold other braces
-        return self.user_prompt.replace("{story_start}", prompt).replace("{completion}", completion)
+        # one pass over the template, not format (organisers' prompts may hold other braces) nor two replaces
+        # (a story beginning holding "{completion}" would get the completion put into it)
+        parts = {"{story_start}": prompt, "{completion}": completion}
+        return re.sub(r"\{story_start\}|\{completion\}", lambda m: parts[m.group(0)], self.user_prompt)
 
     def messages(self, prompt: str, completion: str) -> list[dict]:
         """The chat messages that ask for one grade."""
@@ -231,7 +234,6 @@ PAPER = Protocol("paper", "tinystories-paper/1", None, GRADING_TEMPLATE, REASK, 
 HACKATHON = Protocol("hackathon", "tinystories-hackathon/1", HACKATHON_SYSTEM, HACKATHON_USER, HACKATHON_FOLLOWUP,
                      temperature=0.1, max_tokens=128)
 PROTOCOLS = {"paper": PAPER, "hackathon": HACKATHON}
-PROTOCOL = PAPER.id  # the default protocol's cache-key id
 
 
 def load_protocol_file(path: pathlib.Path) -> Protocol:
@@ -264,30 +266,88 @@ def load_protocol_file(path: pathlib.Path) -> Protocol:
 # labels: a label, a separator or an '/10', a number; the last match wins, because the assessment may
 # mention a category before the grades at the end.
 
-SCORE_RE = re.compile(r"\b(grammar|creativity|consistency|plot|overall)\b([^0-9\n]{0,40}?)(?<![\d.])(\d+(?:\.\d+)?)"
-                      r"(?:\s*(?:/|out of)\s*(\d+(?:\.\d+)?))?", re.IGNORECASE)
+LABEL_RE = re.compile(r"\b(grammar|creativity|consistency|plot|overall)\b", re.IGNORECASE)
+# After a label: the gap (no digits), a number (never the start of a longer one: 1e309, 1_0, 8.5.1), an
+# optional scale. A gap of words ('Plot twist: 1') is prose unless the number carries its '/10'.
+SCORE_AFTER_LABEL = re.compile(r"(?P<gap>[^0-9\n]{0,40}?)(?<![\d.])(?P<number>\d+(?:\.\d+)?)(?![\d_]|[.,]\d|[eE][+-]?\d)"
+                               r"(?:\s*(?:/|out of)\s*(?P<scale>\d+(?:\.\d+)?)(?![\d.]))?", re.IGNORECASE)
+PLAIN_GAP = re.compile(r"[^\w\n]*(?:(?:score|rating|grade)\b[^\w\n]*)?", re.IGNORECASE)
+# 'Grammar: 2 small mistakes, 8/10': a score out of 10 later in the label's clause is its grade
+LATER_OUT_OF_10 = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(?:/|out of)\s*10(?![\d.])", re.IGNORECASE)
+CLAUSE_END = re.compile(r"[.;!?](?:\s|$)")
 AGE_LETTER_RE = re.compile(r"\b(?i:age)\b(?:\s*(?i:group))?[^\n]{0,30}?\b([A-F])\b")
 AGE_RANGE_RE = re.compile(r"\b(?i:age)\b[^\n]{0,30}?(3 or under|4-5|6-7|8-9|10-12|13-16)")
+SCORE_TEXT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*")  # a score given as a string: "8", "8/10"
+
+
+def bounded_number(value, low, high, whole: bool = False):
+    """A number a server or a file gave (a JSON int or float, never a bool) when it lies in [low, high]
+    (and is whole, with whole=True); else None. Compared as given, so a 400-digit integer is out of range
+    rather than an OverflowError, and 1e308 or inf is never a count. The one reader of such numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if not low <= value <= high or (whole and value != int(value)):
+        return None
+    return value
+
+
+def score_value(value):
+    """A grade: a number from 0 to 10, or a string holding one ("8", "8/10"); an int when whole."""
+    if isinstance(value, str):
+        m = SCORE_TEXT.fullmatch(value)
+        value = float(m.group(1)) if m else None
+    value = bounded_number(value, 0, 10)
+    return None if value is None else int(value) if value == int(value) else float(value)
+
+
+def text_score(text: str, label_end: int, segment_end: int) -> float | None:
+    """The grade written after a label (text[label_end:segment_end], up to the next label or line end), or
+    None. A number counts only after a separator (':', '=', '-') or when written as 'n/10' / 'n out of 10';
+    '/' before it means it is a scale ('Grammar: X/10', 'N/A/10'); a minus sign makes it no grade."""
+    segment = text[label_end:segment_end]
+    m = SCORE_AFTER_LABEL.match(segment)
+    if m is None:
+        return None
+    gap, number, scale = m.group("gap"), float(m.group("number")), m.group("scale")
+    if "/" in gap or (scale is not None and float(scale) != 10):
+        return None
+    if re.search(r"[\s:=*]-$", gap):  # 'Grammar: -5' is a negative number, not 5
+        return None
+    if scale is None:
+        if not PLAIN_GAP.fullmatch(gap) or not any(sep in gap for sep in ":=-"):
+            return None
+        rest = segment[m.end():]
+        end = CLAUSE_END.search(rest)
+        later = LATER_OUT_OF_10.search(rest[:end.start() if end else len(rest)])
+        if later:
+            number = float(later.group(1))
+    return score_value(number)
 
 
 def parse_grades(text: str, labels: tuple[str, ...] = (*CATEGORIES, "age_group")) -> dict:
     """{label: float|None, ..., "age_group": "A".."F"|None} from one judge answer, for the labels asked
     (the paper's four categories and age group by default; the hackathon's with "overall").
-    A number counts only after a separator (':', '=', '-') or when written as 'n/10' / 'n out of 10', so
-    'the grammar has 2 mistakes' is not read as a grade; the '10' of a '/10' is never a grade ('Grammar:
-    X/10', 'N/A/10', '?/10' are unparsed), nor 'n/5'; values outside 0..10 are ignored."""
+    A JSON object is read by its keys; other text by labels (text_score), the last grade of a label wins,
+    because the assessment may mention a category before the grades at the end. 'the grammar has 2
+    mistakes' is not a grade, nor the '10' of a '/10', nor 'n/5'; values outside 0..10 are ignored."""
     text = text if isinstance(text, str) else ""
     grades = dict.fromkeys(labels)
     from_json = json_grades(text, labels)
     if from_json is not None:
         return from_json
-    for m in SCORE_RE.finditer(text):
-        label, gap, number, scale = m.group(1).lower(), m.group(2), float(m.group(3)), m.group(4)
-        # '/' between the label and the number means the number is a scale: 'Grammar: X/10', 'N/A/10'
-        if label not in grades or "/" in gap or (scale is not None and float(scale) != 10):
+    found = list(LABEL_RE.finditer(text))
+    for i, m in enumerate(found):
+        label = m.group(1).lower()
+        if label not in grades:
             continue
-        if (scale is not None or any(sep in gap for sep in ":=-")) and 0 <= number <= 10:
-            grades[label] = number
+        line_end = text.find("\n", m.end())
+        segment_end = min(found[i + 1].start() if i + 1 < len(found) else len(text),
+                          line_end if line_end >= 0 else len(text))
+        score = text_score(text, m.end(), segment_end)
+        if score is not None:
+            grades[label] = score
     if "age_group" in grades:
         for m in AGE_LETTER_RE.finditer(text):
             grades["age_group"] = m.group(1)
@@ -300,7 +360,7 @@ def parse_grades(text: str, labels: tuple[str, ...] = (*CATEGORIES, "age_group")
 
 def json_grades(text: str, labels: tuple[str, ...]) -> dict | None:
     """The grades of an answer that is a JSON object (fenced in ``` or not), read by key; None when the
-    answer is not one. A score is a number from 0 to 10 (or a string holding one); anything else is None."""
+    answer is not one. A score is score_value's: a number from 0 to 10 or a string holding one ("8/10")."""
     body = text.strip()
     if body.startswith("```"):
         body = body.strip("`").removeprefix("json").strip()
@@ -318,14 +378,8 @@ def json_grades(text: str, labels: tuple[str, ...]) -> dict | None:
         value = by_key.get(label)
         if label == "age_group":
             grades[label] = value.strip()[:1].upper() if isinstance(value, str) and value.strip()[:1].upper() in AGE_GROUPS else None
-            continue
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                value = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 10:
-            grades[label] = float(value) if value != int(value) else int(value)
+        else:
+            grades[label] = score_value(value)
     return grades
 
 
@@ -394,8 +448,12 @@ def message_text(message) -> str:
     return ""
 
 
+MAX_TOKENS_REPORTED = 10 ** 9  # tokens one request can have used: more is a server's error, counted as unknown
+
+
 def token_count(value) -> int:
-    return int(value) if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0 else 0
+    """A server's usage figure: a whole number of tokens, 0 when missing or impossible."""
+    return int(bounded_number(value, 0, MAX_TOKENS_REPORTED, whole=True) or 0)
 
 
 def close_socket(conn: http.client.HTTPConnection) -> None:
@@ -414,6 +472,7 @@ class ChatClient:
                  temperature: float, max_tokens: int, structured: str = "auto"):
         parts = urllib.parse.urlsplit(base_url.rstrip("/") + "/chat/completions")
         self.url = parts.geturl()  # parse_args refused a URL with credentials in it
+        self.base_url = base_url
         self.https, self.host, self.port = parts.scheme == "https", parts.hostname, parts.port
         self.path = parts.path + (f"?{parts.query}" if parts.query else "")
         self.api_key = api_key
@@ -605,11 +664,26 @@ def grade(client: ChatClient, protocol: Protocol, model: str, prompt: str, compl
 
 
 # -----------------------------------------------------------------------------
-# The grade cache: append-only JSONL, one line per answered (protocol, judge, prompt, completion), flushed
-# and fsync'd as each answer arrives, so a crash loses at most the requests in flight.
+# The grade cache: append-only JSONL, one line per answered (settings, judge, prompt, completion), flushed
+# and fsync'd as each answer arrives, so a crash loses at most the requests in flight. A line that cannot
+# be read (a crash's NUL-filled block, a hand edit) is skipped and counted: its grade is asked again.
 
-def cache_key(model: str, prompt: str, completion: str, protocol_id: str = PROTOCOL) -> str:
-    return hashlib.sha256(json.dumps([protocol_id, model, prompt, completion]).encode()).hexdigest()
+def grading_settings(protocol: Protocol, base_url: str, temperature: float, max_tokens: int, structured: str) -> dict:
+    """Everything besides the judge model and the story that changes a grade: the protocol's id and every
+    word it sends (prompts, follow-up, the JSON schema and note), the server, the sampling settings and
+    --structured. Part of every cache key, so a run with other settings never reuses these grades."""
+    return {"protocol": protocol.id, "system_prompt": protocol.system_prompt, "user_prompt": protocol.user_prompt,
+            "followup_prompt": protocol.followup_prompt, "json_schema": protocol.json_schema(),
+            "json_note": protocol.json_note(), "base_url": base_url.rstrip("/"), "temperature": float(temperature),
+            "max_tokens": int(max_tokens), "structured": structured}
+
+
+def client_settings(client: "ChatClient", protocol: Protocol) -> dict:
+    return grading_settings(protocol, client.base_url, client.temperature, client.max_tokens, client.structured)
+
+
+def cache_key(model: str, prompt: str, completion: str, settings: dict) -> str:
+    return hashlib.sha256(json.dumps([settings, model, prompt, completion], sort_keys=True).encode()).hexdigest()
 
 
 def is_cache_record(record) -> bool:
@@ -619,9 +693,10 @@ def is_cache_record(record) -> bool:
     usage, answers, scores = record.get("usage"), record.get("answers"), record.get("scores")
     return (record.get("status") in ("ok", "unparsed") and isinstance(answers, list)
             and all(isinstance(a, str) for a in answers) and isinstance(usage, dict)
-            and all(isinstance(usage.get(k), int) for k in ("prompt_tokens", "completion_tokens"))
+            and all(bounded_number(usage.get(k), 0, MAX_TOKENS_REPORTED, whole=True) is not None
+                    and isinstance(usage.get(k), int) for k in ("prompt_tokens", "completion_tokens"))
             and (record["status"] != "ok" or isinstance(scores, dict) and all(
-                isinstance(scores.get(c), (int, float)) and not isinstance(scores.get(c), bool) for c in CATEGORIES)))
+                bounded_number(scores.get(c), 0, 10) is not None for c in CATEGORIES)))
 
 
 class GradeCache:
@@ -636,16 +711,24 @@ class GradeCache:
         complete, _, torn = data.rpartition(b"\n")
         if torn:  # a crash mid-write left a line without its newline: cut it off, its grade is asked again
             os.truncate(path, len(data) - len(torn))
+        bad = []
         for i, line in enumerate(complete.split(b"\n")):
-            if not line.strip():
+            if not line.strip(b" \t\r\0"):
+                if line.strip():
+                    bad.append(i + 1)  # NULs: a block the file system never wrote
                 continue
             try:
                 record = json.loads(line)
-            except (ValueError, RecursionError):
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
                 record = None
             if not is_cache_record(record):
-                raise ValueError(f"{path}: line {i + 1} is not a cache record; move the file away to start over")
+                bad.append(i + 1)
+                continue
             self.records[record["key"]] = record
+        if bad:
+            shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            print(f"warning: {path}: skipped {len(bad)} line(s) that are not cache records (line {shown}); "
+                  f"kept the other {len(self.records)} grades, the skipped ones are asked again", file=sys.stderr)
 
     def get(self, key: str) -> dict | None:
         return self.records.get(key)
@@ -666,8 +749,12 @@ class GradeCache:
 
 def read_csv_rows(path: pathlib.Path, columns: tuple[str, ...]) -> list[dict]:
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: the BOM a spreadsheet may write
             reader = csv.DictReader(f, restval="")
+            twice = [c for c, n in collections.Counter(reader.fieldnames or []).items() if n > 1]
+            if twice:
+                raise ValueError(f"{path}: the header row names {', '.join(repr(c) for c in twice)} more than once; "
+                                 f"give each column one name (the later column would hide the earlier one)")
             missing = [c for c in columns if c not in (reader.fieldnames or [])]
             if missing:
                 raise ValueError(f"{path}: no {', '.join(repr(c) for c in missing)} column (found: "
@@ -690,7 +777,7 @@ def read_submission_template(spec: str) -> tuple[list[str], list[dict]] | None:
     path = pathlib.Path(spec)
     if path.suffix.lower() != ".csv" or not path.is_file():
         return None
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
         header = next(csv.reader(f), [])
     if "prompt" not in header or "completion" not in header:
         return None
@@ -705,7 +792,7 @@ def read_submission_template(spec: str) -> tuple[list[str], list[dict]] | None:
 
 def read_jsonl_rows(path: pathlib.Path, columns: tuple[str, ...]) -> list[dict]:
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    for i, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines()):
         if not line.strip():
             continue
         try:
@@ -927,10 +1014,10 @@ def grade_all(items: list[dict], models: list[str], client: ChatClient, cache: G
     daemon threads and the main thread only waits on a queue, so Ctrl-C stops the run at once: requests in
     flight are cut, the grades already answered stay in the cache (a second Ctrl-C kills outright). On a
     fatal error nothing more is sent, the requests in flight finish into the cache, and the error is raised."""
-    todo = {}
+    todo, settings = {}, client_settings(client, protocol)
     for model in models:
         for it in items:
-            key = cache_key(model, it["prompt"], it["completion"], protocol.id)
+            key = cache_key(model, it["prompt"], it["completion"], settings)
             if cache.get(key) is None:
                 todo[key] = (model, it["prompt"], it["completion"])  # identical items are graded once
     usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
@@ -1047,14 +1134,15 @@ def mean_over_judges(scores: list[dict]) -> dict:
     return row
 
 
-def aggregate(items: list[dict], models: list[str], cache: GradeCache, protocol: Protocol = PAPER) -> dict:
+def aggregate(items: list[dict], models: list[str], cache: GradeCache, settings: dict,
+              protocol: Protocol = PAPER) -> dict:
     """The judge.json report: pooled block at the top level, then per-judge summaries and per-item rows.
     Pooled: each item's scores are first averaged over the judges that parsed it, then summarized over items.
     `overall` is always the mean of the four categories (the record's figure); with the hackathon protocol
     `overall_judge` is the judges' own OVERALL, beside it."""
     per_judge, rows = {}, []
     per_item = [[] for _ in items]
-    records_of = {m: [cache.get(cache_key(m, it["prompt"], it["completion"], protocol.id)) for it in items] for m in models}
+    records_of = {m: [cache.get(cache_key(m, it["prompt"], it["completion"], settings)) for it in items] for m in models}
     for model, records in records_of.items():
         ok = [item_scores(r, protocol) for r in records if r["status"] == "ok"]
         per_judge[model] = {"n": len(ok), "unparsed": len(records) - len(ok), "parse_rate": len(ok) / len(records),
@@ -1297,7 +1385,7 @@ def run(args) -> dict:
                         args.structured)
     usage = grade_all(items, models, client, cache, args.concurrency, protocol)
 
-    report = aggregate(items, models, cache, protocol)
+    report = aggregate(items, models, cache, client_settings(client, protocol), protocol)
     report["settings"] = {"base_url": args.base_url, "protocol": protocol.name, "protocol_id": protocol.id,
                           **({"protocol_file": str(pathlib.Path(args.protocol_file).resolve())} if args.protocol_file else {}),
                           "structured": args.structured, "judge_temperature": temperature,

@@ -21,6 +21,7 @@ distributed training.
 """
 import os
 import pathlib
+import re
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -737,8 +738,32 @@ def save_checkpoint(path, model, config, tokenizer: dict, step: int, **extra) ->
     checkpoint = dict(model=_strip_prefixes(model.state_dict()),
                       config=config if isinstance(config, dict) else asdict(config),
                       tokenizer=tokenizer, step=int(step), **extra)
-    with common.atomic_file(path) as f:
-        torch.save(checkpoint, f)
+    try:
+        with common.atomic_file(path) as f:
+            torch.save(checkpoint, f)
+    except RuntimeError as e:
+        # torch.save reports a failed write of the file (a full disk) as "inline_container.cc ... unexpected
+        # pos"; the OSError the file raised is its context: raise that, naming the checkpoint
+        cause = e.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
+
+
+# What torch.load(weights_only=True) says it refused, in the wordings of PyTorch 2.4 to 2.13; the advice
+# around it (re-run with weights_only=False, allow-list the global) is never repeated: it would run the code.
+REFUSED_GLOBAL = re.compile(r"(Trying to load unsupported GLOBAL [^\n]*?|Unsupported global: [^\n]*?|"
+                            r"Unsupported operand [^\n]*?)(?:\.\s|\.?$)", re.M)
+
+
+def unsafe_content(message: str) -> str | None:
+    """What a failed weights-only load refused (the global it names), or None for another failure."""
+    if "Weights only load failed" not in message:
+        return None
+    found = REFUSED_GLOBAL.search(message)
+    return found.group(1) if found else "an object that is not a tensor or a plain container"
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -750,6 +775,11 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle of a forbidden type, not a torch file at all
+        refused = unsafe_content(str(e))
+        if refused:
+            raise ValueError(f"checkpoint {path} holds objects that a weights-only load refuses ({refused}); "
+                             f"train.py never writes those, and loading such a file in full can run code it "
+                             f"carries: do not load it, use a checkpoint train.py wrote") from None
         reason = (str(e).strip().splitlines() or ["empty file" if os.path.getsize(path) == 0 else "no detail"])[0]
         raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {reason[:200]}); "
                               "it is corrupt or not a torch.save file from train.py") from None

@@ -927,7 +927,7 @@ def building(out: pathlib.Path):
         out.parent.mkdir(parents=True, exist_ok=True)
         for p in out.parent.iterdir():
             m = pattern.fullmatch(p.name)
-            if m and p.is_dir() and not process_alive(int(m.group(1))):  # a live one is another run's: left alone
+            if m and p.is_dir() and not common.process_alive(int(m.group(1))):  # a live one is another run's: left alone
                 shutil.rmtree(p, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -944,18 +944,6 @@ def building(out: pathlib.Path):
         swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # a folder of ours from an earlier process with this id: stale
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists (another user's)
-    return True
 
 
 def swap_in(tmp: pathlib.Path, out: pathlib.Path) -> None:
@@ -1169,8 +1157,10 @@ def prepare(args) -> dict:
                 raise ValueError("no train documents to train the BPE on: every document was empty, a duplicate "
                                  "or in val; check the input or lower --val_fraction / --val_docs")
             print(f"trained in {time.time() - t0:.1f}s on {trained_on['docs']:,} documents", file=sys.stderr)
-            if len(spec["ranks"]) + 1 < tok:
-                print(f"warning: the text only supported {len(spec['ranks']) + 1} of {tok} tokens", file=sys.stderr)
+            if len(spec["ranks"]) + 1 < tok:  # named by what it is: records and tables show the name
+                spec = {**spec, "name": f"bpe:{len(spec['ranks']) + 1}"}
+                print(f"warning: the text only supported {len(spec['ranks']) + 1:,} of the {tok:,} tokens asked "
+                      f"for: the tokenizer is {spec['name']}; give more text to train a larger one", file=sys.stderr)
         else:
             spec = tok
         enc = encoding_from_spec(spec)

@@ -27,6 +27,7 @@ import math
 import pathlib
 import queue
 import random
+import re
 import signal
 import sys
 import threading
@@ -176,10 +177,39 @@ def check_hyperparameters(hp: Hyperparameters) -> None:
     if 0 < hp.val_tokens < 2:
         raise ValueError(f"--val_tokens={hp.val_tokens} is too few; score at least 2 tokens (or 0 = all)")
     leaderboard.check_track(hp.track)
+    check_record_location(hp)
     autocast_dtype(hp.precision, torch.device("cpu"))  # a bad --precision is reported now
     config = model_config(hp, n_vocab=64, delimiter=0)  # a bad model setting is reported now, not after loading
     if hp.window_warmup and not config.attention_masked:
         raise ValueError("--window_warmup grows attention windows: set --window or --short_window too")
+
+
+RECORDS = ROOT / "records"
+
+
+def default_out_dir(hp: Hyperparameters, date: str) -> pathlib.Path:
+    return RECORDS / hp.track / f"{date}_{hp.name}"
+
+
+def check_record_location(hp: Hyperparameters) -> None:
+    """--name and --out_dir as leaderboard.py will take them, before any training: --name names folders
+    (checkpoints/<name>/, records/<track>/<date>_<name>/), so it is a plain name; a record folder inside
+    records/ must pass leaderboard.location_problem (the one rule) and sit under --track."""
+    if not leaderboard.SAFE_NAME.fullmatch(hp.name):
+        raise ValueError(f"--name={hp.name!r}: a run name becomes folder names, so use letters, digits, '.', '_' "
+                         f"and '-' (starting with a letter or digit), e.g. --name=my-run")
+    out_dir = pathlib.Path(hp.out_dir).resolve() if hp.out_dir else default_out_dir(hp, datetime.date.today().isoformat())
+    records = RECORDS.resolve()
+    if not out_dir.is_relative_to(records):
+        return  # a trial outside records/ (runs/try): not a record, any folder will do
+    where = f"--out_dir={hp.out_dir}" if hp.out_dir else f"--name={hp.name} (the record folder {out_dir.name})"
+    problem = leaderboard.location_problem(records, out_dir / leaderboard.RESULTS_NAME)
+    if problem:
+        raise ValueError(f"{where}: leaderboard.py would refuse this record: {problem}")
+    track = out_dir.relative_to(records).parts[0]
+    if track != hp.track:
+        raise ValueError(f"{where} is in records/{track}/ but --track={hp.track}: a record sits under its own "
+                         f"track; use --out_dir=records/{hp.track}/<folder> or --track={track}")
 
 
 def help_text() -> str:
@@ -698,6 +728,7 @@ class Run:
     pending: list = field(default_factory=list)  # per-step (loss, grad norm) on the device, read at the next log
     windows: tuple = ()          # the attention windows set by window_warmup, so they are set only when they change
     amp_dtype: torch.dtype | None = None  # autocast_dtype(hp.precision, device): bf16, or None for fp32
+    host_group: object = None    # several processes with --max_seconds: a gloo group for seconds_so_far
 
     @property
     def master(self) -> bool:
@@ -798,10 +829,16 @@ def save_state(run: Run, state: RunState, stop: "StopRequested") -> pathlib.Path
     optimizer_states = [opt.state_dict() for opt in run.optimizers]  # every rank: Muon gathers its momentum
     if run.master:
         with stop.deferred():  # a Ctrl-C during the write waits for it: never half a checkpoint
-            save_checkpoint(path, run.raw_model, run.config, run.data.tokenizer, state.step,
-                            optimizers=optimizer_states, rng=rng_states(run.device),
-                            data_state=dict(state.position or {}), hparams=asdict(run.hp),
-                            code_sha256=run.digests, progress=asdict(state))
+            try:
+                save_checkpoint(path, run.raw_model, run.config, run.data.tokenizer, state.step,
+                                optimizers=optimizer_states, rng=rng_states(run.device),
+                                data_state=dict(state.position or {}), hparams=asdict(run.hp),
+                                code_sha256=run.digests, progress=asdict(state))
+            except OSError as e:  # a full disk, a quota: the earlier checkpoints are untouched (pruned only after)
+                last = run.own_checkpoints[-1] if run.own_checkpoints else "none: none was written yet"
+                raise ValueError(f"cannot write the checkpoint of step {state.step} to {path} ({e.strerror or e}); "
+                                 f"the last good checkpoint is {last}: free space in {run.ckpt_dir} (or pass "
+                                 f"another --ckpt_dir) and continue with --resume=1") from None
     if path not in run.own_checkpoints:  # every rank keeps the list, so all agree on what was saved
         run.own_checkpoints.append(path)
     for old in run.own_checkpoints[:-run.hp.keep_checkpoints]:
@@ -825,11 +862,17 @@ def load_state(run: Run, ckpt: dict, state: RunState) -> None:
 
 
 def check_resume_matches(ckpt: dict, path: pathlib.Path, config: GPTConfig, data: Data, batch_tokens: int,
-                         hardware: str) -> None:
+                         hardware: str, reshuffle: bool) -> None:
     """A resumed run must keep the model, the tokenizer and data (or the saved data position points into
-    other shards), the global batch (or the training changes) and the hardware (a record's hardware FLOPs
-    are train_seconds x devices x one device's peak)."""
+    other shards), the global batch (or the training changes), the epoch order (--reshuffle: the saved
+    position is a place in that order, so another order reads some windows twice and skips others) and the
+    hardware (a record's hardware FLOPs are train_seconds x devices x one device's peak)."""
     progress = ckpt.get("progress") or {}
+    saved_reshuffle = (ckpt.get("hparams") or {}).get("reshuffle", True)  # before the flag: always reshuffled
+    if saved_reshuffle != reshuffle:
+        raise ValueError(f"{path} was trained with --reshuffle={int(saved_reshuffle)}, this is --reshuffle="
+                         f"{int(reshuffle)}: its data position is a place in that epoch order; resume with "
+                         f"--reshuffle={int(saved_reshuffle)}")
     saved_config = {k: v for k, v in ckpt["config"].items() if k != "use_kernels"}
     if saved_config != asdict(config):
         raise ValueError(f"{path} was trained with the model config {saved_config}, these settings build "
@@ -962,9 +1005,24 @@ def should_stop(run: Run, state: RunState) -> str | None:
     """The budget that ends the run before the next step, if any (target_bpb is checked at validation)."""
     if run.total_steps is not None and state.step >= run.total_steps:
         return run.step_budget
-    if run.hp.max_seconds and state.train_seconds >= run.hp.max_seconds:
+    if run.hp.max_seconds and seconds_so_far(run, state) >= run.hp.max_seconds:
         return "max_seconds"
     return None
+
+
+def seconds_so_far(run: Run, state: RunState) -> float:
+    """The training seconds up to now: state.train_seconds (agreed at the last logged step) and what this
+    rank's clock has counted since, read every step, so a time budget stops the run within a step of it
+    rather than at the next logged step. The host's clock, never a device sync: on CUDA the device may
+    still be running the steps the host queued ahead (the final figure is measured after a sync). Several
+    processes agree on the largest reading in a host-side all-reduce (gloo, no device sync), so all stop
+    at the same step."""
+    seconds = state.train_seconds + run.clock.elapsed()
+    if run.host_group is not None:
+        agreed = torch.tensor([seconds], dtype=torch.float64)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=run.host_group)
+        seconds = agreed.tolist()[0]
+    return seconds
 
 
 class Clock:
@@ -998,6 +1056,11 @@ class Clock:
     def take(self) -> float:
         seconds, self.unreported = self.unreported, 0.0
         return seconds
+
+    def elapsed(self) -> float:
+        """The seconds not yet taken, by the host's clock now (no sync: a budget check between syncs)."""
+        running = time.perf_counter() - self.started if self.started is not None else 0.0
+        return self.unreported + running
 
 
 def reduce_and_clip_gradients(run: Run) -> tuple[list, torch.Tensor]:
@@ -1214,6 +1277,37 @@ def find_resume_checkpoint(hp: Hyperparameters, ckpt_dir: pathlib.Path) -> tuple
     return found
 
 
+RUN_ID_LINE = re.compile(r"^run_id ([0-9a-f]{32})$", re.M)
+
+
+def logged_run_id(log_path: pathlib.Path) -> str | None:
+    """The run a train.log belongs to (log_start writes its run_id line); None for none or an older log."""
+    try:
+        found = RUN_ID_LINE.findall(log_path.read_text(encoding="utf-8", errors="replace"))
+    except FileNotFoundError:
+        return None
+    return found[-1] if found else None
+
+
+def check_record_owner(out_dir: pathlib.Path, run_id: str, resumed_from: pathlib.Path | None) -> None:
+    """A record folder is one run's: a fresh run never starts in a folder that holds a record, and a resumed
+    run writes only into a folder that is empty or its own (its train.log names the run), never over
+    another run's train.log or results.json."""
+    results, log = out_dir / leaderboard.RESULTS_NAME, out_dir / "train.log"
+    if resumed_from is None:
+        if results.exists():
+            raise ValueError(f"{out_dir} already holds a record (results.json); choose another --name or "
+                             f"--out_dir, or delete it")
+        return
+    holds = [p.name for p in (results, log) if p.exists() and (p is results or p.stat().st_size > 0)]
+    owner = logged_run_id(log)
+    if holds and owner != run_id:
+        whose = f"run {owner}" if owner else "a run whose train.log names no run_id"
+        raise ValueError(f"{out_dir} holds the record of another run ({' and '.join(holds)} of {whose}; "
+                         f"{resumed_from} belongs to run {run_id}); resuming there would overwrite it: resume "
+                         f"into an empty folder with --out_dir=DIR, or into the run's own record folder")
+
+
 def compile_model(hp: Hyperparameters, raw_model: GPT, muon: "Muon"):
     """torch.compile on every device (--compile=0: eager): the model (one graph, which lets the compiler
     fuse norms, activations and casts) and Muon's batched Newton-Schulz (one graph per matrix shape)."""
@@ -1262,6 +1356,7 @@ def log_start(run: Run, state: RunState, resumed_from) -> None:
     hp, log, params = run.hp, run.log, run.params
     for line in leaderboard.environment_lines(run.software, run.device_label, run.world_size, run.device.type == "cuda"):
         log.line(line, console=False)
+    log.line(f"run_id {state.run_id}", console=False)  # whose folder this is (check_record_owner)
     log.line(f"hyperparameters {json.dumps(asdict(hp))}", console=False)
     log.line(f"model {json.dumps(asdict(run.config))}", console=False)
     log.line(f"params counted {params['counted']:,} unique {params['unique']:,} embedding {params['embedding']:,} "
@@ -1314,20 +1409,20 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
     peak, peak_source = peak_flops_per_device(device, device_label, amp_dtype)
     hardware = f"{world_size} x {device_label}"
     if resume is not None:
-        check_resume_matches(resume[1], resume[0], config, data, batch_tokens, hardware)
+        check_resume_matches(resume[1], resume[0], config, data, batch_tokens, hardware, hp.reshuffle)
         state = RunState(**resume[1]["progress"])
     else:
         date = datetime.date.today().isoformat()
         state = RunState(run_id=uuid.uuid4().hex, date=date, batch_tokens=batch_tokens, hardware=hardware,
                          data_fingerprint=data.fingerprint,
-                         out_dir=str(ROOT / "records" / hp.track / f"{date}_{hp.name}"))
+                         out_dir=str(default_out_dir(hp, date)))
     state.out_dir = str(hp.out_dir or state.out_dir)
     out_dir = pathlib.Path(state.out_dir)
     if rank == 0 and out_dir.resolve() != ckpt_dir.resolve():
         locks.enter_context(common.folder_lock(out_dir))
-    if resume is None and (out_dir / leaderboard.RESULTS_NAME).exists():
-        raise ValueError(f"{out_dir} already holds a record (results.json); choose another --name or --out_dir, "
-                         f"or delete it")
+    check_record_owner(out_dir, state.run_id, resume[0] if resume else None)
+    if rank == 0:
+        common.remove_orphan_temp_files(out_dir)
     sources = leaderboard.project_sources()
     digests = {name: hashlib.sha256(text).hexdigest() for name, text in sources.items()}
     log = open_log(hp, out_dir, resume is not None, sources, digests,
@@ -1338,7 +1433,8 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
               total_steps=total_steps, step_budget=step_budget, flops_per_step=flops_per_step, peak=peak,
               peak_source=peak_source, device_label=device_label, ckpt_dir=ckpt_dir, log=log, digests=digests,
               software=leaderboard.software_versions(), params=flops.count_params(raw_model), wandb_run=start_wandb(hp, rank == 0),
-              amp_dtype=amp_dtype)
+              amp_dtype=amp_dtype,
+              host_group=dist.new_group(backend="gloo") if world_size > 1 and hp.max_seconds else None)
     if resume is not None:
         load_state(run, resume[1], state)  # state keeps this command line's --out_dir, as locked and logged above
         run.own_checkpoints = [p for p in checkpoints_by_step(ckpt_dir) if checkpoint_run_id(p) == state.run_id]

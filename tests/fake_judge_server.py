@@ -24,7 +24,7 @@ its body), and so is what was answered.
 
     python tests/fake_judge_server.py --log=server.jsonl [--require_key=K] [--retry_after=1]
         [--slow_seconds=2] [--exit_after=N] [--hang_after=N] [--echo_key] [--redirect=CODE:URL] [--drip=SECONDS]
-        [--content=list|number] [--kind=plain|openai|llama-cpp-python|text-only]
+        [--content=list|number] [--kind=plain|openai|llama-cpp-python|text-only] [--reply=FILE]
 It prints `port N` on its first stdout line once it listens (port 0 = any free port).
 --exit_after=N: exit right after the answer that completes the N-th grade (the endpoint becomes unreachable).
 --hang_after=N: after N completed grades, never answer again (so a test can kill the client mid-run).
@@ -34,12 +34,14 @@ It prints `port N` on its first stdout line once it listens (port 0 = any free p
     with a graded chat completion, as a server that wants to plant a grade would.
 --content=list|number: the answer's `content` as a list of text parts (split in two), or as a number (no text).
 --drip=SECONDS: send every answer one byte per SECONDS (a per-read timeout never trips; a deadline does).
+--reply=FILE: a hostile server: answer every chat request with HTTP 200 and FILE's bytes as they are.
 """
 import argparse
 import hashlib
 import http.server
 import json
 import os
+import pathlib
 import threading
 import time
 
@@ -164,6 +166,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             state.write_log(event="401")
             echoed = f": {self.headers.get('Authorization')}" if args.echo_key else ""
             return self.reply(401, {"error": {"message": f"Incorrect API key provided{echoed}"}})
+        if args.reply:  # a hostile server: this file's bytes, as they are, for every request
+            state.write_log(event="raw", model=body.get("model"), body=body)
+            data = pathlib.Path(args.reply).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         model, messages = body["model"], body["messages"]
         if model.startswith("missing"):
             return self.reply(404, {"error": {"message": f"The model `{model}` does not exist"}})
@@ -240,6 +251,7 @@ def main():
     parser.add_argument("--echo_key", action="store_true")
     parser.add_argument("--redirect", default=None)
     parser.add_argument("--drip", type=float, default=None)
+    parser.add_argument("--reply", default=None, help="answer every request with this file's bytes")
     parser.add_argument("--content", choices=["list", "number"], default=None)
     parser.add_argument("--kind", choices=["plain", "openai", "llama-cpp-python", "text-only"], default="plain")
     args = parser.parse_args()

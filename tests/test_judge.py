@@ -64,6 +64,11 @@ def server_factory(tmp_path):
         s.stop()
 
 
+def port_of(server) -> int:
+    """A server's port: a restarted server listens there, at the same --base_url (part of the cache key)."""
+    return int(server.base_url.rsplit(":", 1)[1].split("/")[0])
+
+
 def run_judge(*args, env_key=KEY, wait=True):
     env = {k: v for k, v in os.environ.items() if k != "JUDGE_KEY"}
     env["HF_HUB_OFFLINE"] = "1"  # the hub loaders must fail fast and clearly, not hang, without a network
@@ -273,7 +278,7 @@ def test_faulty_server_run_completes_with_the_servers_scores(tmp_path, server_fa
     # a re-run with the same arguments sends no request: the endpoint may even be gone
     before = len(server.events())
     server.stop()
-    again = run_judge(*[a for a in args if not a.startswith("--base_url")], "--base_url=http://127.0.0.1:9/v1")
+    again = run_judge(*args)
     assert again.returncode == 0, again.stderr
     assert "in 0 requests" in again.stdout and len(server.events()) == before
     report2 = json.loads((record / "judge.json").read_text())
@@ -299,7 +304,8 @@ def test_crash_mid_run_resumes_without_grading_twice(tmp_path, server_factory):
     with open(cache_dir / "grades.jsonl", "a") as f:
         f.write('{"key": "torn-by-the-cra')  # what a kill during a write leaves
 
-    fresh = server_factory()
+    hanging.stop()
+    fresh = server_factory(f"--port={port_of(hanging)}")  # the same --base_url
     proc = run_judge(f"--base_url={fresh.base_url}", *args)
     assert proc.returncode == 0, proc.stderr
     second = answered_grades(fresh)
@@ -325,9 +331,10 @@ def test_endpoint_lost_mid_run_keeps_what_was_graded(tmp_path, server_factory):
     dying.proc.wait(timeout=10)
     graded = answered_grades(dying)
     assert len(graded) == 4
-    assert sorted(cache_keys(cache_dir)) == sorted(judge.cache_key("judge-a", it["prompt"], it["completion"])
+    settings = judge.grading_settings(judge.PAPER, dying.base_url, 0.0, 600, "auto")
+    assert sorted(cache_keys(cache_dir)) == sorted(judge.cache_key("judge-a", it["prompt"], it["completion"], settings)
                                                    for it in items if ("judge-a", sha_of("judge-a", it)) in graded)
-    fresh = server_factory()
+    fresh = server_factory(f"--port={port_of(dying)}")  # the same --base_url
     proc = run_judge(f"--base_url={fresh.base_url}", *args, f"--out={tmp_path / 'j.json'}")
     assert proc.returncode == 0, proc.stderr
     assert not set(graded) & set(answered_grades(fresh)) and len(cache_keys(cache_dir)) == len(items)
@@ -652,8 +659,9 @@ def test_ctrl_c_stops_at_once_and_keeps_the_grades(tmp_path, server_factory, pre
     if presses == 1:
         assert "3 new grades of 6 saved" in stderr and stderr.strip().splitlines()[-1] == "error: judge.py: interrupted"
     assert len(cache_keys(cache_dir)) == 3 and not (tmp_path / "judge.json").exists()
-    # the re-run grades only the rest
-    fresh = server_factory()
+    # the re-run grades only the rest (of a server at the same --base_url: it is part of the cache key)
+    hanging.stop()
+    fresh = server_factory(f"--port={port_of(hanging)}")
     proc = run_judge(f"--base_url={fresh.base_url}", *args)
     assert proc.returncode == 0, proc.stderr
     assert len(answered_grades(fresh)) == 3 and len(cache_keys(cache_dir)) == 6
@@ -855,14 +863,132 @@ def test_malformed_cache_and_completions_files_are_one_line_errors(tmp_path):
     completions = write_jsonl(tmp_path / "ok.jsonl", items)
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
-    # a cache line that is JSON, with the item's key, but not a grade: said, not a KeyError in the report
-    key = judge.cache_key("judge-a", items[0]["prompt"], items[0]["completion"])
+    # a cache line that is JSON, with the item's key, but not a grade: skipped and said (its grade is asked
+    # again, here of a server that is not there), not a KeyError in the report
+    settings = judge.grading_settings(judge.PAPER, "http://127.0.0.1:9/v1", 0.0, 600, "auto")
+    key = judge.cache_key("judge-a", items[0]["prompt"], items[0]["completion"], settings)
     (cache_dir / "grades.jsonl").write_text(json.dumps({"key": key, "status": "ok", "scores": {"grammar": "ten"}}) + "\n")
     proc = run_judge(f"--completions={completions}", "--model=judge-a", "--base_url=http://127.0.0.1:9/v1",
                      f"--cache_dir={cache_dir}", f"--out={tmp_path / 'j.json'}", *FAST)
-    assert_one_line_error(proc, "grades.jsonl", "line 1 is not a cache record")
+    assert proc.returncode == 2 and "skipped 1 line(s) that are not cache records (line 1)" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: judge.py: cannot reach") and "Traceback" not in proc.stderr
     # a completions line nested beyond what a JSON parser recurses into
     deep = tmp_path / "deep.jsonl"
     deep.write_text("[" * 200_000 + "\n")
     proc = run_judge(f"--completions={deep}", "--model=judge-a", f"--cache_dir={tmp_path / 'c2'}", *FAST)
     assert_one_line_error(proc, "deep.jsonl", "line 1")
+
+
+# -----------------------------------------------------------------------------
+# nothing lost, nothing faked, nothing crashes (issue 23: each failed on the judge.py before it)
+
+def test_free_text_grades_are_read_by_clause_not_by_the_first_digit():
+    parse = judge.parse_grades
+    assert parse("Grammar: 2 small mistakes, 8/10")["grammar"] == 8          # was 2
+    assert parse("Plot: 6/10\nPlot twist: 1")["plot"] == 6                   # was 1
+    assert parse("Grammar: -5")["grammar"] is None                           # was 5
+    assert parse("Grammar: 1e309")["grammar"] is None                        # was 1
+    assert parse("Grammar: 1_0")["grammar"] is None
+    assert parse("Grammar: 8. Spelling mistakes: 2/10")["grammar"] == 8      # a later sentence is not the clause
+    assert parse("Grammar - 5")["grammar"] == 5 and parse("Grammar score: 7")["grammar"] == 7
+    labels = judge.HACKATHON.labels
+    assert judge.parse_grades('{"grammar": "1_0", "creativity": "8/10", "consistency": " 7 ", "plot": "8/5", '
+                              '"overall": "9.5"}', labels) == \
+        {"grammar": None, "creativity": 8, "consistency": 7, "plot": None, "overall": 9.5}  # "1_0" was 10
+
+
+def test_numbers_a_server_gives_are_bounded(tmp_path, server_factory):
+    """Issue: a 400-digit score or usage.prompt_tokens was an OverflowError traceback; completion_tokens 1e308
+    was counted."""
+    huge = "9" * 400
+    answer = '{"grammar": %s, "creativity": 7, "consistency": 7, "plot": 7}' % huge
+    reply = tmp_path / "reply.json"
+    reply.write_text('{"choices": [{"message": {"role": "assistant", "content": %s}}], '
+                     '"usage": {"prompt_tokens": %s, "completion_tokens": 1e308}}' % (json.dumps(answer), huge))
+    server = server_factory(f"--reply={reply}")
+    items = make_items(1, 1)
+    proc = run_judge(f"--completions={write_jsonl(tmp_path / 's.jsonl', items)}", f"--base_url={server.base_url}",
+                     "--model=judge-a", "--structured=off", f"--cache_dir={tmp_path / 'cache'}",
+                     f"--out={tmp_path / 'j.json'}", *FAST)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    report = json.loads((tmp_path / "j.json").read_text())
+    assert report["unparsed"] == 1 and report["items"][0]["scores"] == "unparsed"   # 10^400 is no grade
+    assert report["usage_this_run"]["prompt_tokens"] == report["usage_this_run"]["completion_tokens"] == 0
+    assert report["usage_this_run"]["requests"] == 2                                # the answer and the follow-up
+    # the one reader, as numbers come: never a bool, a float past the range, or a fraction of a token
+    assert judge.bounded_number(10 ** 400, 0, 10) is None and judge.bounded_number(True, 0, 10) is None
+    assert judge.bounded_number(float("inf"), 0, 10) is None and judge.bounded_number(7.5, 0, 10) == 7.5
+    assert judge.token_count(12) == 12 and judge.token_count(12.0) == 12 and judge.token_count(12.5) == 0
+    assert judge.token_count(1e308) == judge.token_count(-3) == judge.token_count("12") == 0
+
+
+def test_grades_are_never_reused_across_settings_that_change_them(tmp_path, server_factory):
+    """Issue: the cache key left out temperature, max_tokens, --structured and --base_url: a re-run with other
+    values reused every grade while judge.json reported the new values."""
+    server = server_factory()
+    items = [it for it in make_items(8, 1) if planned("judge-a", it)["kind"] == "plain"][:2]
+    args = [f"--completions={write_jsonl(tmp_path / 's.jsonl', items)}", "--model=judge-a",
+            f"--cache_dir={tmp_path / 'cache'}", f"--out={tmp_path / 'j.json'}", *FAST]
+
+    def requests_sent(*extra):
+        """How many grades this run asked the server for (a grade may take a follow-up request too)."""
+        before = sum(answered_grades(server).values())
+        proc = run_judge(f"--base_url={server.base_url}", *args, *extra)
+        assert proc.returncode == 0, proc.stderr
+        return sum(answered_grades(server).values()) - before
+
+    assert requests_sent() == 2
+    assert requests_sent() == 0                                   # the same settings: every grade reused
+    for changed in ("--judge_temperature=0.7", "--judge_max_tokens=99", "--structured=off", "--protocol=hackathon"):
+        assert requests_sent(changed) == 2, changed               # another setting: asked again
+    assert requests_sent(f"--base_url={server.base_url}/") == 0   # the same server written with a slash
+    base = judge.grading_settings(judge.PAPER, "http://a/v1", 0.0, 600, "auto")
+    keys = {judge.cache_key("judge-a", "p", "c", {**base, field: value}) for field, value in
+            [("temperature", 0.0), ("temperature", 0.5), ("max_tokens", 10), ("structured", "off"),
+             ("base_url", "http://b/v1"), ("user_prompt", "{story}!"), ("protocol", "x")]}
+    assert len(keys) == 7
+    assert judge.grading_settings(judge.PAPER, "http://a/v1/", 0, 600, "auto") == base
+
+
+def test_a_story_holding_a_placeholder_is_sent_as_written():
+    """Issue: a prompt containing {completion} got the completion substituted into it."""
+    assert judge.HACKATHON.user_message("Tom wrote {completion} and {story_start}", "C") == \
+        "Tom wrote {completion} and {story_start}***C"
+    assert judge.PAPER.user_message("Tom wrote {completion}", "C").count("{completion}") == 1
+
+
+def test_csv_with_a_bom_reads_and_duplicate_headers_are_refused(tmp_path, one_thread):
+    """Issue: a UTF-8-BOM CSV was refused (found: \\ufeffprompt); a duplicated prompt header made --generate_only
+    write the completion's row into both columns."""
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("prompt,completion\n\"Tom had a ball, and\",\" he ran.\"\n".encode("utf-8-sig"))
+    assert judge.load_completions(bom)[0]["prompt"] == "Tom had a ball, and"
+    twice = tmp_path / "twice.csv"
+    twice.write_text("prompt,completion,prompt\nTom had a ball and,,The cat sat\n")
+    with pytest.raises(ValueError, match="'prompt' more than once"):
+        judge.load_completions(twice)
+    ckpt = tmp_path / "tiny.pt"
+    tiny_checkpoint(ckpt)
+    proc = run_judge(f"--ckpt={ckpt}", f"--prompts={twice}", f"--generate_only={tmp_path / 'out.csv'}",
+                     f"--cache_dir={tmp_path / 'cache'}", "--device=cpu", env_key=None)
+    assert_one_line_error(proc, "twice.csv", "'prompt' more than once")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_nul_filled_cache_line_is_skipped_and_the_rest_kept(tmp_path, server_factory):
+    """Issue: one NUL-filled line (what a crash can leave on a file system) made the whole grades.jsonl unusable."""
+    server = server_factory()
+    items = [it for it in make_items(10, 1) if planned("judge-a", it)["kind"] == "plain"][:3]
+    cache = tmp_path / "cache" / "grades.jsonl"
+    args = [f"--completions={write_jsonl(tmp_path / 's.jsonl', items)}", "--model=judge-a", "--concurrency=1",
+            f"--cache_dir={cache.parent}", f"--out={tmp_path / 'j.json'}", f"--base_url={server.base_url}", *FAST]
+    assert run_judge(*args).returncode == 0
+    lines = cache.read_bytes().split(b"\n")
+    lines[1] = b"\0" * len(lines[1])
+    cache.write_bytes(b"\n".join(lines))
+    before = sum(answered_grades(server).values())
+    proc = run_judge(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 1 line(s) that are not cache records (line 2); kept the other 2 grades" in proc.stderr
+    assert sum(answered_grades(server).values()) == before + 1                               # one re-asked
+    assert json.loads((tmp_path / "j.json").read_text())["n"] == 3

@@ -721,3 +721,18 @@ def test_gated_dataset_error_says_accept_the_terms_and_log_in(tmp_path, capsys, 
     assert "accept its terms" in one_error_line(capsys, ["--dataset", "fineweb-edu", "--out", tmp_path / "out"])
     monkeypatch.setattr(prepare, "resolve_revision", refused)
     assert "accept its terms" not in one_error_line(capsys, ["--dataset", "c4-val", "--out", tmp_path / "out"])
+
+
+def test_a_bpe_the_text_cannot_fill_is_named_by_its_real_size(tmp_path, capsys):
+    """Issue 23: bpe:70000 --dtype uint32 on a small text was named bpe:70000 with 1,345 tokens; records and
+    tables show the name, so it is the tokenizer's real size."""
+    write_txt(tmp_path / "small.txt", make_docs(40))
+    out = tmp_path / "out"
+    assert run(["--input", tmp_path / "small.txt", "--tokenizer", "bpe:70000", "--dtype", "uint32", "--out", out,
+                "--workers", 0, "--quiet"]) == 0
+    meta = prepare.read_meta(out)
+    spec = prepare.tokenizer_spec(out)
+    real = len(spec["ranks"]) + 1
+    assert real < 70000 and meta["tokenizer"]["vocab_size"] == real
+    assert meta["tokenizer"]["name"] == spec["name"] == f"bpe:{real}"
+    assert f"the tokenizer is bpe:{real}" in capsys.readouterr().err

@@ -1,7 +1,9 @@
 """Tests for train.py on CPU: a tiny model on synthetic shards learns, resume is exact, 2 gloo processes equal
 1 process with grad_accum=2, budgets stop where they should, and the record is complete and consistent."""
 import dataclasses
+import errno
 import hashlib
+import io
 import json
 import math
 import os
@@ -11,6 +13,7 @@ import re
 import subprocess
 import sys
 import traceback
+import types
 
 import numpy as np
 import pytest
@@ -89,8 +92,8 @@ def straight_run(tmp_path_factory, data_dir) -> tuple[pathlib.Path, dict]:
 
 
 def test_parse_args_types_overrides_and_errors():
-    hp = train.parse_args(["--n_layer=3", "--matrix_lr=0.5", "--resume=true", "--max_tokens=1e6", "--name=x=y"])
-    assert (hp.model["n_layer"], hp.matrix_lr, hp.resume, hp.max_tokens, hp.name) == (3, 0.5, True, 1_000_000, "x=y")
+    hp = train.parse_args(["--n_layer=3", "--matrix_lr=0.5", "--resume=true", "--max_tokens=1e6", "--description=x=y"])
+    assert (hp.model["n_layer"], hp.matrix_lr, hp.resume, hp.max_tokens, hp.description) == (3, 0.5, True, 1_000_000, "x=y")
     assert hp.preset == "small" and hp.track == "tinystories" and hp.data_dir == "data/tinystories"
     for bad in (["--n_layer=2.5"], ["--n_layr=2"], ["--compile=maybe"], ["n_layer=2"], ["--max_seconds=nan"],
                 ["--batch_size=0"], ["--max_steps=0"], ["--seed=1e30"], ["--mlp=swiglu2", "--data_dir=x"]):
@@ -807,3 +810,155 @@ def test_cpu_defaults_apply_without_model_flags_and_are_what_the_budget_study_wr
     ignore = {"val_every", "log_every"}
     assert {k: v for k, v in dataclasses.asdict(written_out).items() if k not in ignore} == \
         {k: v for k, v in dataclasses.asdict(hp).items() if k not in ignore}
+
+
+# -----------------------------------------------------------------------------
+# Nothing lost, nothing faked, nothing crashes (issue 23: each failed on the train.py before it)
+
+
+def foreign_checkpoint(straight_run, ckpt: pathlib.Path, **hparams) -> pathlib.Path:
+    """The straight run's step-20 checkpoint in `ckpt`, as another run's (another run id)."""
+    tmp, _ = straight_run
+    ckpt.mkdir()
+    saved = torch.load(tmp / "ckpt" / "step_000020.pt", weights_only=True)
+    saved["progress"]["run_id"] = "0123456789abcdef0123456789abcdef"
+    saved["hparams"].update(hparams)
+    torch.save(saved, ckpt / "step_000020.pt")
+    return ckpt / "step_000020.pt"
+
+
+def test_resume_never_writes_into_another_runs_record(straight_run, data_dir, tmp_path, capsys):
+    """Issue: --resume=1 --out_dir=<another finished record> replaced its results.json and appended to its
+    train.log, silently."""
+    victim = run_train(tmp_path / "b", data_dir, "--max_steps=2", "--val_every=0")["out_dir"]
+    before = {name: (victim / name).read_bytes() for name in ("results.json", "train.log")}
+    ckpt = foreign_checkpoint(straight_run, tmp_path / "ckpt")
+    code = train.main([f"--data_dir={data_dir}", f"--out_dir={victim}", f"--ckpt_dir={ckpt.parent}", *TINY,
+                       "--max_steps=40", "--val_every=0", "--resume=1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and str(victim) in err and "another run" in err and "--out_dir" in err, err
+    assert {name: (victim / name).read_bytes() for name in before} == before
+    # its own folder is its own: a run resumed there continues its record
+    resumed = run_train(tmp_path / "b", data_dir, "--max_steps=3", "--val_every=0", "--resume=1")
+    assert resumed["out_dir"] == victim and json.loads((victim / "results.json").read_text())["training"]["steps"] == 3
+
+
+def test_resume_refuses_another_reshuffle(straight_run, data_dir, tmp_path):
+    """Issue: --resume accepted a changed --reshuffle: windows of the epoch read twice, others skipped."""
+    ckpt = foreign_checkpoint(straight_run, tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="--reshuffle=1, this is --reshuffle=0.*resume with --reshuffle=1"):
+        train.train(train.parse_args([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}",
+                                      f"--ckpt_dir={ckpt.parent}", *TINY, "--max_steps=40", "--resume=1",
+                                      "--reshuffle=0"]))
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_one(data_dir, tmp_path, capsys, monkeypatch):
+    """Issue: a full disk during a checkpoint write was a traceback (inline_container.cc ... unexpected pos)."""
+    class FullDisk(io.FileIO):  # the second checkpoint's file: the disk fills after 3,000 bytes
+        def write(self, data):
+            if self.tell() + memoryview(data).nbytes > 3000:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(data)
+
+    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
+        if "step_000004.pt.tmp" in str(path):
+            return FullDisk(path, "wb")
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(common, "open", open_on_a_full_disk, raising=False)  # common.atomic_file writes it
+    code = train.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={tmp_path / 'c'}", *TINY,
+                       "--max_steps=6", "--val_every=0", "--checkpoint_every=2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and err.startswith("error: train.py: cannot write the checkpoint of step 4"), err
+    assert "No space left on device" in err and "step_000002.pt" in err and "--resume=1" in err, err
+    assert sorted(p.name for p in (tmp_path / "c").iterdir() if p.name != "LOCK") == ["step_000002.pt"]
+    assert model.load_checkpoint(tmp_path / "c" / "step_000002.pt")["step"] == 2
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--name=héllo wörld/../../x"], "--name="),
+    (["--name=a/b"], "--name="),
+    ([f"--out_dir={train.ROOT / 'records' / 'open' / 'x'}"], "--track=tinystories"),
+    ([f"--out_dir={train.ROOT / 'records' / 'tinystories' / 'bad name'}"], "folder name"),
+    ([f"--out_dir={train.ROOT / 'records' / 'tinystories'}"], "records/<track>/<folder>"),
+    ([f"--out_dir={train.ROOT / 'records' / 'nowhere' / 'x'}"], "unknown track folder"),
+])
+def test_name_and_out_dir_are_checked_before_training(flags, needle, data_dir, capsys):
+    """Issue: --name='héllo wörld/../../x' wrote to records/x/; a name the leaderboard refuses, or an --out_dir
+    under another track, trained fully and was refused only then."""
+    code = train.main([f"--data_dir={data_dir}", *TINY, "--max_steps=2", "--val_every=0", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and needle in err, err
+    assert not (train.ROOT / "records" / "x").exists() and not (train.ROOT / "checkpoints" / "x").exists()
+
+
+def test_record_locations_the_leaderboard_takes_are_accepted():
+    for flags in (["--name=my-run_2.b"], ["--out_dir=runs/try"], ["--out_dir=/tmp/anywhere/else"],
+                  [f"--out_dir={train.ROOT / 'records' / 'open' / 'x'}", "--track=open"],
+                  [f"--out_dir={train.ROOT / 'records' / 'tinystories' / '2026-01-01_x' / 'seed1'}"]):
+        train.parse_args(flags)
+
+
+def test_a_time_budget_stops_within_a_step_of_it(data_dir, tmp_path, monkeypatch):
+    """Issue: the clock was read only at logged steps: --max_seconds=1e-9 trained 20 steps, --max_seconds=300 ran
+    365.8 s. A fake clock that moves 1 s per training step (real time would make the test flaky)."""
+    now = [1000.0]
+    real_step = train.train_step
+
+    def step_taking_a_second(run, state):
+        real_step(run, state)
+        now[0] += 1.0
+
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(train, "train_step", step_taking_a_second)
+    result = run_train(tmp_path / "a", data_dir, "--max_steps=0", "--max_seconds=5.5", "--log_every=10", "--val_every=0")
+    record = result["record"]
+    assert (record["training"]["steps"], record["training"]["stopped_by"]) == (6, "max_seconds")
+    assert record["compute"]["train_seconds"] == 6.0
+    tiny = run_train(tmp_path / "b", data_dir, "--max_steps=0", "--max_seconds=1e-9", "--log_every=10", "--val_every=0")
+    assert tiny["record"]["training"]["steps"] == 1
+
+
+def test_a_time_budget_stops_every_process_at_the_same_step(data_dir, tmp_path):
+    """Two gloo processes read their own clocks between logs; they agree (the largest reading) at every step, or
+    one would stop while the other waits in a collective."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+           f"--data_dir={data_dir}", *TINY, "--max_steps=0", "--max_seconds=1", "--log_every=1000", "--val_every=0",
+           "--val_tokens=256", f"--out_dir={tmp_path / 'ddp'}", f"--ckpt_dir={tmp_path / 'ddp_ckpt'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    # before the first logged step (1000), which is where the clock was read before
+    assert record["training"]["stopped_by"] == "max_seconds" and 1 <= record["training"]["steps"] < 1000
+
+
+def test_a_checkpoint_a_safe_load_refuses_is_named_without_the_unsafe_advice(tmp_path):
+    """Issue: the message was cut at 200 characters: it kept "Re-running torch.load with weights_only set to
+    False" and dropped PyTorch's warning that this can run arbitrary code."""
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, ("echo this would run",))
+
+    torch.save({"model": {}, "config": {}, "step": 1, "extra": RunsCode()}, tmp_path / "step_000001.pt")
+    with pytest.raises(ValueError) as caught:
+        model.load_checkpoint(tmp_path / "step_000001.pt")
+    message = str(caught.value)
+    assert "system" in message and "do not load it" in message and "run code" in message, message
+    assert "weights_only" not in message and "False" not in message and "\n" not in message, message
+
+
+def test_an_orphan_results_temp_file_is_removed_and_ignored(straight_run, data_dir, tmp_path):
+    """Issue: a kill -9 during the results write left .results.json.tmpPID: not git-ignored, never removed."""
+    record = run_train(tmp_path, data_dir, "--max_steps=2", "--val_every=0")["out_dir"]
+    orphan = record / ".results.json.tmp999999999"  # no process has this id
+    orphan.write_text("{")
+    live = record / f".results.json.tmp{os.getpid()}x"  # not a pid: someone else's file, left alone
+    live.write_text("{")
+    run_train(tmp_path, data_dir, "--max_steps=3", "--val_every=0", "--resume=1")
+    assert not orphan.exists() and live.exists()
+    if (ROOT / ".git").exists():
+        check = subprocess.run(["git", "check-ignore", "-q", "records/tinystories/x/.results.json.tmp4242"], cwd=ROOT)
+        assert check.returncode == 0
