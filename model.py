@@ -770,6 +770,12 @@ def resolve_device(name: str | None = None) -> torch.device:
     return device
 
 
+def cuda_has_native_bf16(device) -> bool:
+    """Whether this GPU multiplies bf16 in hardware: compute capability >= 8.0 (Ampere on), or any ROCm GPU.
+    Older ones (T4, V100, RTX 20xx) emulate it far below their fp32 rate, and older torch refuses it in autocast."""
+    return torch.version.hip is not None or torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def _strip_prefixes(state_dict):
     """Remove torch.compile's `_orig_mod.` and DDP's `module.` prefixes so any wrapper's weights load."""
     clean = {}
