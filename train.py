@@ -651,7 +651,7 @@ class DevicePath:
     """What a run executes on its device, chosen by device_path from what the device can do."""
     amp_dtype: torch.dtype | None  # autocast dtype (None = fp32)
     compile: bool                  # torch.compile the model and Muon
-    attention: str                 # what masked attention runs: "flex_attention" or "dense-mask SDPA"
+    attention: str                 # how windows and document masks run: "flex_attention" or "dense masks"
     notes: tuple = ()              # each choice that differs from the GPU default, with its reason
 
     def describe(self) -> str:
@@ -675,7 +675,7 @@ def device_path(precision: str, compile: bool, device_type: str, native_bf16: bo
         notes.append("torch.compile off: " + ("Triton does not run on this GPU (compute capability below 7.0, "
                                               "or Triton not installed)" if device_type == "cuda" else
                                               f"not used on {device_type}"))
-    attention = "flex_attention" if device_type == "cuda" and triton and flex else "dense-mask SDPA"
+    attention = "flex_attention" if device_type == "cuda" and triton and flex else "dense masks"
     if device_type == "cuda" and attention != "flex_attention":
         notes.append("windows and document masks as dense SDPA masks: flex_attention needs Triton on this GPU")
     return DevicePath(amp_dtype=amp_dtype, compile=compile and compiles, attention=attention, notes=tuple(notes))
@@ -690,10 +690,9 @@ def run_device_path(hp: Hyperparameters, device: torch.device) -> DevicePath:
 
 def peak_flops_per_device(device: torch.device, name: str,
                           dtype: torch.dtype | None = torch.bfloat16) -> tuple[float, str]:
-    """(peak FLOP/s, "datasheet" | "measured"): flops.py's figure for a known GPU in the dtype the run computes in
-    (bf16, or TF32 for fp32), else a measured matmul peak in that dtype (CPUs, consumer cards), which the
-    record flags. Measured on
-    rank 0 and shared, so every rank (and the record) uses one number."""
+    """(peak FLOP/s, "datasheet" | "measured"): flops.py's figure for a known GPU in the dtype the run computes
+    in (bf16, or TF32 for fp32), else a measured matmul peak in that dtype (CPUs, consumer cards), which the
+    record flags. Measured on rank 0 and shared, so every rank (and the record) uses one number."""
     peak, source = (None, "unknown")
     if device.type == "cuda":
         peak, source = flops.device_peak_flops(name, dtype)

@@ -10,9 +10,9 @@ mkdir -p "$out"
 python -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_device_name(), '| capability',
 torch.cuda.get_device_capability())" | tee "$out/device.txt"
 status=0
-timeout 330 python -m pytest -m gpu -q -rs 2>&1 | tee "$out/pytest.log"
+timeout 300 python -m pytest -m gpu -q -rs 2>&1 | tee "$out/pytest.log"
 status=$(( status || ${PIPESTATUS[0]} ))
-timeout 240 python tests/bench_step.py --steps=10 --out="$out/bench.json" 2>&1 | tee "$out/bench.log"
+timeout 270 python tests/bench_step.py --steps=10 --out="$out/bench.json" 2>&1 | tee "$out/bench.log"
 status=$(( status || ${PIPESTATUS[0]} ))
 echo "gpu_checks: exit $status (0 = every check passed)"
 exit "$status"

@@ -126,7 +126,7 @@ def test_weight_gradient_accumulation_into_fp32_matches_on_this_torch():
 
 def test_masked_configs_run_flex_and_sdpa_in_bf16_without_the_math_kernel():
     """value embeddings + windows + document mask under bf16 autocast: flex_attention gets one dtype, and the
-    dense-mask SDPA path with grouped queries runs with the math kernel switched off."""
+    dense masks path with grouped queries runs with the math kernel switched off."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     config = build_config("small", 8192, 1024, value_embeds=2, window=512, short_window=128, doc_mask=True,
                           delimiter_id=0)

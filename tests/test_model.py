@@ -790,7 +790,7 @@ def test_masked_gqa_attention_on_cuda_repeats_the_kv_heads():
 
 
 def test_flex_attention_is_chosen_only_where_triton_runs(monkeypatch):
-    """attention_impl "auto": flex_attention on a GPU Triton compiles for, the dense-mask SDPA path elsewhere
+    """attention_impl "auto": flex_attention on a GPU Triton compiles for, the dense masks path elsewhere
     (a GPU below compute capability 7.0, Triton missing, MPS, CPU)."""
     model = GPT(tiny_config(window=8))
     idx = torch.zeros(1, 16, dtype=torch.long)

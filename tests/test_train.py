@@ -817,10 +817,10 @@ BF16 = torch.bfloat16
 @pytest.mark.parametrize("device_type, native_bf16, triton, amp_dtype, compiled, attention, noted", [
     ("cuda", True, True, BF16, True, "flex_attention", []),                # A100, H100, RTX 30xx/40xx
     ("cuda", False, True, None, True, "flex_attention", ["fp32"]),         # T4, V100, RTX 20xx
-    ("cuda", False, False, None, False, "dense-mask SDPA", ["fp32", "torch.compile off", "dense"]),  # GTX 10xx
-    ("mps", False, False, None, False, "dense-mask SDPA", ["fp32", "torch.compile off"]),  # Apple Silicon
-    ("cpu", True, False, BF16, True, "dense-mask SDPA", []),
-    ("cpu", False, False, None, True, "dense-mask SDPA", ["fp32"]),
+    ("cuda", False, False, None, False, "dense masks", ["fp32", "torch.compile off", "dense"]),  # GTX 10xx
+    ("mps", False, False, None, False, "dense masks", ["fp32", "torch.compile off"]),  # Apple Silicon
+    ("cpu", True, False, BF16, True, "dense masks", []),
+    ("cpu", False, False, None, True, "dense masks", ["fp32"]),
 ])
 def test_device_path_for_every_kind_of_device(device_type, native_bf16, triton, amp_dtype, compiled, attention, noted):
     path = train.device_path("auto", True, device_type, native_bf16, triton, flex=True)
