@@ -278,7 +278,7 @@ _FLEX_CUDA = torch.compile(flex_attention, dynamic=False) if flex_attention is n
 
 def flex_runs_on(device) -> bool:
     """Whether attention_impl "auto" takes flex_attention on this device: CUDA with FlexAttention in this PyTorch
-    and a GPU Triton compiles for (compute capability >= 7.0); elsewhere the dense masks path."""
+    and a GPU Triton compiles for (compute capability >= 7.0); elsewhere dense boolean masks."""
     return flex_attention is not None and kernels.triton_supports(device)
 
 
