@@ -61,7 +61,7 @@ import torch.distributed as dist
 import common
 import leaderboard  # the record format: results.json's reader and writer
 import prepare
-from model import load_checkpoint, model_from_checkpoint
+from model import cuda_has_native_bf16, load_checkpoint, model_from_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parent
 EVAL_DIR = ROOT / "data" / "eval"
@@ -129,13 +129,16 @@ def bpb_from_sums(nats: float, n_bytes: int) -> float:
 
 @torch.no_grad()
 def evaluate_bpb(model, tokens, token_bytes, seq_len: int, batch_size: int, device,
-                 max_tokens: int | None = None, progress: bool = False, enc=None) -> dict:
+                 max_tokens: int | None = None, progress: bool = False, enc=None,
+                 amp_dtype: torch.dtype | None = torch.bfloat16) -> dict:
     """BPB of `model` on the token stream `tokens` (see the module docstring for the exact rules).
 
     model: called as model(idx, targets, reduction="none") -> per-token nats (B, T), as model.GPT does.
     token_bytes: UTF-8 byte length of each token id, 0 for special tokens (prepare.token_byte_lengths).
     max_tokens: evaluate only tokens[:max_tokens] (train.py's val_tokens).
     enc: the tiktoken Encoding of `tokens`; needed for the fingerprint (None without it).
+    amp_dtype: the autocast dtype on CUDA (None = fp32: train.py passes its run's, so an fp32 run is validated,
+    and its target_bpb judged, in fp32); CPU and MPS always evaluate in fp32.
     Returns {"bpb", "loss" (nats per scored token), "tokens" (scored), "bytes" (scored), "fingerprint",
     "seq_len" (the context: the windows' length)}, the same on every rank when torch.distributed is initialised.
     """
@@ -175,7 +178,8 @@ def evaluate_bpb(model, tokens, token_bytes, seq_len: int, batch_size: int, devi
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(tokens) - 1, unit="tok", unit_scale=True, desc="eval bpb", disable=rank != 0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    autocast = (torch.autocast("cuda", dtype=amp_dtype) if device.type == "cuda" and amp_dtype is not None
+                else contextlib.nullcontext())
     try:
         for i in range(0, len(my_windows), rows):
             batch_windows = my_windows[i:i + rows]
@@ -373,6 +377,9 @@ def parse_args(argv):
                         help="shards made with another tokenizer: decode their text and tokenize it with the "
                              "checkpoint's (automatic for the named official eval sets)")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="on CUDA: bf16 autocast or fp32 (auto: bf16 on a GPU with native bf16, as train.py); "
+                             "CPU and MPS evaluate in fp32")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--record", default=None, help="record folder: write the result into its results.json")
     parser.add_argument("--eval_id", default=None, help="name under results.json's eval (default: the eval set's name)")
@@ -381,6 +388,16 @@ def parse_args(argv):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
     return args
+
+
+def eval_dtype(precision: str, device: torch.device, native_bf16: bool | None = None) -> torch.dtype | None:
+    """The autocast dtype --precision asks for on `device` (None = fp32). native_bf16: the GPU's (None: ask it)."""
+    if precision == "fp32" or device.type != "cuda":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    native = cuda_has_native_bf16(device) if native_bf16 is None else native_bf16
+    return torch.bfloat16 if native else None
 
 
 def run(argv) -> None:
@@ -426,7 +443,8 @@ def evaluate(args, eval_id, rank, world, device) -> None:
 
     t0 = time.perf_counter()
     result = evaluate_bpb(model, tokens, prepare.token_byte_lengths(enc), seq_len, args.batch_size, device,
-                          max_tokens=args.max_tokens, progress=rank == 0, enc=enc)
+                          max_tokens=args.max_tokens, progress=rank == 0, enc=enc,
+                          amp_dtype=eval_dtype(args.precision, device))
     seconds = time.perf_counter() - t0
     scored = min(len(tokens), args.max_tokens or len(tokens)) - 1  # positions run through the model
     if rank != 0:

@@ -12,7 +12,7 @@ One convention for the whole project, so our records and Marin's share the FLOPs
                               + 2 * d * V                                       LM head, once
     (the embedding lookup and value-embedding lookups are free; norms, RoPE, activations are not counted)
     model FLOPs = 3 * forward FLOPs per token * training tokens      (backward = 2 x forward)
-    hardware FLOPs = training seconds * devices * peak dense bf16 FLOP/s per device
+    hardware FLOPs = training seconds * devices * peak dense FLOP/s per device (bf16; TF32 for fp32 runs)
     MFU = model FLOPs / hardware FLOPs
 
 Layers are counted as applied (n_layer), so layer reuse saves parameters but not FLOPs. Sliding windows and
@@ -306,6 +306,22 @@ PEAK_BF16_FLOPS = {
     "TPU v6e": 918e12,
 }
 
+# Peak dense TF32 FLOP/s per device, for fp32 runs: train.py (and tests/bench_step.py) let CUDA fp32 matmuls
+# run as TF32 (torch.backends.cuda.matmul.allow_tf32), so an fp32 run is measured against the TF32 tensor
+# cores, not the bf16 ones (half the bf16 figure on every part here). From NVIDIA's datasheets, which print
+# TF32 "with sparsity": these are half those (H100 SXM/H200 989, H100 PCIe 756, A100 312, L40S 366, L4 120,
+# A10 125 TFLOPS with sparsity). B200, MI300X and the TPUs are left out (no TF32 figure we could check, or
+# TF32 not used by default there): an fp32 run on them records a measured fp32 matmul peak.
+PEAK_TF32_FLOPS = {
+    "H100 SXM": 494.7e12,
+    "H100 PCIe": 378e12,
+    "H200": 494.7e12,
+    "A100": 156e12,
+    "L4": 60e12,
+    "L40S": 183e12,
+    "A10": 62.5e12,
+}
+
 # How device names (torch.cuda.get_device_name(), or a table key) map to table entries. Order matters:
 # device_name()'s CPU names (a Xeon "E5-2680 v4" is no TPU v4) and variants without a datasheet number in
 # the table (H100/H200 NVL, A10G) are caught first as unknown.
@@ -313,6 +329,7 @@ _DEVICE_PATTERNS = [
     (r"^cpu\b", None),
     (r"\bNVL\b", None),
     (r"\bA10G\b", None),
+    (r"\bGH200\b", "H100 SXM"),     # "NVIDIA GH200 480GB": Grace Hopper's GPU is an H100 (SXM-class datasheet)
     (r"\bH100\b.*\bPCIe\b", "H100 PCIe"),
     (r"\bH100\b", "H100 SXM"),      # "NVIDIA H100 80GB HBM3" is the SXM part
     (r"\bH200\b", "H200"),
@@ -329,23 +346,27 @@ _DEVICE_PATTERNS = [
 
 
 def device_table_key(device_name: str):
-    """The PEAK_BF16_FLOPS key for a device name, or None when the table has no datasheet number for it."""
+    """The PEAK_BF16_FLOPS (and PEAK_TF32_FLOPS) key for a device name, or None when the table has no
+    datasheet number for it."""
     for pattern, key in _DEVICE_PATTERNS:
         if re.search(pattern, device_name, flags=re.IGNORECASE):
             return key
     return None
 
 
-def device_peak_flops(device_name: str | None = None) -> tuple[float | None, str]:
-    """(peak dense bf16 FLOP/s, "datasheet") for a known device, else (None, "unknown"): the caller then
-    records measure_matmul_peak() instead, flagged as measured. Without a name: the current CUDA device,
-    or the CPU (unknown)."""
+def device_peak_flops(device_name: str | None = None, dtype: torch.dtype | None = torch.bfloat16
+                      ) -> tuple[float | None, str]:
+    """(peak dense FLOP/s, "datasheet") for a known device in the dtype a run computes in: bf16 (or fp16,
+    the same tensor-core rate on these parts) from PEAK_BF16_FLOPS, fp32 (dtype None or float32: TF32
+    matmuls) from PEAK_TF32_FLOPS; else (None, "unknown"), and the caller records measure_matmul_peak()
+    instead, flagged as measured. Without a name: the current CUDA device, or the CPU (unknown)."""
     if device_name is None:
         if not torch.cuda.is_available():
             return None, "unknown"
         device_name = torch.cuda.get_device_name()
+    table = PEAK_TF32_FLOPS if dtype in (None, torch.float32) else PEAK_BF16_FLOPS
     key = device_table_key(device_name)
-    return (PEAK_BF16_FLOPS[key], "datasheet") if key else (None, "unknown")
+    return (table[key], "datasheet") if key in table else (None, "unknown")
 
 
 def _sync(device):
@@ -420,11 +441,17 @@ def _human_time(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def count_config_params(config) -> dict:
+    """count_params of the GPT a configuration builds, on the meta device: no memory, no device work (on a GPU
+    a real forward would build masks and compile kernels just to count)."""
+    with torch.device("meta"):
+        return count_params(model_lib.GPT(_config(config)))
+
+
 def describe(config, seq_len: int) -> dict:
     """Parameter counts (detected on a meta-device model, no memory used) and FLOPs of one configuration."""
     c = _config(config)
-    with torch.device("meta"):
-        counts = count_params(model_lib.GPT(c))
+    counts = count_config_params(c)
     return dict(counts, weight_class=weight_class(counts["counted"]),
                 forward=forward_flops_per_token(c, seq_len), causal=causal_forward_flops_per_token(c, seq_len))
 

@@ -82,8 +82,19 @@ def _check_reduction(reduction: str):
 # -----------------------------------------------------------------------------
 # Public functions: Triton on CUDA when available, the reference everywhere else.
 
+def triton_supports(device) -> bool:
+    """Whether Triton (and so torch.compile's GPU code and flex_attention) runs on this CUDA device: any ROCm
+    GPU, or an NVIDIA one of compute capability >= 7.0 (the limit torch._dynamo's device_interface checks;
+    Pascal cards such as the GTX 10xx fall below it)."""
+    device = torch.device(device)
+    if not (HAS_TRITON and device.type == "cuda"):
+        return False
+    # get_device_properties, which torch.compile folds to a constant inside a compiled model
+    return torch.version.hip is not None or torch.cuda.get_device_properties(device).major >= 7
+
+
 def _use_triton(x) -> bool:
-    return HAS_TRITON and x.is_cuda
+    return x.is_cuda and triton_supports(x.device)
 
 
 def rms_norm(x, weight=None, eps: float = 1e-6):
@@ -434,13 +445,22 @@ def _cross_entropy_chunk(logits, targets, losses, grad_scale, softcap, ignore_in
         BLOCK=block, num_warps=_num_warps(block))
 
 
-# torch.addmm with out_dtype: a bf16 x bf16 product accumulated into fp32 by the GEMM itself (CUDA only)
-ADDMM_OUT_DTYPE = hasattr(torch.ops.aten.addmm, "dtype")
+def addmm_accumulates_into_fp32(version: str) -> bool:
+    """Whether torch `version`'s CUDA addmm takes out_dtype=float32 with an fp32 `self` and bf16 matrices (a
+    bf16 x bf16 product added into fp32 by the GEMM itself). The overload exists from 2.8, but until pytorch
+    PR 167931 (issue 154086, merged in November 2025, first released in 2.10.0) its CUDA kernel required
+    `self` in the matrices' dtype and raised "self and mat2 must have the same dtype". Pre-releases of 2.10
+    (a0, dev) count as older: some predate the fix."""
+    from torch.torch_version import TorchVersion
+    return TorchVersion(version) >= "2.10"
+
+
+ADDMM_OUT_DTYPE = addmm_accumulates_into_fp32(torch.__version__)
 
 
 def _accumulate(grad_w, logits_t, x_chunk):
-    """grad_w + logits_t @ x_chunk. fp32 grad_w with bf16 chunks: on CUDA the GEMM adds into fp32 directly
-    (no vocab x width bf16 product copied to fp32 every chunk); elsewhere that copy is made (CPU tests only)."""
+    """grad_w + logits_t @ x_chunk. fp32 grad_w with bf16 chunks: on CUDA with torch >= 2.10 the GEMM adds into
+    fp32 directly (no vocab x width bf16 product copied to fp32 every chunk); elsewhere that copy is made."""
     if grad_w.dtype == x_chunk.dtype:
         return grad_w.addmm_(logits_t, x_chunk)
     if grad_w.is_cuda and ADDMM_OUT_DTYPE:

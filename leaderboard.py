@@ -377,11 +377,12 @@ def recount_params(model_config):
     return _RECOUNTS[key]
 
 
-def datasheet_peak(device):
-    """flops.py's peak for a device name (a table key or a GPU's name), or None when flops.py has no
-    datasheet number for it."""
+def datasheet_peak(device, precision="bf16"):
+    """flops.py's peak for a device name (a table key or a GPU's name) in a run's precision (fp32 runs: the
+    TF32 peak), or None when flops.py has no datasheet number for it."""
     import flops
-    peak, _ = flops.device_peak_flops(device)
+    import torch  # flops.py imports it anyway
+    peak, _ = flops.device_peak_flops(device, torch.float32 if precision == "fp32" else torch.bfloat16)
     return float(peak) if peak is not None else None
 
 
@@ -772,7 +773,7 @@ def recompute_speedrun_record(path, rec):
 
     peak = compute["peak_flops_per_device"]
     measured = compute.get("peak_flops_source") == "measured"
-    known = datasheet_peak(compute["device"])
+    known = datasheet_peak(compute["device"], compute.get("precision", "bf16"))
     if known is None and not measured:
         problems.append(invalid(path, "compute.peak_flops_per_device", f"flops.py has no datasheet peak for "
                                       f"{short_json(compute['device'])}: measure it and set compute.peak_flops_source to \"measured\""))

@@ -19,6 +19,7 @@ Whether kernels.py's fused ops run is a runtime setting (GPT.use_kernels), not p
 it is neither saved in checkpoints nor in records. The file knows nothing about data files or
 distributed training.
 """
+import contextlib
 import os
 import pathlib
 import re
@@ -208,9 +209,23 @@ class Norm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if config.bias and config.norm == "layernorm" else None
 
     def forward(self, x):
-        if self.config.norm == "layernorm":
-            return F.layer_norm(x, (x.size(-1),), self.weight, self.bias, 1e-5)
-        return F.rms_norm(x, (x.size(-1),), self.weight.to(x.dtype), 1e-6)  # one dtype: the fused kernel
+        # Output in x's dtype: CUDA autocast runs both norms in fp32 and returns fp32 (CPU autocast leaves
+        # rms_norm alone), which would turn a bf16 residual stream, and q and k after QK-norm, into fp32.
+        # With autocast off here the norm takes x as it is; its statistics are fp32 inside the kernel anyway.
+        with _autocast_off(x):
+            bias = self.bias.to(x.dtype) if self.bias is not None else None
+            if self.config.norm == "layernorm":
+                return F.layer_norm(x, (x.size(-1),), self.weight.to(x.dtype), bias, 1e-5)
+            return F.rms_norm(x, (x.size(-1),), self.weight.to(x.dtype), 1e-6)  # one dtype: the fused kernel
+
+
+def _autocast_off(x):
+    """A context that turns autocast off for x's device while it is on; nothing otherwise (and on the meta
+    device of parameter counting, which has no autocast)."""
+    kind = x.device.type
+    if kind != "meta" and torch.is_autocast_enabled(kind):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
 
 
 def rope_angles(positions, head_dim, base):
@@ -243,11 +258,12 @@ def apply_rope(x, cos, sin):
 #   - a CPU in bf16 (train.py's default on a CPU with native bf16), masked or not, while the scores fit in
 #     EXPLICIT_ATTENTION_BYTES: explicit_attention, with the boolean mask below (None = causal);
 #   - otherwise nothing masked (the default): SDPA with is_causal=True, the fast path, untouched;
-#   - CUDA with torch.nn.attention.flex_attention available (GPT.attention_impl "auto"): flex_attention,
-#     itself torch.compile'd, with a BlockMask built at each forward from the document ids and the window
-#     (blocks outside every document and window are skipped, so the window saves compute);
-#   - CPU, MPS, no flex_attention, or attention_impl "sdpa": SDPA with an explicit boolean mask (B, 1, T, T)
-#     built from the same rule (attention_mask below); flex_attention on CPU runs only eagerly as a slow
+#   - CUDA with torch.nn.attention.flex_attention on a GPU Triton compiles for (GPT.attention_impl "auto";
+#     flex_runs_on): flex_attention, itself torch.compile'd, with a BlockMask built at each forward from the
+#     document ids and the window (blocks outside every document and window are skipped: the window saves compute);
+#   - CPU, MPS, no flex_attention (or a GPU below compute capability 7.0), or attention_impl "sdpa": SDPA with an
+#     explicit boolean mask (B, 1, T, T) built from the same rule (attention_mask below; on CUDA with grouped
+#     queries, k and v repeated to every head first); flex_attention on CPU runs only eagerly as a slow
 #     reference here, so the tests use it to check that both paths agree;
 #   - generation with the KV cache: SDPA with the same rule over the cached slots (plus left padding).
 # The current windows live in a tensor (GPT.set_windows), not in Python ints, so growing them during
@@ -261,6 +277,18 @@ except ImportError:  # PyTorch without FlexAttention: the SDPA path runs everywh
 # flex_attention is fast only compiled; on CUDA it is compiled once at import (lazily: nothing compiles
 # until the first call). Inside an already compiled model, dynamo traces straight through it.
 _FLEX_CUDA = torch.compile(flex_attention, dynamic=False) if flex_attention is not None and torch.cuda.is_available() else None
+
+
+def triton_runs_on(device) -> bool:
+    """Whether Triton compiles for this device (kernels.py's test, asked through model.py, the one file that
+    imports kernels.py): torch.compile's GPU backend and flex_attention need it."""
+    return kernels.triton_supports(device)
+
+
+def flex_runs_on(device) -> bool:
+    """Whether attention_impl "auto" takes flex_attention on this device: CUDA with FlexAttention in this PyTorch
+    and a GPU Triton compiles for (compute capability >= 7.0); elsewhere dense boolean masks."""
+    return flex_attention is not None and kernels.triton_supports(device)
 
 
 def document_ids(idx, delimiter_id: int):
@@ -299,14 +327,20 @@ EXPLICIT_ATTENTION_BYTES = 64 * 2 ** 20
 def explicit_attention(q, k, v, mask=None):
     """softmax(q k^T / sqrt(d)) v with the scores materialised: mask None = causal (T == S, as SDPA's
     is_causal), else a boolean (B or 1, 1, T, S) mask. Key/value heads are repeated for grouped queries."""
-    if k.size(1) != q.size(1):
-        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
-        v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+    k, v = repeat_kv_heads(k, v, q.size(1))
     scores = q @ k.mT
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * q.size(-1) ** -0.5
     if mask is None:
         mask = torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=q.device).tril()
     return scores.masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype) @ v
+
+
+def repeat_kv_heads(k, v, n_head: int):
+    """Key/value heads (B, kv heads, S, D) repeated to n_head, each kv head serving its group of query heads
+    (the grouping SDPA's enable_gqa uses)."""
+    if k.size(1) == n_head:
+        return k, v
+    return k.repeat_interleave(n_head // k.size(1), dim=1), v.repeat_interleave(n_head // v.size(1), dim=1)
 
 
 def _attend(q, k, v, mask, gqa: bool):
@@ -321,6 +355,12 @@ def _attend(q, k, v, mask, gqa: bool):
     if block_mask:
         flex = _FLEX_CUDA if q.is_cuda and _FLEX_CUDA is not None else flex_attention
         return flex(q, k, v, block_mask=mask, enable_gqa=gqa)
+    if gqa and q.is_cuda:
+        # on CUDA only the flash and math kernels take enable_gqa, and flash takes no mask: with a mask, GQA
+        # would fall to the math kernel (the whole B x H x T x S scores in memory). Repeated heads let the
+        # memory-efficient kernel run instead, for copies of k and v (2 x B x H x S x D: 2 x head_dim / T of that)
+        k, v = repeat_kv_heads(k, v, q.size(1))
+        gqa = False
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
@@ -344,7 +384,7 @@ class CausalSelfAttention(nn.Module):
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         if ve is not None:  # value embeddings: token identity straight into the values (modded-nanogpt)
-            v = v + ve.view_as(v)
+            v = v + ve.view_as(v).to(v.dtype)  # embeddings are not autocast: an fp32 ve would make v fp32 beside bf16 q, k
         if v_first is not None:  # value residual (modded-nanogpt record #9); written so v_lambda is used once
             v = v + v_lambda * (v_first - v)
         values = v
@@ -514,8 +554,7 @@ class GPT(nn.Module):
             raise ValueError(f"attention_impl must be auto, sdpa or flex, got {self.attention_impl!r}")
         if self.attention_impl == "flex" and flex_attention is None:
             raise ValueError("attention_impl='flex' needs torch.nn.attention.flex_attention (PyTorch >= 2.5)")
-        use_flex = self.attention_impl == "flex" or (self.attention_impl == "auto" and idx.is_cuda
-                                                      and flex_attention is not None)
+        use_flex = self.attention_impl == "flex" or (self.attention_impl == "auto" and flex_runs_on(idx.device))
         B, T = idx.shape
         docs = document_ids(idx, self.config.delimiter_id) if self.config.doc_mask else None
         positions = torch.arange(T, device=idx.device)
@@ -718,6 +757,12 @@ class KVCache:
 
 # -----------------------------------------------------------------------------
 # Checkpoints
+
+
+def cuda_has_native_bf16(device) -> bool:
+    """Whether this GPU multiplies bf16 in hardware: compute capability >= 8.0 (Ampere on), or any ROCm GPU.
+    Older ones (T4, V100, RTX 20xx) emulate it far below their fp32 rate, and older torch refuses it in autocast."""
+    return torch.version.hip is not None or torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def _strip_prefixes(state_dict):

@@ -33,19 +33,37 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.torch_version import TorchVersion
 
-import common
-import eval_bpb
-import flops
-import leaderboard
-import prepare
-from model import GPT, PRESETS, GPTConfig, build_config, load_checkpoint, save_checkpoint
+# The oldest torch the project runs on (requirements.txt gives the reason per API). Checked here, before
+# model.py and kernels.py are imported, so that an older torch gets this line rather than a traceback.
+TORCH_FLOOR = "2.5"
+
+
+def torch_below_floor(version: str) -> bool:
+    return TorchVersion(version) < TORCH_FLOOR
+
+
+if torch_below_floor(torch.__version__):
+    print(f"error: train.py: torch {torch.__version__} is installed, this project needs torch >= {TORCH_FLOOR} "
+          f"(flex_attention with block masks, enable_gqa; requirements.txt): pip install 'torch>={TORCH_FLOOR}'",
+          file=sys.stderr)
+    sys.exit(2)
+
+import common  # noqa: E402 (after the version check)
+import eval_bpb  # noqa: E402
+import flops  # noqa: E402
+import leaderboard  # noqa: E402
+import prepare  # noqa: E402
+import model as model_lib  # noqa: E402
+from model import (GPT, PRESETS, GPTConfig, build_config, cuda_has_native_bf16, load_checkpoint,  # noqa: E402
+                   save_checkpoint)
 
 ROOT = pathlib.Path(__file__).resolve().parent
 
@@ -544,7 +562,8 @@ def split_parameters(model: GPT) -> dict[str, list[nn.Parameter]]:
 def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int, device: torch.device) -> list:
     """[AdamW, Muon], every param group tagged with its kind; set_hyperparameters gives them their settings."""
     groups = split_parameters(model)
-    muon = Muon(groups["matrix"], rank=rank, world_size=world_size, ns_dtype=autocast_dtype(hp.precision, device))
+    muon = Muon(groups["matrix"], rank=rank, world_size=world_size,
+                ns_dtype=newton_schulz_dtype(autocast_dtype(hp.precision, device), device))
     adam_groups = [{"params": groups[kind], "kind": kind} for kind in ("embed", "head", "scalar") if groups[kind]]
     adam = torch.optim.AdamW(adam_groups, eps=1e-10, weight_decay=0.0, fused=device.type in ("cuda", "cpu"))
     set_hyperparameters([adam, muon], hp)
@@ -628,31 +647,89 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(precision: str, device: torch.device, native_bf16: bool | None = None) -> torch.dtype | None:
     """The dtype the model runs in under autocast (None = fp32, no autocast), for --precision: "auto" is bf16
-    on CUDA and on a CPU with native bf16, fp32 elsewhere (MPS included)."""
+    on a GPU or CPU with native bf16, fp32 elsewhere (MPS and GPUs before Ampere included: fp16 with a loss
+    scaler is not built). native_bf16: what the device can do (None: ask it)."""
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"--precision must be auto, bf16 or fp32, got {precision!r}")
     if precision == "fp32" or device.type not in ("cuda", "cpu"):
         return None
-    if precision == "bf16" or device.type == "cuda" or cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
+    if native_bf16 is None:
+        native_bf16 = cuda_has_native_bf16(device) if device.type == "cuda" else cpu_has_native_bf16()
+    if precision == "bf16" and device.type == "cuda" and not native_bf16:
+        raise ValueError("--precision=bf16: this GPU has no native bf16 (compute capability below 8.0), where "
+                         "it is emulated, slower than fp32; use --precision=auto (fp32 here) or --precision=fp32")
+    return torch.bfloat16 if precision == "bf16" or native_bf16 else None
+
+
+def newton_schulz_dtype(amp_dtype: torch.dtype | None, device: torch.device,
+                        native_bf16: bool | None = None) -> torch.dtype:
+    """Muon's Newton-Schulz dtype: the run's autocast dtype; in an fp32 run bf16 on a GPU with native bf16
+    (stable there, at the tensor cores' bf16 rate), fp32 everywhere else. native_bf16: None = ask the GPU."""
+    if amp_dtype is not None:
+        return amp_dtype
+    if device.type != "cuda":
+        return torch.float32
+    native = cuda_has_native_bf16(device) if native_bf16 is None else native_bf16
+    return torch.bfloat16 if native else torch.float32
+
+
+@dataclass(frozen=True)
+class DevicePath:
+    """What a run executes on its device, chosen by device_path from what the device can do."""
+    amp_dtype: torch.dtype | None  # autocast dtype (None = fp32)
+    compile: bool                  # torch.compile the model and Muon
+    attention: str                 # how windows and document masks run: "flex_attention" or "dense masks"
+    notes: tuple = ()              # each choice that differs from the GPU default, with its reason
+
+    def describe(self) -> str:
+        precision = {torch.bfloat16: "bf16 autocast"}.get(self.amp_dtype, "fp32")
+        return "; ".join((f"{precision}, masked attention {self.attention}, torch.compile "
+                          f"{'on' if self.compile else 'off'}", *self.notes))
+
+
+def device_path(precision: str, compile: bool, device_type: str, native_bf16: bool, triton: bool,
+                flex: bool) -> DevicePath:
+    """The precision, compilation and attention a run gets from --precision/--compile and what its device can
+    do (native_bf16; triton: Triton generates code for it, so torch.compile and flex_attention work on a GPU;
+    flex: this torch has flex_attention). A GPU without them, MPS, or a CPU get a path that works, and say so."""
+    amp_dtype = autocast_dtype(precision, torch.device(device_type), native_bf16)
+    notes = []
+    if precision == "auto" and amp_dtype is None:
+        notes.append({"cuda": "fp32: this GPU has no native bf16 (compute capability below 8.0)",
+                      "mps": "fp32: autocast is not used on MPS"}.get(device_type, "fp32: this CPU has no native bf16"))
+    compiles = device_type == "cpu" or (device_type == "cuda" and triton)
+    if compile and not compiles:
+        notes.append("torch.compile off: " + ("Triton does not run on this GPU (compute capability below 7.0, "
+                                              "or Triton not installed)" if device_type == "cuda" else
+                                              f"not used on {device_type}"))
+    attention = "flex_attention" if device_type == "cuda" and triton and flex else "dense masks"
+    if device_type == "cuda" and attention != "flex_attention":
+        notes.append("windows and document masks as dense SDPA masks: flex_attention needs Triton on this GPU")
+    return DevicePath(amp_dtype=amp_dtype, compile=compile and compiles, attention=attention, notes=tuple(notes))
+
+
+def run_device_path(hp: Hyperparameters, device: torch.device) -> DevicePath:
+    """device_path for this run's device, asking it what it can do."""
+    native = cuda_has_native_bf16(device) if device.type == "cuda" else cpu_has_native_bf16()
+    return device_path(hp.precision, hp.compile, device.type, native, model_lib.triton_runs_on(device),
+                       model_lib.flex_attention is not None)
 
 
 def peak_flops_per_device(device: torch.device, name: str,
                           dtype: torch.dtype | None = torch.bfloat16) -> tuple[float, str]:
-    """(peak FLOP/s, "datasheet" | "measured"): flops.py's bf16 figure for a known GPU, else a measured
-    matmul peak in the dtype the run computes in (CPUs, consumer cards), which the record flags. Measured on
-    rank 0 and shared, so every rank (and the record) uses one number."""
+    """(peak FLOP/s, "datasheet" | "measured"): flops.py's figure for a known GPU in the dtype the run computes
+    in (bf16, or TF32 for fp32), else a measured matmul peak in that dtype (CPUs, consumer cards), which the
+    record flags. Measured on rank 0 and shared, so every rank (and the record) uses one number."""
     peak, source = (None, "unknown")
     if device.type == "cuda":
-        peak, source = flops.device_peak_flops(name)
+        peak, source = flops.device_peak_flops(name, dtype)
     if peak is None:
         key = f"{device} {dtype}"
         if not dist.is_initialized() or dist.get_rank() == 0:
             if key not in MEASURED_PEAKS:  # about a second: once per process
-                MEASURED_PEAKS[key] = flops.measure_matmul_peak(device=str(device), dtype=dtype)
+                MEASURED_PEAKS[key] = flops.measure_matmul_peak(device=str(device), dtype=dtype or torch.float32)
             peak = MEASURED_PEAKS[key]
         if dist.is_initialized():
             shared = [peak]
@@ -729,6 +806,7 @@ class Run:
     windows: tuple = ()          # the attention windows set by window_warmup, so they are set only when they change
     amp_dtype: torch.dtype | None = None  # autocast_dtype(hp.precision, device): bf16, or None for fp32
     host_group: object = None    # several processes with --max_seconds: a gloo group for seconds_so_far
+    path: DevicePath | None = None  # the precision, compilation and attention chosen for the device
 
     @property
     def master(self) -> bool:
@@ -989,7 +1067,7 @@ def validate(run: Run, state: RunState) -> dict:
     # on a CPU the eager model: compiling each new eval batch shape would cost more than it saves
     model = run.model if run.device.type == "cuda" else run.raw_model
     result = eval_bpb.evaluate_bpb(model, run.data.val_tokens, run.data.token_bytes, run.hp.seq_len,
-                                   run.hp.batch_size, run.device)
+                                   run.hp.batch_size, run.device, amp_dtype=run.amp_dtype)
     result["fingerprint"] = run.data.val_fingerprint
     if not math.isfinite(result["bpb"]):  # a record must never carry NaN (it is not even valid JSON)
         raise diverged(run, f"the validation BPB is {result['bpb']} at step {state.step}; stopped, no record "
@@ -1359,6 +1437,8 @@ def log_start(run: Run, state: RunState, resumed_from) -> None:
     log.line(f"run_id {state.run_id}", console=False)  # whose folder this is (check_record_owner)
     log.line(f"hyperparameters {json.dumps(asdict(hp))}", console=False)
     log.line(f"model {json.dumps(asdict(run.config))}", console=False)
+    if run.path is not None:
+        log.line(f"device path: {run.path.describe()}")
     log.line(f"params counted {params['counted']:,} unique {params['unique']:,} embedding {params['embedding']:,} "
              f"class {flops.weight_class(params['counted'])}")
     log.line(f"batch {state.batch_tokens:,} tokens/step = {run.world_size} processes x {hp.batch_size} sequences x "
@@ -1396,6 +1476,8 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
         common.remove_orphan_temp_files(ckpt_dir)
     resume = find_resume_checkpoint(hp, ckpt_dir)
 
+    path = run_device_path(hp, device)  # what this device can run (a GPU without bf16 or Triton, MPS: printed)
+    hp = replace(hp, compile=path.compile)
     torch.manual_seed(hp.seed)
     random.seed(hp.seed)
     config = model_config(hp, data.enc.n_vocab, data.delimiter)
@@ -1405,7 +1487,7 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
     flops_per_step = flops.model_flops(config, hp.seq_len, batch_tokens)
     total_steps, step_budget = planned_steps(hp, batch_tokens, flops_per_step)
     device_label = flops.device_name(device)
-    amp_dtype = autocast_dtype(hp.precision, device)
+    amp_dtype = path.amp_dtype
     peak, peak_source = peak_flops_per_device(device, device_label, amp_dtype)
     hardware = f"{world_size} x {device_label}"
     if resume is not None:
@@ -1432,8 +1514,8 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
               model=model, optimizers=optimizers, loader=None, grad_accum=grad_accum, clock=Clock(device),
               total_steps=total_steps, step_budget=step_budget, flops_per_step=flops_per_step, peak=peak,
               peak_source=peak_source, device_label=device_label, ckpt_dir=ckpt_dir, log=log, digests=digests,
-              software=leaderboard.software_versions(), params=flops.count_params(raw_model), wandb_run=start_wandb(hp, rank == 0),
-              amp_dtype=amp_dtype,
+              software=leaderboard.software_versions(), params=flops.count_config_params(config), wandb_run=start_wandb(hp, rank == 0),
+              amp_dtype=amp_dtype, path=path,
               host_group=dist.new_group(backend="gloo") if world_size > 1 and hp.max_seconds else None)
     if resume is not None:
         load_state(run, resume[1], state)  # state keeps this command line's --out_dir, as locked and logged above

@@ -39,6 +39,10 @@ CPU_ROWS = [("tiny", {}, 4096, 256, 16),
 
 
 def build(preset, overrides, vocab, seq_len, batch_size, device, compile_, precision):
+    # Each row compiles afresh. Without this, dynamo keeps every row's graphs on the same code objects
+    # (train.newton_schulz, GPT.forward): Newton-Schulz takes one cache entry per matrix shape, 4 per preset,
+    # and past torch._dynamo.config.recompile_limit (8) a later row's Newton-Schulz silently runs eagerly.
+    torch._dynamo.reset()
     hp = train.Hyperparameters(preset=preset, model=dict(overrides), seq_len=seq_len, batch_size=batch_size,
                                compile=compile_, precision=precision)
     config = build_config(preset, vocab, seq_len, **overrides)

@@ -101,6 +101,25 @@ def test_device_names_map_to_datasheet_peaks(name, peak):
     assert flops.device_peak_flops(name) == ((peak, "datasheet") if peak else (None, "unknown"))
 
 
+@pytest.mark.parametrize("name, bf16, tf32", [
+    ("NVIDIA GH200 480GB", 989.5e12, 494.7e12),   # Grace Hopper: an H100 GPU beside the Grace CPU
+    ("NVIDIA H200", 989.5e12, 494.7e12), ("NVIDIA H100 80GB HBM3", 989.5e12, 494.7e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12, 156e12), ("NVIDIA L4", 121e12, 60e12),
+    ("NVIDIA B200", 2.5e15, None), ("AMD Instinct MI300X", 1307.4e12, None),  # no TF32 figure: measured
+    ("NVIDIA H200 NVL", None, None), ("Tesla T4", None, None)])
+def test_fp32_runs_get_the_tf32_peak_and_gh200_is_known(name, bf16, tf32):
+    known = lambda peak: (peak, "datasheet") if peak else (None, "unknown")
+    assert flops.device_peak_flops(name, torch.bfloat16) == known(bf16) == flops.device_peak_flops(name)
+    assert flops.device_peak_flops(name, torch.float32) == known(tf32) == flops.device_peak_flops(name, None)
+
+
+def test_tf32_peaks_are_half_the_bf16_ones():
+    """NVIDIA's tensor cores run TF32 at half their bf16 rate on every part in the table (the datasheets'
+    dense figures, rounded as printed: L4 120 vs 242 TFLOPS with sparsity)."""
+    for key, tf32 in flops.PEAK_TF32_FLOPS.items():
+        assert tf32 == pytest.approx(flops.PEAK_BF16_FLOPS[key] / 2, rel=0.01), key
+
+
 def test_cpu_without_name_is_unknown_and_measured_peak_is_plausible():
     if not torch.cuda.is_available():
         assert flops.device_peak_flops() == (None, "unknown")

@@ -1,6 +1,7 @@
 """GPU tests (`python -m pytest -m gpu`): the kernels against their references at real shapes, the compiled
-model as one graph that never recompiles, bf16 against fp32 training, and train.py end to end on CUDA.
-They skip without a CUDA device."""
+model as one graph that never recompiles, bf16 against fp32 training, the dtypes and kernels the CUDA paths
+pick (checked on a CPU with fake CUDA tensors in test_model.py and test_kernels.py), and train.py end to end
+on CUDA. They skip without a CUDA device."""
 import json
 import subprocess
 import sys
@@ -9,7 +10,9 @@ import pytest
 import torch
 
 
+import eval_bpb
 import kernels
+import model as M
 import train
 from helpers import ROOT, write_prepared_dir
 from model import GPT, build_config
@@ -103,3 +106,72 @@ def test_train_py_end_to_end_on_cuda(tmp_path):
                                          f"--ckpt_dir={tmp_path / 'c'}"], cwd=ROOT, capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+def test_weight_gradient_accumulation_into_fp32_matches_on_this_torch():
+    """kernels._accumulate on CUDA: with torch >= 2.10 torch.addmm(out_dtype=fp32) adds bf16 chunks into the fp32
+    gradient in the GEMM (older torch raised there: pytorch issue 154086); either path equals the fp32 sum."""
+    torch.manual_seed(0)
+    grad_w = torch.randn(8192, 512, device="cuda")
+    logits_t = torch.randn(8192, 1024, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(1024, 512, device="cuda", dtype=torch.bfloat16)
+    want = grad_w + logits_t.float() @ x.float()
+    got = kernels._accumulate(grad_w.clone(), logits_t, x)
+    assert got.dtype == torch.float32 and kernels.ADDMM_OUT_DTYPE == kernels.addmm_accumulates_into_fp32(torch.__version__)
+    torch.testing.assert_close(got, want, atol=0.5, rtol=2e-2)
+
+
+def test_masked_configs_run_flex_and_sdpa_in_bf16_without_the_math_kernel():
+    """value embeddings + windows + document mask under bf16 autocast: flex_attention gets one dtype, and the
+    dense masks path with grouped queries runs with the math kernel switched off."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    config = build_config("small", 8192, 1024, value_embeds=2, window=512, short_window=128, doc_mask=True,
+                          delimiter_id=0)
+    model = GPT(config).cuda()
+    idx = torch.randint(0, 8192, (4, 1025), device="cuda")
+    seen = []
+    attend = M._attend
+
+    def spy(q, k, v, mask, gqa):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return attend(q, k, v, mask, gqa)
+
+    M._attend = spy
+    try:
+        losses = {}
+        for impl in ("auto", "sdpa"):
+            model.attention_impl = impl
+            with torch.autocast("cuda", dtype=torch.bfloat16), \
+                    sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+                losses[impl] = model(idx[:, :-1], idx[:, 1:])
+            losses[impl].backward()
+    finally:
+        M._attend = attend
+    assert set(seen) == {(torch.bfloat16,) * 3}
+    torch.testing.assert_close(losses["auto"], losses["sdpa"], atol=2e-2, rtol=2e-2)
+
+
+def test_validation_autocasts_only_in_the_dtype_asked_for():
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, idx, targets, reduction="none"):
+            seen.append(torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None)
+            return torch.zeros(idx.shape, device=idx.device)
+
+    tokens, token_bytes = torch.arange(1, 65).numpy(), torch.ones(100, dtype=torch.long)
+    for dtype in (None, torch.bfloat16):
+        eval_bpb.evaluate_bpb(Probe(), tokens, token_bytes, 16, 2, "cuda", amp_dtype=dtype)
+    assert seen[0] is None and seen[-1] is torch.bfloat16 and set(seen) == {None, torch.bfloat16}
+
+
+def test_the_device_path_of_this_gpu_is_printed(tmp_path):
+    data = write_prepared_dir(tmp_path / "data", train=["Tom had a red ball. " * 20] * 200,
+                              val=["Mia had a blue kite. " * 10] * 10, shard_tokens=100_000)
+    cmd = [sys.executable, "train.py", f"--data_dir={data}", "--preset=tiny", "--seq_len=128", "--batch_size=8",
+           "--max_steps=2", "--val_every=0", "--device=cuda", "--compile=0", "--window=64",
+           f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={tmp_path / 'c'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = train.run_device_path(train.parse_args(cmd[2:]), torch.device("cuda")).describe()
+    assert f"device path: {expected}" in proc.stdout

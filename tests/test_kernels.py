@@ -26,8 +26,13 @@ INTERPRETED = kernels.HAS_TRITON and type(kernels._relu2_fwd_kernel).__name__ ==
 needs_interpreter = pytest.mark.skipif(
     not INTERPRETED, reason="needs TRITON_INTERPRET=1 before kernels.py is imported; "
                             "test_triton_kernels_under_interpreter runs these in a subprocess")
-needs_cuda = pytest.mark.skipif(not (kernels.HAS_TRITON and torch.cuda.is_available()),
-                                reason="needs a CUDA GPU and Triton")
+_cuda_and_triton = pytest.mark.skipif(not (kernels.HAS_TRITON and torch.cuda.is_available()),
+                                      reason="needs a CUDA GPU and Triton")
+
+
+def needs_cuda(test):
+    """The CUDA tests: skipped without a GPU, and marked gpu so that `python -m pytest -m gpu` runs them."""
+    return pytest.mark.gpu(_cuda_and_triton(test))
 
 
 # -----------------------------------------------------------------------------
@@ -404,3 +409,58 @@ def test_cuda_ops_compose_with_inductor():
 
     got, want = torch.compile(step, fullgraph=True)(x, nw, w, t), step(x, nw, w, t)
     torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+
+
+# -----------------------------------------------------------------------------
+# What runs where, decided on a CPU: the addmm gate, Triton's devices, the gpu marker
+
+@pytest.mark.parametrize("version, mixes", [
+    ("2.8.0", False), ("2.9.1+cu128", False),            # the overload exists, its CUDA kernel refuses fp32 self
+    ("2.10.0.dev20251101", False), ("2.10.0a0+git1234", False),  # pre-releases of 2.10: maybe before the fix
+    ("2.10.0", True), ("2.10.1+cu130", True), ("2.13.0+cpu", True), ("3.0.0", True)])
+def test_addmm_out_dtype_is_used_from_the_release_with_the_fix(version, mixes):
+    assert kernels.addmm_accumulates_into_fp32(version) is mixes
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_weight_gradient_accumulates_through_addmm_only_where_it_takes_mixed_dtypes(gate, monkeypatch):
+    """On (fake) CUDA tensors: torch.addmm(out_dtype=fp32) with an fp32 grad_w where the gate allows it, the
+    bf16 product copied into fp32 otherwise; fp32 either way."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    calls = []
+    addmm = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: calls.append(k.get("out_dtype")) or addmm(*a, **k))
+    monkeypatch.setattr(kernels, "ADDMM_OUT_DTYPE", gate)
+    with FakeTensorMode():
+        grad_w = torch.zeros(64, 32, device="cuda")
+        logits_t = torch.empty(64, 16, device="cuda", dtype=torch.bfloat16)
+        x = torch.empty(16, 32, device="cuda", dtype=torch.bfloat16)
+        out = kernels._accumulate(grad_w, logits_t, x)
+    assert out.dtype == torch.float32 and out.shape == (64, 32)
+    assert calls == ([torch.float32] if gate else [])
+
+
+def test_triton_runs_on_gpus_of_compute_capability_7_and_up(monkeypatch):
+    """kernels.py's Triton path, torch.compile and flex_attention on a GPU need Triton, which stops at
+    compute capability 7.0 (Pascal, GTX 10xx: the reference paths run there)."""
+    from types import SimpleNamespace
+    assert not kernels.triton_supports("cpu")
+    monkeypatch.setattr(torch.version, "hip", None)
+    for major, runs in ((6, False), (7, True), (9, True)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, m=major: SimpleNamespace(major=m))
+        assert kernels.triton_supports("cuda") is (runs and kernels.HAS_TRITON)
+    monkeypatch.setattr(kernels, "HAS_TRITON", False)  # Windows without Triton, say
+    assert not kernels.triton_supports("cuda")
+
+
+def test_every_cuda_test_is_in_the_gpu_selection():
+    """`python -m pytest -m gpu` runs every test that needs CUDA; without a GPU they are collected and skipped."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "--collect-only", "-q", "tests"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    collected = {line.split("[")[0] for line in proc.stdout.splitlines() if "::" in line}
+    wanted = {f"tests/test_kernels.py::{name}" for name in globals() if name.startswith("test_cuda_")}
+    wanted |= {"tests/test_model.py::test_cuda_bf16_forward_and_generation",
+               "tests/test_gpu.py::test_train_py_end_to_end_on_cuda"}
+    assert len(wanted) == 6 and wanted <= collected, sorted(wanted - collected)
+

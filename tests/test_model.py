@@ -1,7 +1,9 @@
 """Tests for model.py: configurations and presets, the forward and its losses, the kernel switch, KV-cache
 generation, checkpoints."""
+import contextlib
 import math
 import os
+from unittest import mock
 from dataclasses import asdict
 
 import pytest
@@ -241,6 +243,7 @@ def test_checkpoint_errors_are_clear(tmp_path):
 
 # ----------------------------------------------------------------------------- devices and CLI
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_bf16_forward_and_generation():
     torch.manual_seed(0)
@@ -662,3 +665,121 @@ def test_residual_stream_in_the_autocast_dtype_with_fp32_weights():
     plain = GPT(tiny_config(x0_mix=True, unet=True, value_residual=True))
     plain.load_state_dict(model.state_dict())
     assert loss.item() == pytest.approx(plain(idx, idx).item(), rel=3e-2)
+
+
+# ----------------------------------------------------------------------------- CUDA dtypes, checked on a CPU
+# FakeTensorMode runs the model on tensors of a fake "cuda" device: shapes and dtypes only, through CUDA's
+# autocast rules (which differ from the CPU's: CUDA autocast runs rms_norm and layer_norm in fp32).
+
+
+def _fake_cuda_getitem(self, index):
+    """Basic indexing (ints, slices, None, ...) through aten ops: a CPU build cannot set the CUDA device guard
+    that Python indexing sets, so fake CUDA tensors take select/narrow/unsqueeze but not t[i]."""
+    index = index if isinstance(index, tuple) else (index,)
+    if not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index):
+        raise NotImplementedError(f"fake CUDA indexing with {index!r}")
+    out, dim = self, 0
+    for i in index:
+        if i is Ellipsis:
+            dim += self.dim() - sum(1 for j in index if j is not None and j is not Ellipsis)
+        elif i is None:
+            out, dim = out.unsqueeze(dim), dim + 1
+        elif isinstance(i, int):
+            out = out.select(dim, i)
+        else:
+            start, stop, step = i.indices(out.size(dim))
+            out, dim = torch.ops.aten.slice(out, dim, start, max(start, stop), step), dim + 1
+    return out
+
+
+@contextlib.contextmanager
+def fake_cuda(autocast=torch.bfloat16):
+    """Fake CUDA tensors under CUDA autocast (no grad: autograd would set the device guard too)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with mock.patch("torch.cuda.is_available", return_value=True), \
+            mock.patch("torch.cuda.is_bf16_supported", return_value=True):
+        cast = torch.autocast("cuda", autocast, cache_enabled=False)  # the weight cache sets a device guard
+    with FakeTensorMode(allow_non_fake_inputs=True), mock.patch.object(torch.Tensor, "__getitem__", _fake_cuda_getitem), \
+            torch.no_grad(), cast:
+        yield
+
+
+def meta_model(config):
+    """A GPT on the meta device, to be moved to the fake CUDA device inside fake_cuda (model.to_empty), with
+    SDPA masks (flex needs a real GPU to compile) and without the fused head (whose Triton path needs one)."""
+    with torch.device("meta"):
+        model = GPT(config, use_kernels=False)
+    model.attention_impl = "sdpa"
+    return model
+
+
+@pytest.mark.parametrize("overrides", [
+    {},                                                                   # the small preset: RMSNorm, QK-norm, skips
+    dict(norm="layernorm", bias=True),
+    dict(value_embeds=2, window=32, short_window=16, doc_mask=True, delimiter_id=0),  # masked configs, flex's inputs
+])
+def test_cuda_autocast_keeps_norms_q_k_v_and_the_residual_stream_in_bf16(overrides):
+    """Under CUDA autocast every norm, the residual stream and q, k, v reach attention in bf16 (flex_attention
+    refuses mixed dtypes; fp32 norms would double the stream's traffic). A CPU cannot see this with CPU
+    autocast, whose rules differ."""
+    config = M.build_config("small", 512, 64, n_layer=4, **overrides)
+    seen = {"attend": [], "norm": [], "block": []}
+    attend = M._attend
+
+    def spy(q, k, v, mask, gqa):
+        seen["attend"].append((q.dtype, k.dtype, v.dtype))
+        return attend(q, k, v, mask, gqa)
+
+    model = meta_model(config)
+    with fake_cuda(), mock.patch.object(M, "_attend", spy):
+        model = model.to_empty(device="cuda")
+        for module in model.modules():
+            if isinstance(module, M.Norm):
+                module.register_forward_hook(lambda m, i, out: seen["norm"].append(out.dtype))
+            if isinstance(module, M.Block):
+                module.register_forward_hook(lambda m, i, out: seen["block"].append(out[0].dtype))
+        idx = torch.zeros(2, 64, dtype=torch.long, device="cuda")
+        assert idx.device.type == "cuda" and torch.is_autocast_enabled("cuda")
+        logits = model(idx)
+    bf16 = torch.bfloat16
+    assert seen["attend"] == [(bf16, bf16, bf16)] * 4
+    assert set(seen["norm"]) == {bf16} and len(seen["norm"]) == 4 * 4 + 1  # 2 per block, q and k, and ln_f
+    assert seen["block"] == [bf16] * 4 and logits.dtype == torch.float32
+
+
+def test_masked_gqa_attention_on_cuda_repeats_the_kv_heads():
+    """SDPA on CUDA takes enable_gqa only in its flash and math kernels, and flash takes no mask: with a mask
+    the k/v heads are repeated first, so the memory-efficient kernel can run (not math's B x H x T x T)."""
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        calls.append((k.size(1), v.size(1), kwargs.get("enable_gqa", False), kwargs.get("attn_mask") is not None))
+        return sdpa(q, k, v, **kwargs)
+
+    with fake_cuda(), mock.patch.object(F, "scaled_dot_product_attention", spy):
+        q = torch.empty(2, 8, 16, 32, device="cuda", dtype=torch.bfloat16)
+        k = v = torch.empty(2, 2, 16, 32, device="cuda", dtype=torch.bfloat16)
+        mask = torch.empty(2, 1, 16, 16, device="cuda", dtype=torch.bool)
+        assert M._attend(q, k, v, mask, gqa=True).shape == q.shape
+        assert M._attend(q, k, v, None, gqa=True).shape == q.shape  # causal: flash takes GQA, untouched
+    assert calls == [(8, 8, False, True), (2, 2, True, False)]
+    # on a CPU, SDPA's own GQA stays, and the repeated heads are the grouping enable_gqa uses
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 8, 16, 32), torch.randn(2, 2, 16, 32), torch.randn(2, 2, 16, 32)
+    mask = M.attention_mask(torch.arange(16), torch.arange(16), 5)
+    want = sdpa(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(sdpa(q, *M.repeat_kv_heads(k, v, 8), attn_mask=mask), want)
+    torch.testing.assert_close(M._attend(q, k, v, mask, gqa=True), want)
+
+
+def test_flex_attention_is_chosen_only_where_triton_runs(monkeypatch):
+    """attention_impl "auto": flex_attention on a GPU Triton compiles for, the dense masks path elsewhere
+    (a GPU below compute capability 7.0, Triton missing, MPS, CPU)."""
+    model = GPT(tiny_config(window=8))
+    idx = torch.zeros(1, 16, dtype=torch.long)
+    monkeypatch.setattr(M.kernels, "triton_supports", lambda device: False)
+    assert not M.flex_runs_on(torch.device("cuda"))
+    assert all(m.dtype == torch.bool for m in model.attention_masks(idx).values())
+    monkeypatch.setattr(M.kernels, "triton_supports", lambda device: True)
+    assert M.flex_runs_on(torch.device("cuda")) == (M.flex_attention is not None)

@@ -784,6 +784,7 @@ def test_precision_auto_is_bf16_on_cuda_and_on_cpus_with_native_bf16(monkeypatch
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
     assert train.autocast_dtype("auto", cpu) is None  # emulated bf16 would be slower than fp32
     assert train.autocast_dtype("bf16", cpu) is torch.bfloat16
+    monkeypatch.setattr(train, "cuda_has_native_bf16", lambda device: True)  # an Ampere or newer GPU
     assert train.autocast_dtype("auto", cuda) is torch.bfloat16 and train.autocast_dtype("fp32", cuda) is None
     assert train.autocast_dtype("auto", mps) is None
     with pytest.raises(ValueError, match="--precision must be auto, bf16 or fp32"):
@@ -962,3 +963,116 @@ def test_an_orphan_results_temp_file_is_removed_and_ignored(straight_run, data_d
     if (ROOT / ".git").exists():
         check = subprocess.run(["git", "check-ignore", "-q", "records/tinystories/x/.results.json.tmp4242"], cwd=ROOT)
         assert check.returncode == 0
+
+
+# -----------------------------------------------------------------------------
+# The device path: what a GPU without bf16 or Triton, MPS or a CPU runs; the torch floor; counting and validation
+
+BF16 = torch.bfloat16
+
+
+@pytest.mark.parametrize("device_type, native_bf16, triton, amp_dtype, compiled, attention, noted", [
+    ("cuda", True, True, BF16, True, "flex_attention", []),                # A100, H100, RTX 30xx/40xx
+    ("cuda", False, True, None, True, "flex_attention", ["fp32"]),         # T4, V100, RTX 20xx
+    ("cuda", False, False, None, False, "dense masks", ["fp32", "torch.compile off", "dense"]),  # GTX 10xx
+    ("mps", False, False, None, False, "dense masks", ["fp32", "torch.compile off"]),  # Apple Silicon
+    ("cpu", True, False, BF16, True, "dense masks", []),
+    ("cpu", False, False, None, True, "dense masks", ["fp32"]),
+])
+def test_device_path_for_every_kind_of_device(device_type, native_bf16, triton, amp_dtype, compiled, attention, noted):
+    path = train.device_path("auto", True, device_type, native_bf16, triton, flex=True)
+    assert (path.amp_dtype, path.compile, path.attention) == (amp_dtype, compiled, attention)
+    assert [n for n in noted if not any(note.startswith(n) or n in note for note in path.notes)] == []
+    assert len(path.notes) == len(noted)
+    assert path.describe().startswith(("bf16 autocast" if amp_dtype else "fp32") + ", masked attention " + attention)
+    assert not train.device_path("auto", False, device_type, native_bf16, triton, True).compile  # --compile=0 stays off
+
+
+def test_precision_choices_on_a_gpu_without_bf16():
+    """--precision=bf16 on a GPU without native bf16 is refused (emulated there: slower than fp32; older torch
+    raises inside autocast); auto gives fp32, and Muon's Newton-Schulz runs in fp32 too."""
+    cuda = torch.device("cuda")
+    with pytest.raises(ValueError, match="--precision=bf16: this GPU has no native bf16"):
+        train.device_path("bf16", True, "cuda", False, True, True)
+    assert train.device_path("bf16", True, "cpu", False, False, True).amp_dtype is BF16  # a CPU emulates: allowed
+    assert train.newton_schulz_dtype(None, cuda, native_bf16=False) is torch.float32
+    assert train.newton_schulz_dtype(None, cuda, native_bf16=True) is BF16  # fp32 run on an A100: bf16 NS
+    assert train.newton_schulz_dtype(BF16, cuda) is BF16
+    assert train.newton_schulz_dtype(None, torch.device("cpu")) is torch.float32
+    assert train.device_path("fp32", True, "cuda", True, True, True).notes == ()  # asked for: nothing to say
+
+
+def test_torch_floor_is_checked_before_anything_is_imported(tmp_path):
+    assert train.torch_below_floor("2.4.1+cu121") and train.torch_below_floor("2.5.0a0+git12")
+    assert not train.torch_below_floor("2.5.0") and not train.torch_below_floor(torch.__version__)
+    old_torch = "import runpy, sys, torch; torch.__version__ = '2.4.1'; sys.argv = ['train.py', '--help']; " \
+                "runpy.run_path('train.py', run_name='__main__')"
+    proc = subprocess.run([sys.executable, "-c", old_torch], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: train.py: torch 2.4.1 is installed, this project needs torch >= 2.5")
+
+
+@pytest.fixture(scope="module")
+def spied_runs(tmp_path_factory, data_dir):
+    """Two short CPU runs, fp32 and bf16, recording the device of every model whose parameters are counted and
+    the autocast dtype each validation is asked for."""
+    counted, validated = [], []
+    count, evaluate = flops.count_params, train.eval_bpb.evaluate_bpb
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(flops, "count_params", lambda m, *a, **k: counted.append(next(m.parameters()).device.type)
+                   or count(m, *a, **k))
+        mp.setattr(train.eval_bpb, "evaluate_bpb", lambda *a, **k: validated.append(k.get("amp_dtype", "unset"))
+                   or evaluate(*a, **k))
+        for precision in ("fp32", "bf16"):
+            run_train(tmp_path_factory.mktemp(precision), data_dir, "--max_steps=2", "--val_every=0",
+                      "--val_tokens=256", f"--precision={precision}")
+    return counted, validated
+
+
+def test_parameters_are_counted_on_the_meta_device(spied_runs):
+    """Not with a forward on the run's device (on a GPU: an eager block mask and an extra flex graph compiled)."""
+    counted, _ = spied_runs
+    assert counted and set(counted) == {"meta"}
+
+
+def test_validation_autocasts_in_the_runs_precision(spied_runs):
+    """eval_bpb gets the run's dtype (on CUDA it autocasts to it: an fp32 run is validated in fp32); and the
+    eval_bpb command line's --precision picks the same way."""
+    _, validated = spied_runs
+    assert validated == [None, BF16]
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert train.eval_bpb.eval_dtype("auto", cuda, native_bf16=True) is BF16
+    assert train.eval_bpb.eval_dtype("auto", cuda, native_bf16=False) is None
+    assert train.eval_bpb.eval_dtype("fp32", cuda) is None and train.eval_bpb.eval_dtype("bf16", cuda) is BF16
+    assert train.eval_bpb.eval_dtype("bf16", cpu) is None  # CPU and MPS evaluate in fp32
+
+
+def test_an_fp32_run_without_a_datasheet_peak_is_measured_in_fp32(monkeypatch):
+    measured = []
+    monkeypatch.setattr(flops, "measure_matmul_peak", lambda device, dtype: measured.append(dtype) or 1e12)
+    monkeypatch.setattr(train, "MEASURED_PEAKS", {})
+    assert train.peak_flops_per_device(torch.device("cpu"), "cpu: test", None) == (1e12, "measured")
+    assert train.peak_flops_per_device(torch.device("cpu"), "cpu: test", BF16) == (1e12, "measured")
+    assert measured == [torch.float32, BF16]
+
+
+def test_bench_step_compiles_newton_schulz_in_every_row(monkeypatch):
+    """bench/bench_step.py compiles each row afresh: four presets x four matrix shapes would pass dynamo's
+    recompile limit (8) on newton_schulz's one code object, and the later rows would run it eagerly. Compiled
+    here with fullgraph=True, where hitting the limit is an error, on dynamo's eager backend (the limit is
+    dynamo's, whatever the backend; Inductor would take minutes on this CPU)."""
+    import bench_step
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **{**kw, "backend": "eager", "fullgraph": True}))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    shapes_seen = set()
+    for width in (32, 48, 64, 80):  # four rows, four Newton-Schulz shapes each: 16 graphs in all
+        _, model, _, run, _ = bench_step.build("tiny", dict(n_layer=2, n_embd=width, n_head=2, n_kv_head=1), 256, 32,
+                                               2, torch.device("cpu"), True, "fp32")
+        muon = run.optimizers[1]
+        with torch.no_grad():
+            for group in muon.param_groups:
+                stack = torch.randn(len(group["params"]), *group["params"][0].shape)
+                shapes_seen.add(tuple(stack.shape[1:]))
+                torch.testing.assert_close(muon.orthogonalise(stack, 5, torch.float32), train.newton_schulz(stack, 5))
+    assert len(shapes_seen) == 16
