@@ -306,7 +306,7 @@ PEAK_BF16_FLOPS = {
     "TPU v6e": 918e12,
 }
 
-# Peak dense TF32 FLOP/s per device, for fp32 runs: train.py (and tests/bench_step.py) let CUDA fp32 matmuls
+# Peak dense TF32 FLOP/s per device, for fp32 runs: train.py (and bench/bench_step.py) let CUDA fp32 matmuls
 # run as TF32 (torch.backends.cuda.matmul.allow_tf32), so an fp32 run is measured against the TF32 tensor
 # cores, not the bf16 ones (half the bf16 figure on every part here). From NVIDIA's datasheets, which print
 # TF32 "with sparsity": these are half those (H100 SXM/H200 989, H100 PCIe 756, A100 312, L40S 366, L4 120,
