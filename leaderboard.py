@@ -284,7 +284,7 @@ RECORD_FIELDS = {
     "compute.model_flops": "positive", "compute.hardware_flops": "positive", "compute.mfu": "fraction",
     "compute.device": "str", "compute.device_count": "count", "compute.peak_flops_per_device": "positive",
     "compute.train_seconds": "positive",
-    "eval": "dict", "target": "dict?", "judge": "dict?", "software": "dict",
+    "eval": "dict", "target": "dict?", "judge": "dict?", "software": "dict", "sweep": "str?",
 }
 EVAL_FIELDS = {"bpb": "positive", "loss": "positive", "tokens": "count", "bytes": "count", "fingerprint": "sha256"}
 TARGET_FIELDS = {"metric": "str", "value": "positive", "reached": "bool", "seconds": "positive?"}
@@ -296,7 +296,7 @@ JUDGE_CATEGORIES = ("grammar", "creativity", "consistency", "plot")
 MARIN_FIELDS = {
     MARIN_BPB_KEY: "positive", "model_flops": "positive", "model_size": "count", "total_tokens": "count",
     "training_time": "positive", "training_hardware_flops": "positive", "model_config": "dict",
-    "run_completion_timestamp": "str", "author": "dict?", "description": "str?", "resources": "dict?",
+    "run_completion_timestamp": "str?", "author": "dict?", "description": "str?", "resources": "dict?",
 }
 
 
@@ -608,6 +608,7 @@ def load_speedrun_record(path, track):
         "seconds": float(compute["train_seconds"]), "hardware": f"{compute['device_count']}× {compute['device']}",
         "mfu": float(compute["mfu"]), "evals": evals,
         "target": target, "judge_overall": float(judge["overall"]) if judge else None, "notes": [],
+        "sweep": rec.get("sweep") or None, "flags": [],
     }
     return [run], []
 
@@ -709,10 +710,14 @@ MARIN_EXTRA_FIELDS = {"num_devices": "count?", "num_chips": "count?", "device_fl
                       "model_flops_per_token": "positive?", "train_config": "dict?", "tokenized_dataset": "str?",
                       "wandb_run_link": "str?"}
 MARIN_OLD_INFO_FIELDS = {"model_config": "dict", "num_parameters": "count", "total_tokens": "count",
-                         "run_completion_timestamp": "str", "hardware_config": "dict?", "train_config": "dict?",
-                         "author": "dict?", "description": "str?", "tokenized_dataset": "str?", "wandb_run_link": "str?"}
+                         "run_completion_timestamp": "str?", "hardware_config": "dict?", "train_config": "dict?",
+                         "author": "dict?", "description": "str?", "tokenized_dataset": "str?", "wandb_run_link": "str?",
+                         "wandb_run_id": "str?"}
 MARIN_OLD_STATS_FIELDS = {MARIN_BPB_KEY: "positive", "training_time_in_minutes": "positive",
-                          "total_training_flops": "positive?", "pre_run_flops_estimate": "positive?"}
+                          "total_training_flops": "positive?", "pre_run_flops_estimate": "positive?",
+                          "final_flops_estimate": "positive?"}
+# the first older files wrote their FLOPs estimates as text ("7.49e+17"): read as the numbers they spell
+MARIN_OLD_FLOPS_KEYS = ("total_training_flops", "final_flops_estimate", "pre_run_flops_estimate")
 MARIN_HARDWARE_FIELDS = {"device_flops": "positive?", "device_type": "str?", "num_devices": "count?"}
 MARIN_SEQ_KEYS = ("seq_len", "max_seq_len")
 # Levanter's Llama config: the keys a plain Llama has. Feature switches are plain only when off (false/null/0).
@@ -850,6 +855,18 @@ def marin_hardware(info, resources, hardware_config):
     return device, counts, peaks
 
 
+def marin_numbers_from_text(stats):
+    """The older run_stats with its FLOPs estimates written as text ("7.49e+17") read as numbers; anything else
+    as it is (the field checks then name it)."""
+    stats = dict(stats)
+    for key in MARIN_OLD_FLOPS_KEYS:
+        value = stats.get(key)
+        if isinstance(value, str) and re.fullmatch(r"\s*[0-9.]+(e[+-]?[0-9]+)?\s*", value, re.I):
+            with contextlib.suppress(ValueError):
+                stats[key] = float(value)
+    return stats
+
+
 def marin_fields(entry, path, i):
     """One entry of "runs" in Marin's current or older form, as one dict of what the tables need
     (the figures as Marin wrote them, None where that form has none), or (None, problems)."""
@@ -872,6 +889,7 @@ def marin_fields(entry, path, i):
             missing = "run_related_info" if not isinstance(info, dict) else "run_stats"
             return None, [invalid(path, f"runs[{i}].{missing}", "missing: the older form has both run_related_info "
                                                               "and run_stats")]
+        stats = marin_numbers_from_text(stats)
         problems = check_types(info, MARIN_OLD_INFO_FIELDS, path, prefix)
         problems += check_types(stats, MARIN_OLD_STATS_FIELDS, path, f"runs[{i}].run_stats.")
         if isinstance(info.get("hardware_config"), dict):
@@ -904,7 +922,7 @@ def check_marin_model_flops(path, f, notes):
         recomputed = 3.0 * flops.forward_flops_per_token(ours or llama, f["seq_len"]) * f["tokens"]
     if f["form"] == "run_related_info":  # older files: total_training_flops measured otherwise
         stats = f["stats"]
-        key = next((k for k in ("total_training_flops", "pre_run_flops_estimate") if stats.get(k)), None)
+        key = next((k for k in MARIN_OLD_FLOPS_KEYS if stats.get(k)), None)
         if recomputed is not None and not features:
             if key:
                 notes.append(f"model FLOPs 3 × forward FLOPs/token × tokens = {fmt_sci(recomputed)}; Marin's older "
@@ -983,30 +1001,71 @@ def load_marin_record(path, track, folder_name):
             problems += found
             continue
         notes = []
-        model_flops, found = check_marin_model_flops(path, f, notes)
+        # a well-formed file whose figures contradict each other is Marin's published data all the same: shown,
+        # with each contradiction as a flag, and ranked apart (see make_row)
+        model_flops, flags = check_marin_model_flops(path, f, notes)
         hardware_flops, hardware, more = check_marin_hardware(path, f, notes)
-        found += more
-        if model_flops is not None and hardware_flops is not None and model_flops > hardware_flops * (1 + TOLERANCE):
-            field = "training_hardware_flops" if f["form"] == "run_info" else "(hardware FLOPs)"
-            found.append(invalid(path, f["prefix"] + field, "below model_flops: an MFU above 100%"))
-        if found:
-            problems += found
+        flags += more + marin_six_nd_flags(path, f, model_flops)
+        flags += mfu_flags(path, f["prefix"] + ("training_hardware_flops" if f["form"] == "run_info" else "(hardware FLOPs)"),
+                           model_flops, hardware_flops)
+        if model_flops is None:  # no FLOPs at all: nothing to place the run by
+            problems += flags
             continue
         info = f["info"]
         author = info.get("author") or {}
+        stamp = info.get("run_completion_timestamp")
+        if not stamp:
+            notes.append("date unknown: the file has no run_completion_timestamp")
         runs.append({
             "file": pathlib.Path(path), "track": track, "format": "marin",
             "name": folder_name if len(data["runs"]) == 1 else f"{folder_name}#{i}",
             "author": author.get("name") if isinstance(author.get("name"), str) else "—",
-            "date": info["run_completion_timestamp"][:10], "params": f["params"],
+            "date": stamp[:10] if stamp else "unknown", "params": f["params"],
             "weight_class": flops.weight_class(f["params"]), "tokens": f["tokens"],
             "model_flops": model_flops, "hardware_flops": hardware_flops,
             "seconds": f["seconds"], "hardware": hardware,
             "mfu": model_flops / hardware_flops if model_flops and hardware_flops else None,
             "evals": [(MARIN_EVAL_ID, f["bpb"], MARIN_FINGERPRINT)],
-            "target": None, "judge_overall": None, "notes": notes,
+            "target": None, "judge_overall": None, "notes": notes, "sweep": None, "flags": flags,
         })
     return runs, problems
+
+
+# 6·N·tokens, the usual estimate of training FLOPs, and how far below it a model's FLOPs may plausibly be: a Marin
+# run's own figures sit at 0.5-1.0 of it (N counts the embeddings, which cost no FLOPs), a sparse mixture of experts
+# lower (N counts every expert). Below a tenth of it the figure is not a model's.
+SIX_N_TOKENS_FLOOR = 0.1
+
+
+def model_flops_recomputed(f):
+    """Whether check_marin_model_flops recomputed the run's model FLOPs from its config (a plain Llama or this
+    repository's own config, with a sequence length): only then is Marin's figure verified."""
+    config = f["info"]["model_config"]
+    ours = our_config_in_marin(config)
+    mapped = ours is not None or (marin_config_as_gpt(config) is not None and not marin_features(config))
+    return f["seq_len"] is not None and mapped
+
+
+def marin_six_nd_flags(path, f, model_flops):
+    """A flag when model FLOPs that nothing here recomputes are implausibly low for the parameters and tokens the
+    file states: below SIX_N_TOKENS_FLOOR × 6 · model_size · total_tokens."""
+    if model_flops is None or model_flops_recomputed(f):
+        return []
+    estimate = 6.0 * f["params"] * f["tokens"]
+    if model_flops >= SIX_N_TOKENS_FLOOR * estimate:
+        return []
+    field = f["prefix"] + ("model_flops" if f["form"] == "run_info" else "(model FLOPs)")
+    return [invalid(path, field, f"unverified: {fmt_sci(model_flops)} is {100 * model_flops / estimate:.2g}% of "
+                                 f"6 × {f['params']:,} params × {f['tokens']:,} tokens = {fmt_sci(estimate)} (the "
+                                 f"config is not one whose FLOPs are computed here, and no model's are that low)")]
+
+
+def mfu_flags(path, field, model_flops, hardware_flops):
+    """A flag when hardware FLOPs are below model FLOPs: an MFU above 100%, an impossible figure."""
+    if model_flops is not None and hardware_flops is not None and model_flops > hardware_flops * (1 + TOLERANCE):
+        return [invalid(path, field, f"{fmt_sci(hardware_flops)} is below model_flops {fmt_sci(model_flops)}: "
+                                     f"an MFU above 100% ({100 * model_flops / hardware_flops:.0f}%)")]
+    return []
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1172,9 +1231,10 @@ def make_row(folder, runs, link):
     mfus = [r["mfu"] for r in runs if r["mfu"] is not None]
     first = min(runs, key=lambda r: r["file"].as_posix())
     return {
-        "folder": folder.name, "link": link, "author": first["author"], "date": max(r["date"] for r in runs),
+        "folder": first.get("label") or folder.name, "link": first.get("link") or link, "author": first["author"],
+        "date": max(r["date"] for r in runs),
         "params": max(r["params"] for r in runs), "weight_class": first["weight_class"],
-        "tokens": sum(r["tokens"] for r in runs) / len(runs),
+        "tokens": sum(r["tokens"] for r in runs) / len(runs) if all(r["tokens"] for r in runs) else None,
         "model_flops": sum(r["model_flops"] for r in runs) / len(runs),
         "hardware_flops": (sum(r["hardware_flops"] for r in runs) / len(runs)
                            if all(r["hardware_flops"] is not None for r in runs) else None),
@@ -1190,6 +1250,9 @@ def make_row(folder, runs, link):
         "target_seconds": (mean_and_sd([r["target"]["seconds"] for r in reached])
                            if target is not None and len(reached) == len(runs) else None),
         "target_metric": first["target"]["metric"] if first["target"] else None,
+        # a flagged row (an impossible or unverifiable figure) is shown with its flags and ranked apart
+        "flags": list(dict.fromkeys(f for r in runs for f in r.get("flags", ()))),
+        "sweep": first.get("sweep"), "order": min(r.get("order", math.inf) for r in runs),
     }
 
 
@@ -1205,8 +1268,12 @@ def build_tables(runs, link_base):
         rows = [make_row(folder, folder_runs, pathlib.Path(os.path.relpath(folder, link_base)).as_posix())
                 for folder, folder_runs in by_folder.items()]
         rows.sort(key=lambda r: (r["bpb"], r["model_flops"], r["date"], r["folder"]))
-        for rank, (row, star) in enumerate(zip(rows, pareto_front([(r["model_flops"], r["bpb"]) for r in rows])), 1):
+        ranked, flagged = [r for r in rows if not r["flags"]], [r for r in rows if r["flags"]]
+        for rank, (row, star) in enumerate(zip(ranked, pareto_front([(r["model_flops"], r["bpb"]) for r in ranked])), 1):
             row["rank"], row["pareto"] = rank, star
+        for row in flagged:
+            row["rank"], row["pareto"] = None, False
+        rows = ranked + flagged
         tables.append({"track": track, "eval_id": eval_id, "fingerprint": fingerprint, "rows": rows})
     tables.sort(key=lambda t: (TRACKS.index(t["track"]), t["eval_id"], t["fingerprint"]))
     return tables
@@ -1301,8 +1368,9 @@ MAIN_COLUMNS = ["#", "run", "author", "date", "params (class)", "tokens", "model
 
 
 def main_table_cells(row):
-    return [str(row["rank"]), (row["folder"], row["link"]), row["author"], row["date"],
-            f"{fmt_count(row['params'])} ({row['weight_class']})", fmt_count(row["tokens"]), fmt_sci(row["model_flops"]),
+    return [str(row["rank"]) if row["rank"] else "flagged", (row["folder"], row["link"]), row["author"], row["date"],
+            f"{fmt_count(row['params'])} ({row['weight_class']})", fmt_count(row["tokens"]) if row["tokens"] else "—",
+            fmt_sci(row["model_flops"]),
             row["hardware"], fmt_seconds(row["seconds"]), f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "—",
             fmt_bpb(row), fmt_p(row["p_value"]) + (f" (< {row['target']})" if row["p_value"] is not None else ""),
             f"{row['judge']:.2f}" if row["judge"] is not None else "—", "★" if row["pareto"] else ""]
@@ -1314,11 +1382,11 @@ def table_views(table):
     if table["track"] in TINYSTORIES_TRACKS:
         cells = []
         for cls in weight_class_names():
-            in_class = [r for r in table["rows"] if r["weight_class"] == cls]
+            in_class = [r for r in table["rows"] if r["weight_class"] == cls and not r["flags"]]
             cells += [[cls, str(i), (r["folder"], r["link"]), f"{fmt_count(r['params'])}", fmt_bpb(r),
                        f"{r['judge']:.2f}" if r["judge"] is not None else "—"] for i, r in enumerate(in_class, 1)]
         views.append(("By weight class", ["class", "#", "run", "params", "BPB", "judge"], cells))
-    timed = [r for r in table["rows"] if r["target_seconds"] is not None]
+    timed = [r for r in table["rows"] if r["target_seconds"] is not None and not r["flags"]]
     if timed:
         timed.sort(key=lambda r: (r["hardware"], r["target_metric"], r["target"], r["target_seconds"][0], r["folder"]))
         cells = []
@@ -1333,7 +1401,8 @@ def table_views(table):
 
 def table_notes(table):
     """[(folder, link, note)]: what a row's figures mean where they follow Marin's own conventions."""
-    return [(r["folder"], r["link"], note) for r in table["rows"] for note in r["notes"]]
+    return [(r["folder"], r["link"], note) for r in table["rows"] for note in r["notes"]] + \
+        [(r["folder"], r["link"], f"flagged, ranked apart: {flag}") for r in table["rows"] for flag in r["flags"]]
 
 
 SIZE_TRACK_HEADING = ("Marin's size tracks: runs that reached each Paloma C4-EN BPB threshold, fewest hardware "
@@ -1344,7 +1413,8 @@ SIZE_TRACK_COLUMNS = ["size track", "threshold", "#", "run", "eval data", "BPB",
 def size_track_cells(track_tables):
     """The size-track view of one track: every row of its Paloma C4-EN tables (ours and Marin's) under each
     threshold it reaches; None when the track has no Paloma C4-EN table."""
-    rows = [(t, r) for t in track_tables if normalized_id(t["eval_id"]).startswith(PALOMA_PREFIX) for r in t["rows"]]
+    rows = [(t, r) for t in track_tables if normalized_id(t["eval_id"]).startswith(PALOMA_PREFIX) for r in t["rows"]
+            if not r["flags"]]  # a flagged row is ranked apart: in its own table, under no threshold
     if not rows:
         return None
     cells = []
