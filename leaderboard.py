@@ -55,6 +55,7 @@ What is checked (a mismatch beyond 1% is an error; counts must match exactly):
 Exit codes: 0 fine, 1 invalid record(s) or stale tables, 2 bad command line or README without markers.
 """
 import contextlib
+import functools
 import hashlib
 import html
 import http.server
@@ -1526,20 +1527,25 @@ def converged_power_law_fit(points):
         def loss(b):
             a, c = best_linear_part(xs, ys, b, lower, upper)
             return sum_squares((a, b, c), xs, ys)
-        grid = [lower[1] + (upper[1] - lower[1]) * i / 400 for i in range(401)]
+        grid = [lower[1] + (upper[1] - lower[1]) * i / 200 for i in range(201)]
         losses = [loss(b) for b in grid]
+        i = min(range(len(grid)), key=losses.__getitem__)
+        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+        ratio = (math.sqrt(5) - 1) / 2
+        m1, m2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        l1, l2 = loss(m1), loss(m2)
+        for _ in range(80):  # golden sections inside the bracket around the best grid point: 0.618^80 of it left
+            if l1 <= l2:
+                hi, m2, l2 = m2, m1, l1
+                m1 = hi - ratio * (hi - lo)
+                l1 = loss(m1)
+            else:
+                lo, m1, l1 = m1, m2, l2
+                m2 = lo + ratio * (hi - lo)
+                l2 = loss(m2)
+        b = min((lo + hi) / 2, grid[i], key=loss)
     except (OverflowError, ZeroDivisionError):
         return None
-    i = min(range(len(grid)), key=losses.__getitem__)
-    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    ratio = (math.sqrt(5) - 1) / 2
-    for _ in range(100):  # golden sections inside the bracket around the best grid point
-        m1, m2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-        if loss(m1) <= loss(m2):
-            hi = m2
-        else:
-            lo = m1
-    b = min((lo + hi) / 2, grid[i], key=loss)
     a, c = best_linear_part(xs, ys, b, lower, upper)
     return {"a": a, "b": b, "c": c, "r2": r_squared((a, b, c), xs, ys)}
 
@@ -1584,6 +1590,13 @@ def site_pareto(rows, x):
     return front
 
 
+@functools.lru_cache(maxsize=4096)
+def group_fits(points):
+    """(the site's fit, the converged fit, the leave-one-out range) of a group's points (a tuple): the page, the
+    JSON and the tables ask for the same groups, and the fits depend on the points alone."""
+    return site_power_law_fit(points), converged_power_law_fit(points), leave_one_out_range(points)
+
+
 def scaling_groups(rows, x):
     """The Scaling view of a table over x FLOPs: one group per sweep (a Marin run's folder, our records' `sweep`),
     with the site's fit and forecast, the converged fit and the leave-one-out range. The qualified groups ranked by
@@ -1594,9 +1607,7 @@ def scaling_groups(rows, x):
             members.setdefault(r["sweep"], []).append(r)
     groups = []
     for name, runs in members.items():
-        points = [(r[key], r["bpb"]) for r in runs]
-        site, converged = site_power_law_fit(points), converged_power_law_fit(points)
-        loo = leave_one_out_range(points)
+        site, converged, loo = group_fits(tuple((r[key], r["bpb"]) for r in runs))
         groups.append({
             "group": name, "n": len(runs), "runs": [r["folder"] for r in runs],
             "qualified": any((r["hardware_flops"] or 0) > SCALING_MIN_HARDWARE_FLOPS for r in runs),

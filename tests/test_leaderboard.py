@@ -852,8 +852,8 @@ def test_converged_fit_recovers_an_exact_law_and_is_the_least_squares_optimum(si
                 continue
             xs, ys = np.array([p[0] for p in points]), np.array([p[1] for p in points])
             best = None
-            for b0 in np.linspace(0.02, 1.9, 25):
-                for share in (0.0, 0.5, 0.9):
+            for b0 in np.linspace(0.02, 1.9, 8):
+                for share in (0.0, 0.9):
                     c0 = share * 0.999 * ys.min()
                     a0 = np.clip(np.log(max((ys[0] - c0) * xs[0] ** b0, 1e-9)), np.log(1e-10) + 1e-9, np.log(1e30) - 1e-9)
                     found = optimize.least_squares(lambda p: np.exp(p[0]) * xs ** -p[1] + p[2] - ys, [a0, b0, c0],
