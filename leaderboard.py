@@ -5,7 +5,10 @@ The leaderboard: read every record under records/, check it, and write the READM
     python leaderboard.py --check              # exit 1 if a record is invalid or the tables are stale (CI)
     python leaderboard.py --skip_invalid       # write the tables from the valid records, list the others
     python leaderboard.py --plot=records/frontier.svg   # also draw BPB vs model FLOPs (hand-written SVG)
-    python leaderboard.py --serve 8000         # tables and plot on http://localhost:8000
+    python leaderboard.py --serve 8000         # the page of --html on http://localhost:8000
+    python leaderboard.py --html DIR           # the static site: DIR/index.html, assets/leaderboard.js, frontier.svg
+    python leaderboard.py --json FILE          # every table and view as data
+    python leaderboard.py --marin_runs runs.json [--x=hardware]   # Marin's site data beside ours, its views printed
     python leaderboard.py --records=DIR --readme=FILE   # other places (the tests use temporary ones)
     python leaderboard.py --export_marin records/fineweb-edu/<folder>   # the record in Marin's format, to submit there
 
@@ -25,7 +28,13 @@ set (c4-en-val) is another text: a secondary eval.
 Marin's files are read in every form Marin has written (see load_marin_record); Marin's figures are shown as
 reported, recomputed only where the config maps exactly onto a model computed here, and where Marin's own
 conventions explain a difference (TPU cores counted as devices, another architecture, an older FLOPs measure)
-the row gets a note under its table instead of a refusal.
+the row gets a note under its table instead of a refusal. Figures that contradict each other (or that nothing
+recomputes and that are below a tenth of 6 x params x tokens) flag the row: shown, ranked apart.
+
+Marin's site views (its leaderboard at github.com/marin-community/speedrun): All runs over model or hardware
+FLOPs, Scaling (a power law with an offset per group of runs, the site's Levenberg-Marquardt ported, beside the
+converged least-squares fit and the leave-one-out range of its forecast), and relative to the AdamW-Llama
+baseline; for Marin's runs.json (--marin_runs) and for our records that declare a sweep (train.py --sweep).
 
 A record folder is one row of a table; when it holds several runs the row shows their mean BPB, the
 spread and the one-sided t-test p-value of the mean against the runs' target (modded-nanogpt's rule).
@@ -704,8 +713,8 @@ def recompute_speedrun_record(path, rec):
 # recomputed only where the config maps exactly onto a model this repository computes (a plain Llama, or our
 # own GPTConfig as --export_marin writes it); where Marin's own conventions explain a difference (TPU cores
 # counted as devices, a non-Llama architecture, an older FLOPs measure) the row carries a note. A file is
-# refused only when it is malformed (a field missing or of the wrong type) or its figures contradict each other
-# under every convention Marin has used.
+# refused only when it is malformed (a field missing or of the wrong type); figures that contradict each other
+# under every convention Marin has used flag the row (shown, ranked apart: it is Marin's published data).
 
 MARIN_EXTRA_FIELDS = {"num_devices": "count?", "num_chips": "count?", "device_flops": "positive?",
                       "model_flops_per_token": "positive?", "train_config": "dict?", "tokenized_dataset": "str?",
