@@ -1021,6 +1021,7 @@ def load_marin_record(path, track, folder_name):
         if model_flops is None:  # no FLOPs at all: nothing to place the run by
             problems += flags
             continue
+        flags = [without_path(path, flag) for flag in flags]  # the row names its folder; the README stays the same anywhere
         info = f["info"]
         author = info.get("author") or {}
         stamp = info.get("run_completion_timestamp")
@@ -1046,6 +1047,11 @@ def load_marin_record(path, track, folder_name):
 # run's own figures sit at 0.5-1.0 of it (N counts the embeddings, which cost no FLOPs), a sparse mixture of experts
 # lower (N counts every expert). Below a tenth of it the figure is not a model's.
 SIX_N_TOKENS_FLOOR = 0.1
+
+
+def without_path(path, problem):
+    """A problem of `invalid` as a row's flag: the field and what is wrong, without the file's path."""
+    return problem.removeprefix(display_path(path) + ": ")
 
 
 def model_flops_recomputed(f):
@@ -1134,7 +1140,8 @@ def load_marin_site_runs(path, track="fineweb-edu"):
             "evals": [(MARIN_EVAL_ID, float(entry["eval_paloma_c4_en_bpb"]), MARIN_FINGERPRINT)],
             "target": None, "judge_overall": None, "notes": [] if stamp else ["date unknown: no run_completion_timestamp"],
             "sweep": scaling_group_name(name) if "/" in name else None,
-            "flags": mfu_flags(path, f"[{i}].training_hardware_flops", model_flops, hardware_flops),
+            "flags": [without_path(path, flag) for flag in mfu_flags(path, f"[{i}].training_hardware_flops",
+                                                                      model_flops, hardware_flops)],
         })
     return runs
 
@@ -2102,7 +2109,7 @@ def render_html(tables, problems=(), x="model"):
         if not track_tables:
             parts.append(f"<h2>{track}</h2><p>No records yet.</p>")
         for table in track_tables:
-            parts.append(f"<h2>{escape(table_title(table, markdown=False), markdown=False)}</h2>")
+            parts.append(f"<h2>{table_title(table, markdown=False)}</h2>")  # table_title escapes what it quotes
             parts.append(f"<div class='charts' data-table='{index[id(table)]}'></div>")
             for heading, columns, cells in table_views(table):
                 parts.append((f"<h3>{escape(heading, markdown=False)}</h3>" if heading else "") + html_table(columns, cells))

@@ -357,7 +357,8 @@ def test_tampered_marin_record_is_flagged_and_ranked_apart(repo, capsys):
     text = (repo / "README.md").read_text()
     marin = next(rows for h, rows in section_tables(text).items() if "marin-paloma-c4_en" in h)
     assert marin[0]["#"] == "flagged" and marin[0]["Pareto"] == ""
-    assert any("speedrun_results.json: runs\\[0\\].run_info.model_flops:" in n for n in flagged_notes(text))
+    assert any("flagged, ranked apart: runs\\[0\\].run_info.model_flops: 8.88669e+17 but 3 × forward" in n
+               for n in flagged_notes(text))
     assert "2025-06-27_marin_llama_130m_adamw" not in text.split("Marin's size tracks")[1]  # under no threshold
     path.write_text(original)
     edit_json(path, lambda d: d["runs"][0]["run_info"].__setitem__("training_time", 500.0))
