@@ -148,9 +148,12 @@ function hideTooltip() {
   tooltip.style.display = "none";
 }
 
-function safeLink(target) {  // a path of the repository or an http(s) URL; anything else is not linked
-  const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(target);
-  return !scheme || ["http", "https"].includes(scheme[1].toLowerCase());
+function safeLink(target) {  // a path of the repository (file:// when the page is) or an http(s) URL, as the browser reads it
+  try {
+    return ["http:", "https:", "file:"].includes(new URL(target, location.href).protocol);
+  } catch {
+    return false;
+  }
 }
 
 function openRecord(row) {
