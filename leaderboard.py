@@ -5,7 +5,10 @@ The leaderboard: read every record under records/, check it, and write the READM
     python leaderboard.py --check              # exit 1 if a record is invalid or the tables are stale (CI)
     python leaderboard.py --skip_invalid       # write the tables from the valid records, list the others
     python leaderboard.py --plot=records/frontier.svg   # also draw BPB vs model FLOPs (hand-written SVG)
-    python leaderboard.py --serve 8000         # tables and plot on http://localhost:8000
+    python leaderboard.py --serve 8000         # the page of --html on http://localhost:8000
+    python leaderboard.py --html DIR           # the static site: DIR/index.html, assets/leaderboard.js, frontier.svg
+    python leaderboard.py --json FILE          # every table and view as data
+    python leaderboard.py --marin_runs runs.json [--x=hardware]   # Marin's site data beside ours, its views printed
     python leaderboard.py --records=DIR --readme=FILE   # other places (the tests use temporary ones)
     python leaderboard.py --export_marin records/fineweb-edu/<folder>   # the record in Marin's format, to submit there
 
@@ -25,7 +28,13 @@ set (c4-en-val) is another text: a secondary eval.
 Marin's files are read in every form Marin has written (see load_marin_record); Marin's figures are shown as
 reported, recomputed only where the config maps exactly onto a model computed here, and where Marin's own
 conventions explain a difference (TPU cores counted as devices, another architecture, an older FLOPs measure)
-the row gets a note under its table instead of a refusal.
+the row gets a note under its table instead of a refusal. Figures that contradict each other (or that nothing
+recomputes and that are below a tenth of 6 x params x tokens) flag the row: shown, ranked apart.
+
+Marin's site views (its leaderboard at github.com/marin-community/speedrun): All runs over model or hardware
+FLOPs, Scaling (a power law with an offset per group of runs, the site's Levenberg-Marquardt ported, beside the
+converged least-squares fit and the leave-one-out range of its forecast), and relative to the AdamW-Llama
+baseline; for Marin's runs.json (--marin_runs) and for our records that declare a sweep (train.py --sweep).
 
 A record folder is one row of a table; when it holds several runs the row shows their mean BPB, the
 spread and the one-sided t-test p-value of the mean against the runs' target (modded-nanogpt's rule).
@@ -60,6 +69,7 @@ What is checked (a mismatch beyond 1% is an error; counts must match exactly):
 Exit codes: 0 fine, 1 invalid record(s) or stale tables, 2 bad command line or README without markers.
 """
 import contextlib
+import functools
 import hashlib
 import html
 import http.server
@@ -296,7 +306,7 @@ RECORD_FIELDS = {
     "compute.model_flops": "positive", "compute.hardware_flops": "positive", "compute.mfu": "fraction",
     "compute.device": "str", "compute.device_count": "count", "compute.peak_flops_per_device": "positive",
     "compute.train_seconds": "positive",
-    "eval": "dict", "target": "dict?", "judge": "dict?", "software": "dict",
+    "eval": "dict", "target": "dict?", "judge": "dict?", "software": "dict", "sweep": "str?",
 }
 # seq_len: the context the text was scored in (eval_bpb records it); an entry written before it was recorded was
 # scored at the record's training.seq_len (the block_size train.py gives the model, eval_bpb's default context).
@@ -312,7 +322,7 @@ JUDGE_CATEGORIES = ("grammar", "creativity", "consistency", "plot")
 MARIN_FIELDS = {
     MARIN_BPB_KEY: "positive", "model_flops": "positive", "model_size": "count", "total_tokens": "count",
     "training_time": "positive", "training_hardware_flops": "positive", "model_config": "dict",
-    "run_completion_timestamp": "str", "author": "dict?", "description": "str?", "resources": "dict?",
+    "run_completion_timestamp": "str?", "author": "dict?", "description": "str?", "resources": "dict?",
 }
 
 
@@ -701,7 +711,9 @@ def load_speedrun_record(path, track):
         "model_flops": float(compute["model_flops"]), "hardware_flops": float(compute["hardware_flops"]),
         "seconds": float(compute["train_seconds"]), "hardware": f"{compute['device_count']}× {compute['device']}",
         "mfu": float(compute["mfu"]), "evals": evals, "eval_context": {k: eval_context(rec, k) for k, _, _ in evals},
+        "description": rec["description"],
         "target": target, "judge_overall": float(judge["overall"]) if judge else None, "notes": [],
+        "sweep": rec.get("sweep") or None, "flags": [],
     }
     return [run], []
 
@@ -804,17 +816,21 @@ def recompute_speedrun_record(path, rec):
 # recomputed only where the config maps exactly onto a model this repository computes (a plain Llama, or our
 # own GPTConfig as --export_marin writes it); where Marin's own conventions explain a difference (TPU cores
 # counted as devices, a non-Llama architecture, an older FLOPs measure) the row carries a note. A file is
-# refused only when it is malformed (a field missing or of the wrong type) or its figures contradict each other
-# under every convention Marin has used.
+# refused only when it is malformed (a field missing or of the wrong type); figures that contradict each other
+# under every convention Marin has used flag the row (shown, ranked apart: it is Marin's published data).
 
 MARIN_EXTRA_FIELDS = {"num_devices": "count?", "num_chips": "count?", "device_flops": "positive?",
                       "model_flops_per_token": "positive?", "train_config": "dict?", "tokenized_dataset": "str?",
                       "wandb_run_link": "str?"}
 MARIN_OLD_INFO_FIELDS = {"model_config": "dict", "num_parameters": "count", "total_tokens": "count",
-                         "run_completion_timestamp": "str", "hardware_config": "dict?", "train_config": "dict?",
-                         "author": "dict?", "description": "str?", "tokenized_dataset": "str?", "wandb_run_link": "str?"}
+                         "run_completion_timestamp": "str?", "hardware_config": "dict?", "train_config": "dict?",
+                         "author": "dict?", "description": "str?", "tokenized_dataset": "str?", "wandb_run_link": "str?",
+                         "wandb_run_id": "str?"}
 MARIN_OLD_STATS_FIELDS = {MARIN_BPB_KEY: "positive", "training_time_in_minutes": "positive",
-                          "total_training_flops": "positive?", "pre_run_flops_estimate": "positive?"}
+                          "total_training_flops": "positive?", "pre_run_flops_estimate": "positive?",
+                          "final_flops_estimate": "positive?"}
+# the first older files wrote their FLOPs estimates as text ("7.49e+17"): read as the numbers they spell
+MARIN_OLD_FLOPS_KEYS = ("total_training_flops", "final_flops_estimate", "pre_run_flops_estimate")
 MARIN_HARDWARE_FIELDS = {"device_flops": "positive?", "device_type": "str?", "num_devices": "count?"}
 MARIN_SEQ_KEYS = ("seq_len", "max_seq_len")
 # Levanter's Llama config: the keys a plain Llama has. Feature switches are plain only when off (false/null/0).
@@ -952,6 +968,18 @@ def marin_hardware(info, resources, hardware_config):
     return device, counts, peaks
 
 
+def marin_numbers_from_text(stats):
+    """The older run_stats with its FLOPs estimates written as text ("7.49e+17") read as numbers; anything else
+    as it is (the field checks then name it)."""
+    stats = dict(stats)
+    for key in MARIN_OLD_FLOPS_KEYS:
+        value = stats.get(key)
+        if isinstance(value, str) and re.fullmatch(r"\s*[0-9.]+(e[+-]?[0-9]+)?\s*", value, re.I):
+            with contextlib.suppress(ValueError):
+                stats[key] = float(value)
+    return stats
+
+
 def marin_fields(entry, path, i):
     """One entry of "runs" in Marin's current or older form, as one dict of what the tables need
     (the figures as Marin wrote them, None where that form has none), or (None, problems)."""
@@ -974,6 +1002,7 @@ def marin_fields(entry, path, i):
             missing = "run_related_info" if not isinstance(info, dict) else "run_stats"
             return None, [invalid(path, f"runs[{i}].{missing}", "missing: the older form has both run_related_info "
                                                               "and run_stats")]
+        stats = marin_numbers_from_text(stats)
         problems = check_types(info, MARIN_OLD_INFO_FIELDS, path, prefix)
         problems += check_types(stats, MARIN_OLD_STATS_FIELDS, path, f"runs[{i}].run_stats.")
         if isinstance(info.get("hardware_config"), dict):
@@ -1006,7 +1035,7 @@ def check_marin_model_flops(path, f, notes):
         recomputed = 3.0 * flops.forward_flops_per_token(ours or llama, f["seq_len"]) * f["tokens"]
     if f["form"] == "run_related_info":  # older files: total_training_flops measured otherwise
         stats = f["stats"]
-        key = next((k for k in ("total_training_flops", "pre_run_flops_estimate") if stats.get(k)), None)
+        key = next((k for k in MARIN_OLD_FLOPS_KEYS if stats.get(k)), None)
         if recomputed is not None and not features:
             if key:
                 notes.append(f"model FLOPs 3 × forward FLOPs/token × tokens = {fmt_sci(recomputed)}; Marin's older "
@@ -1085,30 +1114,139 @@ def load_marin_record(path, track, folder_name):
             problems += found
             continue
         notes = []
-        model_flops, found = check_marin_model_flops(path, f, notes)
+        # a well-formed file whose figures contradict each other is Marin's published data all the same: shown,
+        # with each contradiction as a flag, and ranked apart (see make_row)
+        model_flops, flags = check_marin_model_flops(path, f, notes)
         hardware_flops, hardware, more = check_marin_hardware(path, f, notes)
-        found += more
-        if model_flops is not None and hardware_flops is not None and model_flops > hardware_flops * (1 + TOLERANCE):
-            field = "training_hardware_flops" if f["form"] == "run_info" else "(hardware FLOPs)"
-            found.append(invalid(path, f["prefix"] + field, "below model_flops: an MFU above 100%"))
-        if found:
-            problems += found
+        flags += more + marin_six_nd_flags(path, f, model_flops)
+        flags += mfu_flags(path, f["prefix"] + ("training_hardware_flops" if f["form"] == "run_info" else "(hardware FLOPs)"),
+                           model_flops, hardware_flops)
+        if model_flops is None:  # no FLOPs at all: nothing to place the run by
+            problems += flags
             continue
+        flags = [without_path(path, flag) for flag in flags]  # the row names its folder; the README stays the same anywhere
         info = f["info"]
         author = info.get("author") or {}
+        stamp = info.get("run_completion_timestamp")
+        if not stamp:
+            notes.append("date unknown: the file has no run_completion_timestamp")
         runs.append({
             "file": pathlib.Path(path), "track": track, "format": "marin",
             "name": folder_name if len(data["runs"]) == 1 else f"{folder_name}#{i}",
             "author": author.get("name") if isinstance(author.get("name"), str) else "—",
-            "date": info["run_completion_timestamp"][:10], "params": f["params"],
+            "description": info.get("description") or "",
+            "date": stamp[:10] if stamp else "unknown", "params": f["params"],
             "weight_class": flops.weight_class(f["params"]), "tokens": f["tokens"],
             "model_flops": model_flops, "hardware_flops": hardware_flops,
             "seconds": f["seconds"], "hardware": hardware,
             "mfu": model_flops / hardware_flops if model_flops and hardware_flops else None,
             "evals": [(MARIN_EVAL_ID, f["bpb"], MARIN_FINGERPRINT)],
-            "target": None, "judge_overall": None, "notes": notes,
+            "target": None, "judge_overall": None, "notes": notes, "sweep": None, "flags": flags,
         })
     return runs, problems
+
+
+# 6·N·tokens, the usual estimate of training FLOPs, and how far below it a model's FLOPs may plausibly be: a Marin
+# run's own figures sit at 0.5-1.0 of it (N counts the embeddings, which cost no FLOPs), a sparse mixture of experts
+# lower (N counts every expert). Below a tenth of it the figure is not a model's.
+SIX_N_TOKENS_FLOOR = 0.1
+
+
+def without_path(path, problem):
+    """A problem of `invalid` as a row's flag: the field and what is wrong, without the file's path."""
+    return problem.removeprefix(display_path(path) + ": ")
+
+
+def model_flops_recomputed(f):
+    """Whether check_marin_model_flops recomputed the run's model FLOPs from its config (a plain Llama or this
+    repository's own config, with a sequence length): only then is Marin's figure verified."""
+    config = f["info"]["model_config"]
+    ours = our_config_in_marin(config)
+    mapped = ours is not None or (marin_config_as_gpt(config) is not None and not marin_features(config))
+    return f["seq_len"] is not None and mapped
+
+
+def marin_six_nd_flags(path, f, model_flops):
+    """A flag when model FLOPs that nothing here recomputes are implausibly low for the parameters and tokens the
+    file states: below SIX_N_TOKENS_FLOOR × 6 · model_size · total_tokens."""
+    if model_flops is None or model_flops_recomputed(f):
+        return []
+    estimate = 6.0 * f["params"] * f["tokens"]
+    if model_flops >= SIX_N_TOKENS_FLOOR * estimate:
+        return []
+    field = f["prefix"] + ("model_flops" if f["form"] == "run_info" else "(model FLOPs)")
+    return [invalid(path, field, f"unverified: {fmt_sci(model_flops)} is {100 * model_flops / estimate:.2g}% of "
+                                 f"6 × {f['params']:,} params × {f['tokens']:,} tokens = {fmt_sci(estimate)} (the "
+                                 f"config is not one whose FLOPs are computed here, and no model's are that low)")]
+
+
+def mfu_flags(path, field, model_flops, hardware_flops):
+    """A flag when hardware FLOPs are below model FLOPs: an MFU above 100%, an impossible figure."""
+    if model_flops is not None and hardware_flops is not None and model_flops > hardware_flops * (1 + TOLERANCE):
+        return [invalid(path, field, f"{fmt_sci(hardware_flops)} is below model_flops {fmt_sci(model_flops)}: "
+                                     f"an MFU above 100% ({100 * model_flops / hardware_flops:.0f}%)")]
+    return []
+
+
+# ----------------------------------------------------------------------------------------------------
+# --marin_runs: Marin's site data, data/runs.json of github.com/marin-community/speedrun: a list of runs with the
+# figures the site shows (no config, no token count: only the MFU can be checked). Its rows join the table of
+# Marin's runs, named by run_name; a run_name with folders puts the run in the Scaling group of its folder.
+
+MARIN_SITE_FIELDS = {"run_name": "str", "model_size": "count", "training_hardware_flops": "positive",
+                     "model_flops": "positive", "eval_paloma_c4_en_bpb": "positive", "training_time": "positive",
+                     "author": "dict", "author.name": "str", "run_completion_timestamp": "str?",
+                     "results_filepath": "str?", "description": "str?", "wandb_link": "str?"}
+MARIN_REPO_URL = "https://github.com/marin-community/marin/tree/main/"
+SITE_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")  # a path of plain names: it becomes a link
+
+
+def load_marin_site_runs(path, track="fineweb-edu"):
+    """The runs of Marin's runs.json as runs of the table of Marin's runs, or a ValueError naming the entry and the
+    field."""
+    import flops
+    try:
+        text = pathlib.Path(path).read_bytes().decode("utf-8")
+        data = json.loads(text)
+    except OSError as e:
+        raise ValueError(f"cannot read {display_path(path)}: {e.strerror}; pass --marin_runs=FILE (Marin's "
+                         f"data/runs.json)") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{display_path(path)}: not JSON ({str(e).split(';')[0]}); it should be Marin's "
+                         f"data/runs.json") from None
+    if not isinstance(data, list) or json_depth(data) > MAX_JSON_DEPTH:
+        raise ValueError(f"{display_path(path)}: expected a list of runs (Marin's data/runs.json)")
+    runs, names = [], set()
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            raise ValueError(invalid(path, f"[{i}]", "expected an object"))
+        problems = check_types(entry, MARIN_SITE_FIELDS, path, f"[{i}].")
+        if not problems and (not SITE_RUN_NAME.fullmatch(entry["run_name"]) or ".." in entry["run_name"].split("/")):
+            problems.append(invalid(path, f"[{i}].run_name", f"{short_json(entry['run_name'])} is not a path of plain names"))
+        if not problems and entry["run_name"] in names:
+            problems.append(invalid(path, f"[{i}].run_name", f"{short_json(entry['run_name'])} twice"))
+        if problems:
+            raise ValueError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        name = entry["run_name"]
+        names.add(name)
+        model_flops, hardware_flops = float(entry["model_flops"]), float(entry["training_hardware_flops"])
+        stamp = entry.get("run_completion_timestamp")
+        runs.append({
+            "file": pathlib.Path(path), "track": track, "format": "marin-site", "name": name, "label": name,
+            "folder": pathlib.PurePosixPath("marin-site", name), "order": i,
+            "link": MARIN_REPO_URL + "experiments/speedrun/" + name,
+            "author": entry["author"]["name"], "date": stamp[:10] if stamp else "unknown",
+            "description": entry.get("description") or "",
+            "params": entry["model_size"], "weight_class": flops.weight_class(entry["model_size"]), "tokens": None,
+            "model_flops": model_flops, "hardware_flops": hardware_flops, "seconds": float(entry["training_time"]),
+            "hardware": "—", "mfu": model_flops / hardware_flops,
+            "evals": [(MARIN_EVAL_ID, float(entry["eval_paloma_c4_en_bpb"]), MARIN_FINGERPRINT)],
+            "target": None, "judge_overall": None, "notes": [] if stamp else ["date unknown: no run_completion_timestamp"],
+            "sweep": scaling_group_name(name) if "/" in name else None,
+            "flags": [without_path(path, flag) for flag in mfu_flags(path, f"[{i}].training_hardware_flops",
+                                                                      model_flops, hardware_flops)],
+        })
+    return runs
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1294,9 +1432,10 @@ def make_row(folder, runs, link):
     mfus = [r["mfu"] for r in runs if r["mfu"] is not None]
     first = min(runs, key=lambda r: r["file"].as_posix())
     return {
-        "folder": folder.name, "link": link, "author": first["author"], "date": max(r["date"] for r in runs),
+        "folder": first.get("label") or folder.name, "link": first.get("link") or link, "author": first["author"],
+        "date": max(r["date"] for r in runs),
         "params": max(r["params"] for r in runs), "weight_class": first["weight_class"],
-        "tokens": mean([r["tokens"] for r in runs]),
+        "tokens": mean([r["tokens"] for r in runs]) if all(r["tokens"] for r in runs) else None,
         "model_flops": mean([r["model_flops"] for r in runs]),
         "hardware_flops": (mean([r["hardware_flops"] for r in runs])
                            if all(r["hardware_flops"] is not None for r in runs) else None),
@@ -1312,6 +1451,10 @@ def make_row(folder, runs, link):
         "target_seconds": (mean_and_sd([r["target"]["seconds"] for r in reached])
                            if target is not None and len(reached) == len(runs) else None),
         "target_metric": first["target"]["metric"] if first["target"] else None,
+        # a flagged row (an impossible or unverifiable figure) is shown with its flags and ranked apart
+        "flags": list(dict.fromkeys(f for r in runs for f in r.get("flags", ()))),
+        "sweep": first.get("sweep"), "order": min(r.get("order", math.inf) for r in runs),
+        "description": first.get("description", ""),
     }
 
 
@@ -1330,11 +1473,436 @@ def build_tables(runs, link_base):
         rows = [make_row(folder, folder_runs, pathlib.Path(os.path.relpath(folder, link_base)).as_posix())
                 for folder, folder_runs in by_folder.items()]
         rows.sort(key=lambda r: (r["bpb"], r["model_flops"], r["date"], r["folder"]))
-        for rank, (row, star) in enumerate(zip(rows, pareto_front([(r["model_flops"], r["bpb"]) for r in rows])), 1):
+        ranked, flagged = [r for r in rows if not r["flags"]], [r for r in rows if r["flags"]]
+        for rank, (row, star) in enumerate(zip(ranked, pareto_front([(r["model_flops"], r["bpb"]) for r in ranked])), 1):
             row["rank"], row["pareto"] = rank, star
+        for row in flagged:
+            row["rank"], row["pareto"] = None, False
+        rows = ranked + flagged
         tables.append({"track": track, "eval_id": eval_id, "fingerprint": fingerprint, "context": context, "rows": rows})
     tables.sort(key=lambda t: (TRACKS.index(t["track"]), t["eval_id"], t["fingerprint"], t["context"] or 0))
     return tables
+
+
+# ----------------------------------------------------------------------------------------------------
+# The Scaling view, as Marin's site computes it (marin-community/speedrun, website/src/hooks/useSpeedrunData.ts and
+# website/src/utils/regression.ts): a run's group is its name without the last path part; per group a power law
+# with an irreducible loss, L = a·C^(−b) + c, fitted by the npm package ml-levenberg-marquardt 5.0.0 with the site's
+# options; the group's forecast is L at 1e22 FLOPs; a group is ranked only when one of its runs used more than 3e20
+# training hardware FLOPs. Ported here (no JavaScript runs): the same start, the same iteration, the same bounds.
+# Beside it, what the site does not show: the converged least-squares fit of the same law and the range of the
+# forecast when each point is left out in turn, so a reader sees which rankings are fragile.
+
+SCALING_FORECAST_FLOPS = 1e22
+SCALING_MIN_HARDWARE_FLOPS = 3e20  # a group qualifies with a run above this many training hardware FLOPs
+SITE_LM_OPTIONS = {"damping": 1.5, "gradient_difference": 1e-6, "max_iterations": 200, "error_tolerance": 1e-8}
+# ml-levenberg-marquardt's defaults that the site keeps: the damping's step factors and the improvement threshold
+LM_DAMPING_UP, LM_DAMPING_DOWN, LM_IMPROVEMENT_THRESHOLD = 11.0, 9.0, 1e-3
+SITE_ENTROPY_FLOOR = 0.7  # the site starts c at min(0.7, 0.7 × the lowest BPB)
+
+
+def scaling_group_name(run_name):
+    """Marin's group of a run: every part of its name but the last ("adamw_llama_scaling/130m" ->
+    "adamw_llama_scaling"); a name without a folder is its own group."""
+    parts = [p for p in run_name.split("/") if p]
+    return run_name if len(parts) <= 1 else "/".join(parts[:-1])
+
+
+def linear_fit(points):
+    """Ordinary least squares y = intercept + slope·x: (slope, intercept), or None for fewer than two points or
+    one x value."""
+    n = len(points)
+    if n < 2:
+        return None
+    sx, sy = sum(x for x, _ in points), sum(y for _, y in points)
+    sxy, sxx = sum(x * y for x, y in points), sum(x * x for x, _ in points)
+    den = n * sxx - sx * sx
+    if den == 0:
+        return None
+    slope = (n * sxy - sx * sy) / den
+    return slope, (sy - slope * sx) / n
+
+
+def power_law(params, x):
+    a, b, c = params
+    return a * x ** -b + c
+
+
+def solve_linear(matrix, vector):
+    """matrix⁻¹ · vector by Gaussian elimination with partial pivoting; None when the matrix is singular."""
+    n = len(vector)
+    rows = [list(map(float, matrix[i])) + [float(vector[i])] for i in range(n)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(rows[r][col]))
+        if rows[pivot][col] == 0:
+            return None
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        for r in range(col + 1, n):
+            factor = rows[r][col] / rows[col][col]
+            for k in range(col, n + 1):
+                rows[r][k] -= factor * rows[col][k]
+    out = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        out[r] = (rows[r][n] - sum(rows[r][k] * out[k] for k in range(r + 1, n))) / rows[r][r]
+    return out
+
+
+def sum_squares(params, xs, ys):
+    return sum((y - power_law(params, x)) ** 2 for x, y in zip(xs, ys))
+
+
+def site_levenberg_marquardt(xs, ys, start, lower, upper):
+    """ml-levenberg-marquardt 5.0.0 as the site calls it: forward-difference Jacobian, the damped normal equations
+    (damping·I + J·Jᵀ)·step = J·residuals, every step taken and clipped to the bounds (a worse one raises the
+    damping, it is not undone), the best parameters seen returned. Returns the parameters."""
+    params, damping = list(start), SITE_LM_OPTIONS["damping"]
+    delta, tolerance = SITE_LM_OPTIONS["gradient_difference"], SITE_LM_OPTIONS["error_tolerance"]
+    error = sum_squares(params, xs, ys)
+    best_error, best = error, list(params)
+    converged = error <= tolerance
+    for _ in range(SITE_LM_OPTIONS["max_iterations"]):
+        if converged:
+            break
+        previous = error
+        fitted = [power_law(params, x) for x in xs]
+        jacobian = []  # one row per parameter: (f(x) − f(x; p + delta)) / delta, the package's sign
+        for k in range(3):
+            moved = list(params)
+            moved[k] += delta
+            jacobian.append([(f - power_law(moved, x)) / delta for f, x in zip(fitted, xs)])
+        residuals = [y - f for y, f in zip(ys, fitted)]
+        normal = [[sum(p * q for p, q in zip(jacobian[i], jacobian[j])) + (damping if i == j else 0.0)
+                   for j in range(3)] for i in range(3)]
+        gradient = [sum(p * r for p, r in zip(jacobian[i], residuals)) for i in range(3)]
+        step = solve_linear(normal, gradient)
+        if step is None:
+            break  # the package throws on a singular matrix, and the site then shows no fit
+        params = [min(max(lower[k], params[k] - step[k]), upper[k]) for k in range(3)]
+        error = sum_squares(params, xs, ys)
+        if math.isnan(error):
+            break
+        if error < best_error - tolerance:
+            best_error, best = error, list(params)
+        predicted = sum(s * (damping * s + g) for s, g in zip(step, gradient))
+        gain = previous - error
+        # the package divides by `predicted` as JavaScript does: x / 0 is ±Infinity, 0 / 0 is NaN (not above)
+        improvement = gain / predicted if predicted else math.copysign(math.inf, gain) if gain else math.nan
+        if improvement > LM_IMPROVEMENT_THRESHOLD:
+            damping = max(damping / LM_DAMPING_DOWN, 1e-7)
+        else:
+            damping = min(damping * LM_DAMPING_UP, 1e7)
+        converged = error <= tolerance
+    return best
+
+
+def r_squared(params, xs, ys):
+    mean = sum(ys) / len(ys)
+    total = sum((y - mean) ** 2 for y in ys)
+    return 1.0 if total == 0 else 1.0 - sum_squares(params, xs, ys) / total
+
+
+def fit_bounds(ys):
+    """The site's bounds for (a, b, c): a in [1e-10, 1e30], b in [1e-6, 2], c in [0, 0.999 × the lowest BPB]."""
+    return [1e-10, 1e-6, 0.0], [1e30, 2.0, 0.999 * min(ys)]
+
+
+def clean_points(points):
+    """The points a fit uses, sorted by FLOPs: positive finite FLOPs and a finite BPB."""
+    return sorted((float(x), float(y)) for x, y in points if x > 0 and math.isfinite(x) and math.isfinite(y))
+
+
+def site_power_law_fit(points):
+    """The site's fit of L = a·C^(−b) + c to [(FLOPs, BPB)]: {a, b, c, r2}, or None (fewer than three points, or a
+    fit the site rejects). The start: c = min(0.7, 0.7 × min L), then a and b from a line through log C and
+    log(L − c)."""
+    points = clean_points(points)
+    if len(points) < 3:
+        return None
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    c0 = min(SITE_ENTROPY_FLOOR, SITE_ENTROPY_FLOOR * min(ys))
+    a0, b0 = 1.0, 0.1
+    line = linear_fit([(math.log(x), math.log(y - c0)) for x, y in points if y - c0 > 0])
+    if line is not None:
+        b0, a0 = max(0.01, -line[0]), math.exp(line[1])
+    lower, upper = fit_bounds(ys)
+    try:
+        a, b, c = site_levenberg_marquardt(xs, ys, [a0, b0, c0], lower, upper)
+    except OverflowError:
+        return None
+    if not all(math.isfinite(v) for v in (a, b, c)) or a <= 0 or b <= 0 or c < 0:
+        return None
+    return {"a": a, "b": b, "c": c, "r2": r_squared((a, b, c), xs, ys)}
+
+
+def best_linear_part(xs, ys, b, lower, upper):
+    """For a fixed exponent b the law is linear in (a, c): the least-squares (a, c) inside the bounds. A convex
+    problem in two unknowns: its optimum is the unconstrained one when that is inside, else on an edge of the box,
+    where it is a one-unknown least-squares clipped to the edge."""
+    u = [x ** -b for x in xs]
+    n, su, sy = len(xs), sum(u), sum(ys)
+    suu, suy = sum(v * v for v in u), sum(v * y for v, y in zip(u, ys))
+    (a_lo, _, c_lo), (a_hi, _, c_hi) = lower, upper
+    clip = lambda v, lo, hi: min(max(v, lo), hi)
+    candidates = []
+    den = n * suu - su * su
+    if den > 0:
+        a = (n * suy - su * sy) / den
+        candidates.append((a, (sy - a * su) / n))
+    for c in (c_lo, c_hi):  # the edges c = bound: a by least squares
+        candidates.append((clip((suy - c * su) / suu, a_lo, a_hi), c))
+    for a in (a_lo, a_hi):  # the edges a = bound: c by least squares
+        candidates.append((a, clip((sy - a * su) / n, c_lo, c_hi)))
+    feasible = [(a, c) for a, c in candidates if a_lo <= a <= a_hi and c_lo <= c <= c_hi]
+    return min(feasible, key=lambda ac: sum_squares((ac[0], b, ac[1]), xs, ys))
+
+
+def converged_power_law_fit(points):
+    """The least-squares fit of the same law in the same bounds, converged: for each exponent b the best (a, c) is
+    exact (best_linear_part), and b is searched on a grid over its bounds, then refined by golden sections.
+    {a, b, c, r2} or None for fewer than three points."""
+    points = clean_points(points)
+    if len(points) < 3:
+        return None
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    lower, upper = fit_bounds(ys)
+    try:
+        def loss(b):
+            a, c = best_linear_part(xs, ys, b, lower, upper)
+            return sum_squares((a, b, c), xs, ys)
+        grid = [lower[1] + (upper[1] - lower[1]) * i / 200 for i in range(201)]
+        losses = [loss(b) for b in grid]
+        i = min(range(len(grid)), key=losses.__getitem__)
+        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+        ratio = (math.sqrt(5) - 1) / 2
+        m1, m2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        l1, l2 = loss(m1), loss(m2)
+        for _ in range(80):  # golden sections inside the bracket around the best grid point: 0.618^80 of it left
+            if l1 <= l2:
+                hi, m2, l2 = m2, m1, l1
+                m1 = hi - ratio * (hi - lo)
+                l1 = loss(m1)
+            else:
+                lo, m1, l1 = m1, m2, l2
+                m2 = lo + ratio * (hi - lo)
+                l2 = loss(m2)
+        b = min((lo + hi) / 2, grid[i], key=loss)
+    except (OverflowError, ZeroDivisionError):
+        return None
+    a, c = best_linear_part(xs, ys, b, lower, upper)
+    return {"a": a, "b": b, "c": c, "r2": r_squared((a, b, c), xs, ys)}
+
+
+def forecast(fit, flops=SCALING_FORECAST_FLOPS):
+    return power_law((fit["a"], fit["b"], fit["c"]), flops) if fit else None
+
+
+def leave_one_out_range(points):
+    """(lowest, highest) converged forecast over the fits that leave out one point each; None below four points
+    (three parameters need three points)."""
+    points = clean_points(points)
+    if len(points) < 4:
+        return None
+    forecasts = [forecast(converged_power_law_fit(points[:i] + points[i + 1:])) for i in range(len(points))]
+    forecasts = [f for f in forecasts if f is not None]
+    return (min(forecasts), max(forecasts)) if forecasts else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Marin's site views of one table: All runs (its frontier over model or hardware FLOPs), Scaling (the groups, the
+# sweeps of our records), relative (each run's BPB against the AdamW-Llama baseline's at the same FLOPs)
+
+X_AXES = {"model": "model_flops", "hardware": "hardware_flops"}
+X_NAMES = {"model": "model FLOPs", "hardware": "training hardware FLOPs"}
+BASELINE_NAME = "adamw_llama_scaling"  # the site's baseline: every run whose name holds this
+SAME_FLOPS = 1e-12  # the site takes FLOPs within this relative distance for the same count
+
+
+def site_pareto(rows, x):
+    """The All-runs frontier as the site draws it: the ranked rows sorted by their x FLOPs (ties in the order of
+    the input, a Marin runs.json row's place in the file), a row on it when its BPB is below every row before it.
+    [row]. (The tables' ★ is the stricter rule of pareto_front.)"""
+    key = X_AXES[x]
+    candidates = sorted(((r[key], r["order"], i, r) for i, r in enumerate(rows) if not r["flags"] and r[key]),
+                        key=lambda t: t[:3])
+    front, best = [], math.inf
+    for *_, row in candidates:
+        if row["bpb"] < best:
+            best = row["bpb"]
+            front.append(row)
+    return front
+
+
+@functools.lru_cache(maxsize=4096)
+def group_fits(points):
+    """(the site's fit, the converged fit, the leave-one-out range) of a group's points (a tuple): the page, the
+    JSON and the tables ask for the same groups, and the fits depend on the points alone."""
+    return site_power_law_fit(points), converged_power_law_fit(points), leave_one_out_range(points)
+
+
+def scaling_groups(rows, x):
+    """The Scaling view of a table over x FLOPs: one group per sweep (a Marin run's folder, our records' `sweep`),
+    with the site's fit and forecast, the converged fit and the leave-one-out range. The qualified groups ranked by
+    the site's forecast (ties by name), then the others. [group dict]."""
+    key, members = X_AXES[x], {}
+    for r in rows:
+        if r["sweep"] and not r["flags"] and r[key] and r["bpb"] > 0:
+            members.setdefault(r["sweep"], []).append(r)
+    groups = []
+    for name, runs in members.items():
+        site, converged, loo = group_fits(tuple((r[key], r["bpb"]) for r in runs))
+        groups.append({
+            "group": name, "n": len(runs), "runs": [r["folder"] for r in runs],
+            "qualified": any((r["hardware_flops"] or 0) > SCALING_MIN_HARDWARE_FLOPS for r in runs),
+            "forecast_1e22": forecast(site), "r2": site and site["r2"],
+            "a": site and site["a"], "b": site and site["b"], "c": site and site["c"],
+            "converged": converged, "converged_forecast_1e22": forecast(converged),
+            "leave_one_out": list(loo) if loo else None})
+    order = lambda g: (math.inf if g["forecast_1e22"] is None else g["forecast_1e22"], g["group"])
+    ranked = sorted((g for g in groups if g["qualified"]), key=order)
+    for rank, g in enumerate(ranked, 1):
+        g["rank"] = rank
+    others = sorted((g for g in groups if not g["qualified"]), key=order)
+    for g in others:
+        g["rank"] = None
+    return ranked + others
+
+
+def baseline_predictor(rows, x):
+    """The site's baseline BPB at any x FLOPs, from the rows named like BASELINE_NAME: its own BPB at its own FLOPs,
+    linear in log FLOPs between two of its runs, its power law (the site's fit) outside them, else the nearest
+    run's. (function, baseline rows) or None when the table has no baseline run."""
+    key = X_AXES[x]
+    base_rows = [r for r in rows if BASELINE_NAME in r["folder"].lower() and r[key] and r[key] > 0 and r["bpb"] > 0]
+    if not base_rows:
+        return None
+    base = sorted((r[key], r["bpb"]) for r in base_rows)
+    law = site_power_law_fit(base)
+
+    def predict(flops):
+        for bx, by in base:
+            if abs(bx - flops) <= max(abs(bx), abs(flops), 1.0) * SAME_FLOPS:
+                return by
+        if base[0][0] <= flops <= base[-1][0]:
+            for (lx, ly), (rx, ry) in zip(base, base[1:]):
+                if lx <= flops <= rx:
+                    t = (math.log(flops) - math.log(lx)) / (math.log(rx) - math.log(lx))
+                    return ly + t * (ry - ly)
+        if law:
+            return forecast(law, flops)
+        return base[0][1] if flops < base[0][0] else base[-1][1]
+    return predict, base_rows
+
+
+def relative_rows(rows, x):
+    """The relative view: every ranked row's BPB as a percentage above (+) or below (−) the baseline's at its x
+    FLOPs, as the site computes it. [{run, flops, bpb, baseline_bpb, relative_percent}] or None without a baseline."""
+    found = baseline_predictor(rows, x)
+    if found is None:
+        return None
+    predict, _ = found
+    key, out = X_AXES[x], []
+    for r in rows:
+        if r["flags"] or not r[key]:
+            continue
+        base = predict(r[key])
+        ratio = r["bpb"] / base
+        out.append({"run": r["folder"], "flops": r[key], "bpb": r["bpb"], "baseline_bpb": base,
+                    "relative_percent": 0.0 if abs(1 - ratio) < SAME_FLOPS else (ratio - 1) * 100})
+    return out
+
+
+def fmt_optional(value, spec):
+    return "—" if value is None else format(value, spec)
+
+
+SCALING_COLUMNS = ["#", "group", "runs", "qualified", "forecast at 1e22 (Marin's fit)", "R²", "a", "b", "c",
+                   "converged forecast", "leave-one-out range"]
+
+
+def scaling_cells(groups):
+    return [[str(g["rank"]) if g["rank"] else "—", g["group"], str(g["n"]), "yes" if g["qualified"] else "no",
+             fmt_optional(g["forecast_1e22"], ".4f"), fmt_optional(g["r2"], ".4f"),
+             fmt_optional(g["a"], ".4g"), fmt_optional(g["b"], ".4f"), fmt_optional(g["c"], ".4f"),
+             fmt_optional(g["converged_forecast_1e22"], ".4f"),
+             "—" if not g["leave_one_out"] else f"{g['leave_one_out'][0]:.4f} – {g['leave_one_out'][1]:.4f}"]
+            for g in groups]
+
+
+def site_views(table, x="model"):
+    """{"all_runs", "scaling", "relative"}: each (heading, columns, cells), None where the table has nothing for it
+    (no sweep; no baseline)."""
+    key, name = X_AXES[x], X_NAMES[x]
+    rows = table["rows"]
+    front = {id(r) for r in site_pareto(rows, x)}
+    all_runs = (f"All runs over {name} (Marin's site: ◆ on its frontier)",
+                ["run", "author", "params", name, "BPB", "frontier"],
+                [[(r["folder"], r["link"]), r["author"], fmt_count(r["params"]),
+                  fmt_sci(r[key]) if r[key] else "—", fmt_bpb(r), "◆" if id(r) in front else ""]
+                 for r in sorted(rows, key=lambda r: (r[key] or math.inf, r["order"], r["folder"]))])
+    groups = scaling_groups(rows, x)
+    scaling = None if not groups else (
+        f"Scaling over {name}: L = a·C^(−b) + c per sweep, forecast at 1e22 FLOPs, ranked when a run used more than "
+        f"{SCALING_MIN_HARDWARE_FLOPS:.0e} hardware FLOPs", SCALING_COLUMNS, scaling_cells(groups))
+    relative = relative_rows(rows, x)
+    relative = None if relative is None else (
+        f"Relative to the AdamW-Llama baseline ({BASELINE_NAME}) at the same {name}",
+        ["run", name, "BPB", "baseline BPB", "relative"],
+        [[r["run"], fmt_sci(r["flops"]), f"{r['bpb']:.4f}", f"{r['baseline_bpb']:.4f}", f"{r['relative_percent']:+.2f}%"]
+         for r in sorted(relative, key=lambda r: r["relative_percent"])])
+    return {"all_runs": all_runs, "scaling": scaling, "relative": relative}
+
+
+def render_views_markdown(tables, x="model"):
+    """Marin's site views of every table, as Markdown (what --views and --marin_runs print)."""
+    out = []
+    for table in tables:
+        views = site_views(table, x)
+        out += [f"### {table_title(table)}", ""]
+        for view in (views["all_runs"], views["scaling"], views["relative"]):
+            if view:
+                heading, columns, cells = view
+                out += [f"**{escape(heading)}**", "", markdown_table(columns, cells), ""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------
+# --json: everything the tables and views show, as data
+
+def json_safe(value):
+    """A value for json.dumps(allow_nan=False): infinities and NaN as null, tuples as lists, paths as text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, pathlib.PurePath):
+        return value.as_posix()
+    return value
+
+
+def leaderboard_data(tables, problems=(), x="model"):
+    """The tables and views as one JSON-ready object: per table its rows (a Marin site row named by its run_name),
+    the ★ names, the site's frontier, scaling groups and relative view over both FLOPs axes; the size tracks."""
+    out = {"schema": "speedrun-leaderboard/1", "x": x, "tables": [], "size_tracks": {}, "problems": list(problems)}
+    for table in tables:
+        rows = table["rows"]
+        out["tables"].append({
+            "track": table["track"], "eval_id": table["eval_id"], "fingerprint": table["fingerprint"],
+            "title": table_title(table, markdown=False),
+            "rows": [{("run" if k == "folder" else k): v for k, v in r.items() if k != "order"} for r in rows],
+            "pareto": [r["folder"] for r in rows if r["pareto"]],
+            "all_runs": {axis: [r["folder"] for r in site_pareto(rows, axis)] for axis in X_AXES},
+            "scaling": {axis: scaling_groups(rows, axis) for axis in X_AXES},
+            "relative": {axis: relative_rows(rows, axis) for axis in X_AXES},
+        })
+    for track in TRACKS:
+        entries = size_track_entries([t for t in tables if t["track"] == track])
+        if entries is not None:
+            out["size_tracks"][track] = [{"size_track": name, "threshold": threshold, "rank": i, "run": r["folder"],
+                                          "bpb": r["bpb"], "hardware_flops": r["hardware_flops"]}
+                                         for name, threshold, i, t, r in entries]
+    return json_safe(out)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1427,8 +1995,9 @@ MAIN_COLUMNS = ["#", "run", "author", "date", "params (class)", "tokens", "model
 
 
 def main_table_cells(row):
-    return [str(row["rank"]), (row["folder"], row["link"]), row["author"], row["date"],
-            f"{fmt_count(row['params'])} ({row['weight_class']})", fmt_count(row["tokens"]), fmt_sci(row["model_flops"]),
+    return [str(row["rank"]) if row["rank"] else "flagged", (row["folder"], row["link"]), row["author"], row["date"],
+            f"{fmt_count(row['params'])} ({row['weight_class']})", fmt_count(row["tokens"]) if row["tokens"] else "—",
+            fmt_sci(row["model_flops"]),
             row["hardware"], fmt_seconds(row["seconds"]), f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "—",
             fmt_bpb(row), fmt_p(row["p_value"]) + (f" (< {row['target']})" if row["p_value"] is not None else ""),
             f"{row['judge']:.2f}" if row["judge"] is not None else "—", "★" if row["pareto"] else ""]
@@ -1440,11 +2009,11 @@ def table_views(table):
     if table["track"] in TINYSTORIES_TRACKS:
         cells = []
         for cls in weight_class_names():
-            in_class = [r for r in table["rows"] if r["weight_class"] == cls]
+            in_class = [r for r in table["rows"] if r["weight_class"] == cls and not r["flags"]]
             cells += [[cls, str(i), (r["folder"], r["link"]), f"{fmt_count(r['params'])}", fmt_bpb(r),
                        f"{r['judge']:.2f}" if r["judge"] is not None else "—"] for i, r in enumerate(in_class, 1)]
         views.append(("By weight class", ["class", "#", "run", "params", "BPB", "judge"], cells))
-    timed = [r for r in table["rows"] if r["target_seconds"] is not None]
+    timed = [r for r in table["rows"] if r["target_seconds"] is not None and not r["flags"]]
     if timed:
         timed.sort(key=lambda r: (r["hardware"], r["target_metric"], r["target"], r["target_seconds"][0], r["folder"]))
         cells = []
@@ -1454,12 +2023,15 @@ def table_views(table):
             cells.append([r["hardware"], f"{r['target_metric']} ≤ {r['target']}", (r["folder"], r["link"]), time,
                           str(r["n"]), fmt_p(r["p_value"])])
         views.append(("Time to target (fastest first, by hardware)", ["hardware", "target", "run", "time", "runs", "p"], cells))
+    site = site_views(table, "model")
+    views += [site[name] for name in ("scaling", "relative") if site[name]]
     return views
 
 
 def table_notes(table):
     """[(folder, link, note)]: what a row's figures mean where they follow Marin's own conventions."""
-    return [(r["folder"], r["link"], note) for r in table["rows"] for note in r["notes"]]
+    return [(r["folder"], r["link"], note) for r in table["rows"] for note in r["notes"]] + \
+        [(r["folder"], r["link"], f"flagged, ranked apart: {flag}") for r in table["rows"] for flag in r["flags"]]
 
 
 SIZE_TRACK_HEADING = ("Marin's size tracks: runs that reached each Paloma C4-EN BPB threshold, fewest hardware "
@@ -1467,20 +2039,29 @@ SIZE_TRACK_HEADING = ("Marin's size tracks: runs that reached each Paloma C4-EN 
 SIZE_TRACK_COLUMNS = ["size track", "threshold", "#", "run", "eval data", "BPB", "hardware FLOPs", "hardware", "params"]
 
 
-def size_track_cells(track_tables):
+def size_track_entries(track_tables):
     """The size-track view of one track: every row of its Paloma C4-EN tables (ours and Marin's) under each
-    threshold it reaches; None when the track has no Paloma C4-EN table."""
-    rows = [(t, r) for t in track_tables if normalized_id(t["eval_id"]).startswith(PALOMA_PREFIX) for r in t["rows"]]
+    threshold it reaches, as [(size track, threshold, rank, table, row)]; None when the track has no Paloma C4-EN
+    table."""
+    rows = [(t, r) for t in track_tables if normalized_id(t["eval_id"]).startswith(PALOMA_PREFIX) for r in t["rows"]
+            if not r["flags"]]  # a flagged row is ranked apart: in its own table, under no threshold
     if not rows:
         return None
-    cells = []
+    entries = []
     for name, threshold in MARIN_SIZE_TRACKS:
         reached = sorted(((t, r) for t, r in rows if r["bpb"] <= threshold and r["hardware_flops"] is not None),
                          key=lambda tr: (tr[1]["hardware_flops"], tr[1]["bpb"], tr[1]["folder"]))
-        cells += [[name, f"{threshold:.4f}", str(i), (r["folder"], r["link"]), short_fingerprint(t["fingerprint"]),
-                   fmt_bpb(r), fmt_sci(r["hardware_flops"]), r["hardware"], fmt_count(r["params"])]
-                  for i, (t, r) in enumerate(reached, 1)]
-    return cells
+        entries += [(name, threshold, i, t, r) for i, (t, r) in enumerate(reached, 1)]
+    return entries
+
+
+def size_track_cells(track_tables):
+    entries = size_track_entries(track_tables)
+    if entries is None:
+        return None
+    return [[name, f"{threshold:.4f}", str(i), (r["folder"], r["link"]), short_fingerprint(t["fingerprint"]),
+             fmt_bpb(r), fmt_sci(r["hardware_flops"]), r["hardware"], fmt_count(r["params"])]
+            for name, threshold, i, t, r in entries]
 
 
 def markdown_cell(cell):
@@ -1626,29 +2207,67 @@ def svg_panel(table, y0):
 
 
 # ----------------------------------------------------------------------------------------------------
-# --serve: the tables as HTML and the plot, on localhost
+# --html and --serve: the page, its charts and the plot
+
+def html_link(text, target):
+    """An <a> to a path of this repository or an http(s) URL, the text escaped; other schemes give the text alone."""
+    if urllib.parse.urlsplit(target).scheme not in ("", "http", "https"):
+        return escape(text, markdown=False)
+    href = urllib.parse.quote(target, safe="/:?#=&%._~-")
+    return f"<a href=\"{escape(href, markdown=False)}\">{escape(text, markdown=False)}</a>"
+
 
 def html_table(columns, cells):
     def cell(c):
-        return escape(c[0] if isinstance(c, tuple) else c, markdown=False)
+        return html_link(*c) if isinstance(c, tuple) else escape(c, markdown=False)
     head = "".join(f"<th>{escape(c, markdown=False)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>" for row in cells)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_html(tables, problems=()):
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Speedrun leaderboard</title><style>"
-             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style></head><body>",
-             "<h1>Speedrun leaderboard</h1>", "<p><img src='/frontier.svg' alt='BPB vs model FLOPs'></p>"]
+SITE_SCRIPT = ROOT / "leaderboard.js"  # the page's charts, hover and record panel (plain JavaScript, no library)
+SITE_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin-bottom:1.5em}"
+              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:nth-child(2){text-align:left}"
+              ".charts svg{border:1px solid #ddd;margin:0 1em 1em 0;background:#fff}.run{cursor:pointer}"
+              "#tooltip{position:fixed;pointer-events:none;background:#222;color:#fff;padding:4px 8px;font-size:12px;"
+              "border-radius:3px;display:none;white-space:pre}#record{position:fixed;right:1em;top:1em;width:36em;"
+              "max-height:90vh;overflow:auto;background:#fafafa;border:1px solid #888;padding:1em;display:none}"
+              "#record pre{white-space:pre-wrap;word-break:break-all}.axis button.on{font-weight:bold}")
+
+
+def json_for_script(data) -> str:
+    """JSON inside <script type="application/json">: `<`, `>` and `&` written as \\u escapes, so no text in it can
+    end the script element or start a comment."""
+    text = json.dumps(data, ensure_ascii=True, allow_nan=False, sort_keys=True)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render_html(tables, problems=(), x="model"):
+    """The leaderboard page (index.html of --html and --serve): every table and view as static HTML, the data for
+    the charts embedded as JSON, and assets/leaderboard.js drawing them. Nothing is fetched from the network, so it
+    works from file://."""
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Speedrun leaderboard</title>"
+             f"<style>{SITE_STYLE}</style></head><body>",
+             "<h1>Speedrun leaderboard</h1>",
+             "<p class='axis'>Charts over <button data-x='model'>model FLOPs</button> "
+             "<button data-x='hardware'>training hardware FLOPs</button>; hover a point for its run, click it for "
+             "its record.</p>",
+             "<p><img src='frontier.svg' alt='BPB vs model FLOPs'></p>"]
+    index = {id(t): i for i, t in enumerate(tables)}
     for track in TRACKS:
         track_tables = [t for t in tables if t["track"] == track]
         if not track_tables:
             parts.append(f"<h2>{track}</h2><p>No records yet.</p>")
         for table in track_tables:
-            parts.append(f"<h2>{table_title(table, markdown=False)}</h2>")
+            parts.append(f"<h2>{table_title(table, markdown=False)}</h2>")  # table_title escapes what it quotes
+            parts.append(f"<div class='charts' data-table='{index[id(table)]}'></div>")
             for heading, columns, cells in table_views(table):
                 parts.append((f"<h3>{escape(heading, markdown=False)}</h3>" if heading else "") + html_table(columns, cells))
+            views = site_views(table, x)  # table_views holds the Scaling and relative views over model FLOPs
+            for view in [views["all_runs"]] + ([views["scaling"], views["relative"]] if x != "model" else []):
+                if view:
+                    heading, columns, cells = view
+                    parts.append(f"<h3>{escape(heading, markdown=False)}</h3>" + html_table(columns, cells))
             notes = table_notes(table)
             if notes:
                 parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{escape(folder, markdown=False)}: {escape(note, markdown=False)}</li>"
@@ -1660,25 +2279,50 @@ def render_html(tables, problems=()):
     if problems:
         parts.append("<h2>Invalid records (not listed)</h2><ul>" +
                      "".join(f"<li>{escape(p, markdown=False)}</li>" for p in problems) + "</ul>")
+    parts += ["<div id='tooltip'></div><div id='record'><button id='record-close'>close</button><h3></h3>"
+              "<p class='link'></p><pre></pre></div>",
+              f"<script type='application/json' id='leaderboard-data'>{json_for_script(leaderboard_data(tables, problems, x))}</script>",
+              "<script src='assets/leaderboard.js'></script>"]
     return "".join(parts) + "</body></html>"
 
 
-def make_server(records_dir, link_base, port):
-    """An HTTP server on 127.0.0.1 that reads records/ afresh on every request (call serve_forever)."""
+def render_site(tables, problems=(), x="model") -> dict[str, bytes]:
+    """{relative path: content} of the static site: index.html, its script and the plot."""
+    return {"index.html": render_html(tables, problems, x).encode("utf-8"),
+            "assets/leaderboard.js": SITE_SCRIPT.read_bytes(),
+            "frontier.svg": render_svg(tables).encode("utf-8")}
+
+
+def write_site(out_dir, tables, problems=(), x="model"):
+    """Write the static site into out_dir (created; the files it holds are replaced, others left alone)."""
+    out_dir = pathlib.Path(out_dir)
+    for name, content in render_site(tables, problems, x).items():
+        path = out_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        common.write_file_atomic(path, content)
+    return out_dir / "index.html"
+
+
+SITE_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml"}
+
+
+def make_server(records_dir, link_base, port, marin_runs=None, x="model"):
+    """An HTTP server on 127.0.0.1 serving the page of --html, built from records/ (and Marin's runs.json when
+    given) afresh on every request (call serve_forever)."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            path = urllib.parse.urlsplit(self.path).path.lstrip("/") or "index.html"
             runs, problems = load_records(records_dir)
-            tables = build_tables(runs, link_base)
-            if self.path in ("/", "/index.html"):
-                body, kind = render_html(tables, problems).encode(), "text/html; charset=utf-8"
-            elif self.path == "/frontier.svg":
-                body, kind = render_svg(tables).encode(), "image/svg+xml"
-            else:
+            if marin_runs:
+                runs += load_marin_site_runs(marin_runs)
+            site = render_site(build_tables(runs, link_base), problems, x)
+            if path not in site:
                 self.send_error(404)
                 return
+            body = site[path]
             self.send_response(200)
-            self.send_header("Content-Type", kind)
+            self.send_header("Content-Type", SITE_TYPES[pathlib.PurePosixPath(path).suffix])
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -1705,7 +2349,16 @@ def parse_args(argv):
     p.add_argument("--plot", metavar="FILE.svg", help="also write the BPB vs model FLOPs plot (with --check: check it is current)")
     # --serve stays: it shows a record's row and plot point before it is committed, with nothing to install
     p.add_argument("--serve", nargs="?", const=8000, type=common.parse_count, metavar="PORT",
-                   help="serve tables and plot on localhost (default port 8000)")
+                   help="serve the page of --html on localhost (default port 8000)")
+    # Marin's site views; these outputs change nothing else (the README tables come from records/ alone)
+    p.add_argument("--marin_runs", metavar="RUNS.json",
+                   help="Marin's site data (data/runs.json of github.com/marin-community/speedrun) beside the records, "
+                        "in the views; alone: print the views")
+    p.add_argument("--x", choices=tuple(X_AXES), default="model",
+                   help="FLOPs axis of the All runs, Scaling and relative views (default: model, as Marin's site)")
+    p.add_argument("--views", action="store_true", help="print the All runs, Scaling and relative views (Markdown)")
+    p.add_argument("--json", metavar="FILE", help="write every table and view as JSON")
+    p.add_argument("--html", metavar="DIR", help="write the static site: DIR/index.html, its script and the plot")
     return p.parse_args(argv)
 
 
@@ -1717,13 +2370,17 @@ def run(argv):
         print(f"wrote {out}: submit it to Marin with the run (experiments/speedrun/<run name>/{MARIN_NAME})")
         return 0
     if args.serve is not None:
-        server = make_server(args.records, readme.parent, args.serve)
+        if args.marin_runs:
+            load_marin_site_runs(args.marin_runs)  # a bad file is one error line now, not one per request
+        server = make_server(args.records, readme.parent, args.serve, args.marin_runs, args.x)
         print(f"serving the leaderboard on http://localhost:{server.server_address[1]} (Ctrl-C stops)")
         try:
             server.serve_forever()
         except KeyboardInterrupt:
             pass
         return 0
+    if args.marin_runs or args.views or args.json or args.html:
+        return write_views(args)
     runs, problems = load_records(args.records)
     if problems and (args.check or not args.skip_invalid):
         for p in problems:
@@ -1758,6 +2415,28 @@ def run(argv):
         print(f"skipped invalid: {p}", file=sys.stderr)
     print(f"{len(runs)} run(s) in {n_rows} row(s) across {len(tables)} table(s); "
           f"{readme} {'updated' if new != old else 'already up to date'}" + (f"; plot in {args.plot}" if svg else ""))
+    return 0
+
+
+def write_views(args):
+    """--views, --json, --html, --marin_runs: the views of the valid records (and Marin's runs), written where
+    asked (printed when no file is named); the README is not touched."""
+    runs, problems = load_records(args.records)
+    if args.marin_runs:
+        runs += load_marin_site_runs(args.marin_runs)
+    for p in problems:
+        print(f"skipped invalid: {p}", file=sys.stderr)
+    link_base = pathlib.Path(args.html) if args.html else pathlib.Path(args.readme).parent
+    if args.html:  # the record links in the page, relative to the page
+        link_base.mkdir(parents=True, exist_ok=True)
+        print(f"wrote {write_site(args.html, build_tables(runs, link_base.resolve()), problems, args.x)}")
+    tables = build_tables(runs, pathlib.Path(args.readme).parent)
+    if args.json:
+        data = json.dumps(leaderboard_data(tables, problems, args.x), indent=1, allow_nan=False, sort_keys=True)
+        common.write_file_atomic(args.json, (data + "\n").encode("utf-8"))
+        print(f"wrote {args.json}")
+    if args.views or not (args.json or args.html):
+        print(render_views_markdown(tables, args.x), end="")
     return 0
 
 

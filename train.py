@@ -79,6 +79,7 @@ class Hyperparameters:
     track: str = "tinystories"          # tinystories | tinystories-wiki | fineweb-edu | open
     name: str = "baseline"              # run name: records/<track>/<date>_<name>/ and checkpoints/<name>/
     description: str = ""               # one line for the leaderboard: what this run changes
+    sweep: str = ""                     # a scaling sweep this run belongs to: the leaderboard fits its runs together
     author: str = ""
     affiliation: str = ""
     url: str = ""
@@ -983,6 +984,7 @@ def build_record(run: Run, state: RunState, final_eval: dict, stopped_by: str, t
         "track": hp.track,
         "date": state.date,
         "description": hp.description,
+        "sweep": hp.sweep or None,
         "author": {"name": hp.author, "affiliation": hp.affiliation, "url": hp.url},
         "code": {"sha256": run.digests, "git_commit": leaderboard.git_commit()},
         "data": {"dataset": run.data.meta.get("dataset"), "tokenizer": run.data.tokenizer["name"],

@@ -10,6 +10,8 @@ import os
 import pathlib
 import random
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import traceback
@@ -33,7 +35,7 @@ TINY = ["--preset=tiny", "--n_layer=2", "--n_embd=32", "--n_head=2", "--seq_len=
 
 # leaderboard.py's record format, field by field
 SCHEMA = {
-    "schema": None, "name": None, "track": None, "date": None, "description": None,
+    "schema": None, "name": None, "track": None, "date": None, "description": None, "sweep": None,
     "author": {"name", "affiliation", "url"},
     "code": {"sha256", "git_commit"},
     "data": {"dataset", "tokenizer", "vocab_size", "fingerprint"},
@@ -84,7 +86,7 @@ def straight_run(tmp_path_factory, data_dir) -> tuple[pathlib.Path, dict]:
     """40 steps with a checkpoint every 20: the run that learns, the record, and the resume reference."""
     tmp = tmp_path_factory.mktemp("straight")
     return tmp, run_train(tmp, data_dir, "--max_steps=40", "--val_every=20", "--checkpoint_every=20",
-                          "--name=straight", "--description=tiny test run")
+                          "--name=straight", "--description=tiny test run", "--sweep=tiny-sweep")
 
 
 # -----------------------------------------------------------------------------
@@ -444,6 +446,7 @@ def test_record_has_every_field_and_consistent_numbers(straight_run, data_dir):
             assert sub <= set(record[key]), (key, sub - set(record[key]))
     assert record["schema"] == "speedrun-record/1" and record["judge"] is None and record["target"] is None
     assert record["description"] == "tiny test run" and record["training"]["stopped_by"] == "max_steps"
+    assert record["sweep"] == "tiny-sweep"  # --sweep: the scaling sweep the leaderboard fits it with
     training, compute = record["training"], record["compute"]
     assert training["steps"] == 40 and training["tokens"] == 40 * 4 * 32 == 40 * training["batch_tokens"]
     # what leaderboard.py recomputes, from independent pieces
@@ -520,6 +523,40 @@ def test_two_gloo_processes_equal_one_process_with_grad_accum(data_dir, tmp_path
     assert ddp_record["training"]["batch_tokens"] == single["record"]["training"]["batch_tokens"] == 256
     assert ddp_record["eval"] and next(iter(ddp_record["eval"].values()))["bpb"] == pytest.approx(
         next(iter(single["record"]["eval"].values()))["bpb"], abs=1e-4)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_by_c10d_rendezvous_equal_one_process(data_dir, tmp_path):
+    """The README's multi-node command on one machine: two torchrun launchers (one per "node", one process each)
+    meet at a c10d rendezvous on localhost and train over gloo; the run equals one process with grad_accum=2."""
+    common = [f"--data_dir={data_dir}", *TINY, "--max_steps=4", "--val_every=0", "--val_tokens=256"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    endpoint = f"127.0.0.1:{free_port()}"
+    nice = ["nice", "-n", "19"] if shutil.which("nice") else []
+    launchers = [subprocess.Popen(
+        [*nice, sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+         f"--node_rank={rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=multinode-test",
+         "train.py", *common, f"--out_dir={tmp_path / 'nodes'}", f"--ckpt_dir={tmp_path / f'nodes_ckpt{rank}'}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = []
+    try:
+        for launcher in launchers:
+            outputs.append(launcher.communicate(timeout=300)[0])
+    finally:
+        for launcher in launchers:
+            if launcher.poll() is None:
+                launcher.kill()
+    assert [launcher.returncode for launcher in launchers] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    record = json.loads((tmp_path / "nodes" / "results.json").read_text())
+    assert record["training"]["world_size"] == 2 and record["compute"]["device_count"] == 2
+    single = train.train(train.parse_args([*common, "--grad_accum=2", f"--out_dir={tmp_path / 'one'}",
+                                           f"--ckpt_dir={tmp_path / 'one_ckpt'}"]))
+    np.testing.assert_allclose(read_log_losses(tmp_path / "nodes" / "train.log"), single["losses"], rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("budget, steps, stopped_by", [
