@@ -894,8 +894,11 @@ def sample(args, out=None) -> list[list[int]]:
     ckpt = load_checkpoint(args.ckpt, map_location=device)
     model = model_from_checkpoint(ckpt, device=device)
     model.eval()
-    enc = prepare.encoding_from_spec(ckpt.get("tokenizer") or {})
-    delimiter = prepare.delimiter_id(enc)
+    try:
+        enc = prepare.encoding_from_spec(ckpt.get("tokenizer") or {})
+        delimiter = prepare.delimiter_id(enc)
+    except ValueError as e:
+        raise ValueError(f"--ckpt={args.ckpt}: its tokenizer: {e}") from None
     prompts = read_prompts(args.prompts) if args.prompts else [args.prompt]
     contexts = [[delimiter] + enc.encode_ordinary(p) for p in prompts]
     block_size = model.config.block_size
