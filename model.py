@@ -612,8 +612,7 @@ class GPT(nn.Module):
             if torch.is_autocast_enabled(h.device.type):
                 h = h.to(torch.get_autocast_dtype(h.device.type))
             loss = linear_cross_entropy(h.reshape(B * T, d), self.lm_head.weight, targets.reshape(B * T),
-                                                softcap=self.config.logit_softcap, ignore_index=-1,
-                                                reduction=reduction)
+                                        softcap=self.config.logit_softcap, ignore_index=-1, reduction=reduction)
         else:
             loss = F.cross_entropy(self.logits(h).view(B * T, -1), targets.reshape(B * T),
                                    ignore_index=-1, reduction=reduction)
@@ -707,7 +706,8 @@ class CachedDecoding:
     def step(self, idx):
         c, pos, T = self.model.config, self.pos, idx.size(1)
         if pos + T > self.total:
-            raise ValueError(f"{pos + T} tokens do not fit in the {self.total} slots of this decoding")
+            raise ValueError(f"{pos + T} tokens do not fit in the {self.total} slots of this decoding (the model's "
+                             f"block_size is {c.block_size}); generate fewer tokens")
         self.tokens[:, pos:pos + T] = idx
         slot, key_is_real, tokens = self.slot, self.key_is_real, self.tokens
         q_slots, k_slots = slot[pos:pos + T], slot[:pos + T]
