@@ -8,6 +8,10 @@ generation and checkpoints.
     nats = model(idx, targets, reduction="none")        # float32 (B, T) per-token losses, for BPB
 
 `python flops.py --preset=small --n_layer=8` prints a configuration, its parameter count and FLOPs.
+From the command line (see "Command line" at the end):
+
+    python model.py sample --ckpt CKPT --prompt "Once upon a time"   # stories, printed as they are written
+    python model.py export --ckpt CKPT --out DIR                      # a Hugging Face folder (export.py)
 
 Every modern part is a switch in GPTConfig: RoPE, RMSNorm (or LayerNorm), QK-norm, grouped-query
 attention, ReLU^2 / GELU / SwiGLU MLP, no biases, zero-initialised output projections, logit
@@ -19,18 +23,23 @@ Whether kernels.py's fused ops run is a runtime setting (GPT.use_kernels), not p
 it is neither saved in checkpoints nor in records. The file knows nothing about data files or
 distributed training.
 """
+import codecs
 import contextlib
+import importlib
 import os
 import pathlib
 import re
+import sys
 from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
-import kernels
+try:  # model.py in a package: a Hugging Face export folder that transformers loads as remote code (export.py)
+    from .kernels import linear_cross_entropy, triton_supports
+except ImportError:  # model.py as the repository's top-level module
+    from kernels import linear_cross_entropy, triton_supports
 
 # -----------------------------------------------------------------------------
 # Configuration
@@ -282,13 +291,13 @@ _FLEX_CUDA = torch.compile(flex_attention, dynamic=False) if flex_attention is n
 def triton_runs_on(device) -> bool:
     """Whether Triton compiles for this device (kernels.py's test, asked through model.py, the one file that
     imports kernels.py): torch.compile's GPU backend and flex_attention need it."""
-    return kernels.triton_supports(device)
+    return triton_supports(device)
 
 
 def flex_runs_on(device) -> bool:
     """Whether attention_impl "auto" takes flex_attention on this device: CUDA with FlexAttention in this PyTorch
     and a GPU Triton compiles for (compute capability >= 7.0); elsewhere dense boolean masks."""
-    return flex_attention is not None and kernels.triton_supports(device)
+    return flex_attention is not None and triton_supports(device)
 
 
 def document_ids(idx, delimiter_id: int):
@@ -642,9 +651,8 @@ class GPT(nn.Module):
             # cast a custom op's inputs, so the residual stream (fp32) is cast here: the head runs in bf16.
             if torch.is_autocast_enabled(h.device.type):
                 h = h.to(torch.get_autocast_dtype(h.device.type))
-            loss = kernels.linear_cross_entropy(h.reshape(B * T, d), self.lm_head.weight, targets.reshape(B * T),
-                                                softcap=self.config.logit_softcap, ignore_index=-1,
-                                                reduction=reduction)
+            loss = linear_cross_entropy(h.reshape(B * T, d), self.lm_head.weight, targets.reshape(B * T),
+                                        softcap=self.config.logit_softcap, ignore_index=-1, reduction=reduction)
         else:
             loss = F.cross_entropy(self.logits(h).view(B * T, -1), targets.reshape(B * T),
                                    ignore_index=-1, reduction=reduction)
@@ -655,11 +663,12 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
-                 generator=None, valid_vocab=None):
+                 generator=None, valid_vocab=None, on_token=None):
         """Continue each prompt (a list of token ids; lengths may differ) by up to max_new_tokens.
         Returns only the new tokens of each prompt, without the stop token. Prompts are left-padded into
         one batch and decoded together with a KV cache. temperature 0 = greedy. valid_vocab (optional)
-        forbids the padding rows of a padded vocabulary (ids >= valid_vocab)."""
+        forbids the padding rows of a padded vocabulary (ids >= valid_vocab). on_token(row, token), when
+        given, is called for each new token as soon as it is chosen (streaming)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("generate needs at least one prompt, and every prompt at least one token")
         device = self.transformer.wte.weight.device
@@ -672,37 +681,15 @@ class GPT(nn.Module):
         idx = torch.zeros(B, P, dtype=torch.long, device=device)
         for b, p in enumerate(prompts):
             idx[b, P - len(p):] = torch.tensor(p, dtype=torch.long)
-        slot = torch.arange(total, device=device)
-        positions = (slot[None, :] - pad[:, None]).clamp(min=0)       # real tokens start at position 0
-        key_is_real = slot[None, :] >= pad[:, None]                    # (B, total)
-        cache = KVCache(self.config, B, total)
-        tokens = torch.zeros(B, total, dtype=torch.long, device=device)  # every token fed so far, by slot
-        c = self.config
-        windows = {kind: self.attn_windows[0 if kind == "L" else 1] for kind in set(c.layer_windows)}
-
+        decoding = CachedDecoding(self, pad, total)
         out = [[] for _ in range(B)]
         done = [False] * B
-        pos = 0
         for _ in range(max_new_tokens):
-            T = idx.size(1)
-            tokens[:, pos:pos + T] = idx
-            q_slots, k_slots = slot[pos:pos + T], slot[:pos + T]
-            # the same rule as a forward over the whole sequence (attention_mask), over the cached slots;
-            # padding is no key (and not a delimiter), pads attend to themselves only
-            docs = ((tokens[:, :pos + T] == c.delimiter_id) & key_is_real[:, :pos + T]).cumsum(-1) if c.doc_mask else None
-            real = key_is_real[:, None, None, :pos + T]
-            diagonal = (k_slots[None, :] == q_slots[:, None])[None, None]
-            masks = {kind: (attention_mask(q_slots, k_slots, window, docs[:, pos:] if docs is not None else None, docs)
-                            & real) | diagonal for kind, window in windows.items()}
-            # each token's previous token, none for a sequence's first (or after padding), as in training
-            seen = torch.where(key_is_real[:, :pos + T], tokens[:, :pos + T], -1)
-            prev = torch.cat([torch.full_like(seen[:, :1], -1), seen[:, :-1]], dim=1)[:, pos:]
-            h = self.hidden_states(idx, positions[:, pos:pos + T], masks, cache, prev)
+            h = decoding.step(idx)
             logits = self.logits(h[:, -1])
             if valid_vocab is not None:
                 logits[:, valid_vocab:] = -float("inf")
             nxt = sample_next_token(logits, temperature, top_k, top_p, generator)
-            pos += T
             for b, token in enumerate(nxt.tolist()):  # one device sync per step, not one per row
                 if done[b]:
                     continue
@@ -710,6 +697,8 @@ class GPT(nn.Module):
                     done[b] = True
                 else:
                     out[b].append(token)
+                    if on_token is not None:
+                        on_token(b, token)
             if all(done):
                 break
             idx = nxt[:, None]
@@ -734,6 +723,44 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
     if generator is not None and generator.device != probs.device:  # a CPU generator seeding GPU decoding
         return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class CachedDecoding:
+    """KV-cache decoding of a batch of left-padded sequences (row b starts with pad[b] padding slots), in
+    `total` slots: step(idx) feeds the next tokens (B, T) of every row and returns their final hidden states.
+    They attend by the same rule as a forward over the whole sequence (attention_mask), over the cached
+    slots; padding is no key (and not a delimiter), pads attend to themselves only. GPT.generate and the
+    Hugging Face wrapper (hf_model.py) both decode with it."""
+
+    def __init__(self, model: "GPT", pad, total: int):
+        c = model.config
+        self.model, self.total, self.pos = model, total, 0
+        device = pad.device
+        self.slot = torch.arange(total, device=device)
+        self.positions = (self.slot[None, :] - pad[:, None]).clamp(min=0)  # real tokens start at position 0
+        self.key_is_real = self.slot[None, :] >= pad[:, None]              # (B, total)
+        self.cache = KVCache(c, pad.numel(), total)
+        self.tokens = torch.zeros(pad.numel(), total, dtype=torch.long, device=device)  # every token fed so far
+        self.windows = {kind: model.attn_windows[0 if kind == "L" else 1] for kind in set(c.layer_windows)}
+
+    def step(self, idx):
+        c, pos, T = self.model.config, self.pos, idx.size(1)
+        if pos + T > self.total:
+            raise ValueError(f"{pos + T} tokens do not fit in the {self.total} slots of this decoding (the model's "
+                             f"block_size is {c.block_size}); generate fewer tokens")
+        self.tokens[:, pos:pos + T] = idx
+        slot, key_is_real, tokens = self.slot, self.key_is_real, self.tokens
+        q_slots, k_slots = slot[pos:pos + T], slot[:pos + T]
+        docs = ((tokens[:, :pos + T] == c.delimiter_id) & key_is_real[:, :pos + T]).cumsum(-1) if c.doc_mask else None
+        real = key_is_real[:, None, None, :pos + T]
+        diagonal = (k_slots[None, :] == q_slots[:, None])[None, None]
+        masks = {kind: (attention_mask(q_slots, k_slots, window, docs[:, pos:] if docs is not None else None, docs)
+                        & real) | diagonal for kind, window in self.windows.items()}
+        # each token's previous token, none for a sequence's first (or after padding), as in training
+        seen = torch.where(key_is_real[:, :pos + T], tokens[:, :pos + T], -1)
+        prev = torch.cat([torch.full_like(seen[:, :1], -1), seen[:, :-1]], dim=1)[:, pos:]
+        self.pos += T
+        return self.model.hidden_states(idx, self.positions[:, pos:pos + T], masks, self.cache, prev)
 
 
 class KVCache:
@@ -783,6 +810,7 @@ def save_checkpoint(path, model, config, tokenizer: dict, step: int, **extra) ->
     checkpoint = dict(model=_strip_prefixes(model.state_dict()),
                       config=config if isinstance(config, dict) else asdict(config),
                       tokenizer=tokenizer, step=int(step), **extra)
+    common = project_module("common")  # the one atomic writer (an export folder carries no common.py)
     try:
         with common.atomic_file(path) as f:
             torch.save(checkpoint, f)
@@ -858,3 +886,155 @@ def model_from_checkpoint(ckpt: dict, device="cpu") -> GPT:
         model = GPT(config)
     model.load_state_dict(state)
     return model
+
+
+# -----------------------------------------------------------------------------
+# Command line: `sample` writes stories from a checkpoint; `export` hands it to export.py (imported only
+# there: export.py imports this file, and needs transformers, safetensors or gguf, which sampling does not).
+
+
+def project_module(name: str):
+    """A repository file the command line needs (common.py, prepare.py, judge.py, export.py), imported by name when a
+    command runs. Not an import statement: a Hugging Face export folder carries model.py without those
+    files, and transformers refuses to load remote code whose import statements name a missing module."""
+    return importlib.import_module(name)
+
+
+def read_prompts(path) -> list[str]:
+    """--prompts FILE: a .txt file holds one prompt per line; .yaml, .csv and .jsonl are read as judge.py
+    reads its prompt files (a YAML list, a `prompt` column or field). Blank prompts are skipped."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"--prompts={path}: file not found; give a .txt file with one prompt per line")
+    if path.suffix.lower() == ".txt":
+        prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        prompts = project_module("judge").load_prompt_file(path)  # its prompt formats, in one place
+    if not prompts:
+        raise ValueError(f"--prompts={path}: no prompts in it")
+    return prompts
+
+
+class TokenPrinter:
+    """Prints tokens as they come: their bytes through an incremental UTF-8 decoder, so a character split
+    over two tokens is printed whole once its second token arrives."""
+
+    def __init__(self, enc, out):
+        self.enc, self.out = enc, out
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def __call__(self, row, token):
+        self.out.write(self.decoder.decode(self.enc.decode_single_token_bytes(token)))
+        self.out.flush()
+
+    def finish(self):
+        self.out.write(self.decoder.decode(b"", final=True) + "\n")
+        self.out.flush()
+
+
+def sample(args, out=None) -> list[list[int]]:
+    """`python model.py sample`: --n completions of each prompt, one after the other, each streamed to
+    `out` as it is generated, after the prompt. Each prompt is preceded by the document delimiter, as every
+    training document is, and a completion ends at the next delimiter (or after --max_new_tokens, capped to
+    what fits in the model's block_size). Returns the completions' tokens."""
+    prepare = project_module("prepare")  # the tokenizer spec a checkpoint carries
+    out = out or sys.stdout
+    device = project_module("common").resolve_device(args.device)
+    ckpt = load_checkpoint(args.ckpt, map_location=device)
+    model = model_from_checkpoint(ckpt, device=device)
+    model.eval()
+    try:
+        enc = prepare.encoding_from_spec(ckpt.get("tokenizer") or {})
+        delimiter = prepare.delimiter_id(enc)
+    except ValueError as e:
+        raise ValueError(f"--ckpt={args.ckpt}: its tokenizer: {e}") from None
+    prompts = read_prompts(args.prompts) if args.prompts else [args.prompt]
+    contexts = [[delimiter] + enc.encode_ordinary(p) for p in prompts]
+    block_size = model.config.block_size
+    longest = max(len(c) for c in contexts)
+    if longest >= block_size:
+        raise ValueError(f"the longest prompt is {longest} tokens with the delimiter, not shorter than the "
+                         f"model's block_size {block_size}; use a shorter prompt")
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    completions = []
+    for i, (prompt, context) in enumerate(zip(prompts, contexts)):
+        room = block_size - len(context)
+        max_new = room if args.max_new_tokens is None else min(args.max_new_tokens, room)
+        if args.max_new_tokens is not None and args.max_new_tokens > room:
+            print(f"note: --max_new_tokens={args.max_new_tokens} capped to {room} for prompt {i + 1}, so it fits "
+                  f"in the model's block_size {block_size}", file=sys.stderr)
+        for j in range(args.n):
+            out.write(f"--- prompt {i + 1}/{len(prompts)}, sample {j + 1}/{args.n} ---\n{prompt}")
+            printer = TokenPrinter(enc, out)
+            tokens = model.generate([context], max_new, temperature=args.temperature, top_k=args.top_k,
+                                    top_p=args.top_p, stop_token=delimiter, generator=generator,
+                                    valid_vocab=enc.n_vocab, on_token=printer)[0]
+            printer.finish()
+            completions.append(tokens)
+    return completions
+
+
+def make_parser():
+    common = project_module("common")  # the repository's option parser and number parsers
+    count, number = common.parse_count, common.parse_finite
+    p = common.ArgumentParser(prog="model.py", description="Write stories from a checkpoint (sample) or export it "
+                               "for Hugging Face transformers and llama.cpp (export).")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sample", help="completions of a prompt, printed as they are generated")
+    s.add_argument("--ckpt", required=True, help="a checkpoint written by train.py (step_NNNNNN.pt)")
+    prompt = s.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="", help="the beginning of the story (default: none, a story from scratch)")
+    prompt.add_argument("--prompts", metavar="FILE", help="a .txt file with one prompt per line (or judge.py's "
+                        ".yaml/.csv/.jsonl prompt files)")
+    s.add_argument("--n", type=count, default=1, help="completions per prompt")
+    s.add_argument("--max_new_tokens", type=count, default=None, help="length cap, in tokens (default: as many "
+                   "as fit in the model's block_size)")
+    s.add_argument("--temperature", type=number, default=0.8, help="sampling temperature (0 = greedy)")
+    s.add_argument("--top_k", type=count, default=None, help="sample from the k most likely tokens only")
+    s.add_argument("--top_p", type=number, default=None, help="nucleus sampling: the smallest set of tokens "
+                   "whose probability reaches top_p")
+    s.add_argument("--seed", type=count, default=1337)
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
+    e = sub.add_parser("export", help="a Hugging Face folder (or a GGUF file) from a checkpoint; see export.py")
+    e.add_argument("--ckpt", required=True, help="a checkpoint written by train.py (step_NNNNNN.pt)")
+    e.add_argument("--out", required=True, help="the folder to write (created; must be empty if it exists)")
+    e.add_argument("--format", choices=("hf", "gguf"), default="hf", help="hf: a transformers folder (a standard "
+                   "LlamaForCausalLM where the config is a plain Llama, else the project's model.py as remote code); "
+                   "gguf: OUT/model.gguf for llama.cpp and Ollama (plain-Llama configs only)")
+    e.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="the weights' dtype in the exported files")
+    e.add_argument("--push_to_hub", metavar="REPO", default=None, help="upload the folder to the Hugging Face hub "
+                   "repo OWNER/NAME (created if missing; log in first with `hf auth login`)")
+    e.add_argument("--private", action="store_true", help="with --push_to_hub: create the repo private")
+    return p
+
+
+def check_sample_args(args) -> None:
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ValueError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top_k must be at least 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top_p must be in (0, 1], got {args.top_p}")
+
+
+def run(argv) -> int:
+    args = make_parser().parse_args(argv)
+    if args.command == "sample":
+        check_sample_args(args)
+        sample(args)
+    else:
+        project_module("export").export(args)  # imports this file; needs transformers, safetensors or gguf
+    return 0
+
+
+def main(argv=None) -> int:
+    return project_module("common").run_main("model.py", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
