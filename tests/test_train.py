@@ -472,7 +472,7 @@ def test_train_log_starts_with_train_py_source(straight_run):
     assert rest.startswith(source)
     losses = read_log_losses(tmp / "record" / "train.log")
     assert len(losses) == 40
-    assert re.search(r"^step 40/40 loss \S+ lr \S+ tokens 5120 ms/step \S+ tok/s \d+ mfu \S+%$", log, re.M)
+    assert re.search(r"^step 40/40 loss \S+ lr \S+ tokens 5120 passes \S+ ms/step \S+ tok/s \d+ mfu \S+%$", log, re.M)
 
 
 def test_resume_is_exact(straight_run, data_dir, tmp_path):
