@@ -480,7 +480,7 @@ def test_resume_is_exact(straight_run, data_dir, tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "step_000020.pt").write_bytes((tmp / "ckpt" / "step_000020.pt").read_bytes())
-    assert sorted(p.name for p in (tmp / "ckpt").iterdir()) == ["step_000020.pt", "step_000040.pt"]
+    assert sorted(p.name for p in (tmp / "ckpt").iterdir()) == ["best.pt", "step_000020.pt", "step_000040.pt"]
     resumed = train.train(train.parse_args([
         f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'record'}", f"--ckpt_dir={ckpt}", *TINY,
         "--max_steps=40", "--val_every=20", "--checkpoint_every=20", "--resume=1", "--name=straight"]))
@@ -488,6 +488,9 @@ def test_resume_is_exact(straight_run, data_dir, tmp_path):
     np.testing.assert_allclose(resumed["losses"], straight["losses"][20:], rtol=0, atol=1e-6)
     assert resumed["validations"][-1]["bpb"] == pytest.approx(straight["validations"][-1]["bpb"], abs=1e-6)
     assert resumed["record"]["training"]["tokens"] == straight["record"]["training"]["tokens"]
+    best = ("best_step", "best_val_bpb", "planned_passes")  # carried in the checkpoint's progress
+    assert [resumed["record"]["training"][k] for k in best] == pytest.approx(
+        [straight["record"]["training"][k] for k in best], abs=1e-6)
     # resumed into a new record folder: its train.log is complete, sources first, as leaderboard.py needs,
     # and the record is written there, not into the folder the checkpoint's run used
     assert (tmp_path / "record" / "train.log").read_text().startswith("=" * 20 + " train.py sha256=")
