@@ -302,6 +302,8 @@ RECORD_FIELDS = {
     "params.weight_class": "str",
     "training": "dict", "training.steps": "count", "training.tokens": "count", "training.batch_tokens": "count",
     "training.seq_len": "count", "training.seed": "int", "training.world_size": "count", "training.stopped_by": "str",
+    "training.passes": "positive?", "training.planned_passes": "positive?", "training.best_step": "int?",
+    "training.best_val_bpb": "positive?",
     "compute": "dict", "compute.flops_convention": "str", "compute.flops_per_token": "positive",
     "compute.model_flops": "positive", "compute.hardware_flops": "positive", "compute.mfu": "fraction",
     "compute.device": "str", "compute.device_count": "count", "compute.peak_flops_per_device": "positive",

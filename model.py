@@ -827,13 +827,13 @@ def save_checkpoint(path, model, config, tokenizer: dict, step: int, **extra) ->
 
 # What torch.load(weights_only=True) says it refused, in the wordings of PyTorch 2.4 to 2.13; the advice
 # around it (re-run with weights_only=False, allow-list the global) is never repeated: it would run the code.
-REFUSED_GLOBAL = re.compile(r"(Trying to load unsupported GLOBAL [^\n]*?|Unsupported global: [^\n]*?|"
-                            r"Unsupported operand [^\n]*?)(?:\.\s|\.?$)", re.M)
+# ("Unsupported operand N" is a byte that is no pickle opcode: a file that is not a checkpoint, said as corrupt.)
+REFUSED_GLOBAL = re.compile(r"(Trying to load unsupported GLOBAL [^\n]*?|Unsupported global: [^\n]*?)(?:\.\s|\.?$)", re.M)
 
 
 def unsafe_content(message: str) -> str | None:
     """What a failed weights-only load refused (the global it names), or None for another failure."""
-    if "Weights only load failed" not in message:
+    if "Weights only load failed" not in message or "Unsupported operand" in message:
         return None
     found = REFUSED_GLOBAL.search(message)
     return found.group(1) if found else "an object that is not a tensor or a plain container"

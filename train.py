@@ -90,10 +90,11 @@ class Hyperparameters:
     # none of the model and batch settings given, DEVICE_DEFAULTS["cpu"] below replaces them.
     preset: str = "small"               # tiny | small | medium | large | gpt2-124m (model.PRESETS)
     model: dict = field(default_factory=dict)  # e.g. dict(n_layer=8, mlp="swiglu"); --n_layer=8 adds to it
-    seq_len: int = 1024                 # context length in training and validation
+    seq_len: int = 1024                 # context length in training and validation; 0 = a whole story: the 95th
+                                        # percentile of the training documents' lengths, up to a power of two
     window_warmup: float = 0.0          # attention windows grow from 1/8 to the model's over this share of the run
     # batch: global batch = world_size * batch_size * grad_accum * seq_len tokens
-    batch_size: int = 32                # sequences per process per micro-step
+    batch_size: int = 32                # sequences per process per micro-step; 0 = batch_tokens / (world x seq_len)
     grad_accum: int = 1                 # micro-steps per optimizer step per process
     reshuffle: bool = True              # epochs after the first read each shard's windows in a new order
     batch_tokens: int = 0               # >0 fixes the global batch and derives grad_accum from the world size
@@ -114,15 +115,18 @@ class Hyperparameters:
     cooldown_frac: float = 0.4          # warmup-stable-decay: linear decay over the last fraction of the run
     final_lr_frac: float = 0.0          # learning rate at the end of the decay, as a fraction of the peak
     # budgets: the run stops at the first one reached (0 = not set). Steps, tokens and FLOPs are never exceeded.
-    max_steps: int = 2000
+    max_steps: int = 2000               # applies only when no other budget is given on the command line
     max_tokens: int = 0
     max_flops: float = 0.0              # model FLOPs (flops.py, Marin's convention)
     max_seconds: float = 0.0            # training seconds (warm-up and validation excluded)
     target_bpb: float = 0.0             # stop when validation BPB <= target; the time to target is recorded
+    max_passes: float = 4.0             # at most this many passes over the training tokens (0 = no cap): the
+                                        # schedule completes there, so a larger budget stops at the same point
+    patience: int = 0                   # stop after this many validations without a new best (0 = never)
     # validation, checkpoints, logging
     log_every: int = 10                 # steps between log lines: the only steps that wait for the device
     val_every: int = 250                # steps between validations (0 = only at the end)
-    val_tokens: int = 0                 # tokens of the val shards scored each time (0 = all)
+    val_tokens: int = 0                 # tokens of the val shards scored each time (0 = all): a fixed subset
     checkpoint_every: int = 0           # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2           # this run's older step_*.pt files are deleted
     resume: bool = False                # continue exactly from the newest readable checkpoint in ckpt_dir
@@ -137,12 +141,13 @@ class Hyperparameters:
 
 MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "block_size", "delimiter_id"))
 MODEL_AND_BATCH = {"preset", "model", "seq_len", "batch_size", "grad_accum", "batch_tokens", *MODEL_FIELDS}
+OTHER_BUDGETS = ("max_tokens", "max_flops", "max_seconds")
 
 # What `python train.py --data_dir=D` runs when none of MODEL_AND_BATCH is given: on a CPU, the CPU track's
 # recipe (it fits a laptop's memory; README "The CPU track" has its ablation); elsewhere the block above.
 DEVICE_DEFAULTS = {
-    "cpu": dict(preset="tiny", seq_len=128, batch_size=32, window_warmup=0.3, muon_momentum_warmup=100,
-                adam_weight_decay=0.1,
+    "cpu": dict(preset="tiny", seq_len=0, batch_size=0, batch_tokens=4096, window_warmup=0.3, muon_momentum_warmup=100,
+                weight_decay=0.1, adam_weight_decay=0.1,
                 model=dict(tie_embeddings=False, value_embeds=2, value_residual=True, x0_mix=True, unet=True,
                            short_window=64)),
 }
@@ -168,6 +173,8 @@ def parse_args(argv: list[str]) -> Hyperparameters:
     """The block, then DEVICE_DEFAULTS where they apply, then the --key=value flags; GPTConfig fields go into
     hp.model."""
     given = parse_flags(argv)
+    if "max_steps" not in given and any(given.get(k) for k in OTHER_BUDGETS):
+        given["max_steps"] = 0  # the block's step count is for a command line with no budget, never a hidden cap
     hp = Hyperparameters(**device_defaults(given))
     hp = Hyperparameters(**{**asdict(hp), **{k: v for k, v in given.items() if k not in MODEL_FIELDS}})
     hp.model = {**hp.model, **{k: v for k, v in given.items() if k in MODEL_FIELDS}}
@@ -176,10 +183,11 @@ def parse_args(argv: list[str]) -> Hyperparameters:
 
 
 def check_hyperparameters(hp: Hyperparameters) -> None:
-    positive = ["seq_len", "batch_size", "grad_accum", "keep_checkpoints", "log_every"]
-    non_negative = ["batch_tokens", "warmup_steps", "max_steps", "max_tokens", "max_flops", "max_seconds",
-                    "target_bpb", "val_every", "val_tokens", "checkpoint_every", "grad_clip", "weight_decay",
-                    "adam_weight_decay", "muon_momentum_warmup", "matrix_lr", "embed_lr", "head_lr", "scalar_lr"]
+    positive = ["grad_accum", "keep_checkpoints", "log_every"]
+    non_negative = ["seq_len", "batch_size", "batch_tokens", "warmup_steps", "max_steps", "max_tokens", "max_flops",
+                    "max_seconds", "max_passes", "patience", "target_bpb", "val_every", "val_tokens",
+                    "checkpoint_every", "grad_clip", "weight_decay", "adam_weight_decay", "muon_momentum_warmup",
+                    "matrix_lr", "embed_lr", "head_lr", "scalar_lr"]
     for key in positive:
         if getattr(hp, key) <= 0:
             raise ValueError(f"--{key} must be positive, got {getattr(hp, key)}")
@@ -193,12 +201,15 @@ def check_hyperparameters(hp: Hyperparameters) -> None:
         raise ValueError(f"--seed must be in [0, 2^63), got {hp.seed}")
     if not (hp.max_steps or hp.max_tokens or hp.max_flops or hp.max_seconds):
         raise ValueError("no budget: set at least one of --max_steps, --max_tokens, --max_flops, --max_seconds")
+    if hp.batch_size == 0 and not hp.batch_tokens:
+        raise ValueError("--batch_size=0 derives the sequences per step from --batch_tokens: set --batch_tokens too")
     if 0 < hp.val_tokens < 2:
         raise ValueError(f"--val_tokens={hp.val_tokens} is too few; score at least 2 tokens (or 0 = all)")
     leaderboard.check_track(hp.track)
     check_record_location(hp)
     autocast_dtype(hp.precision, torch.device("cpu"))  # a bad --precision is reported now
-    config = model_config(hp, n_vocab=64, delimiter=0)  # a bad model setting is reported now, not after loading
+    # a bad model setting is reported now, not after loading (a context from the data is not known yet)
+    config = model_config(replace(hp, seq_len=hp.seq_len or 64), n_vocab=64, delimiter=0)
     if hp.window_warmup and not config.attention_masked:
         raise ValueError("--window_warmup grows attention windows: set --window or --short_window too")
 
@@ -613,8 +624,11 @@ def window_sizes(progress: float, config: GPTConfig, hp: Hyperparameters) -> tup
     return tuple(max(64, min(w, -(-int(frac * w) // 64) * 64)) for w in full)
 
 
-def planned_steps(hp: Hyperparameters, batch_tokens: int, flops_per_step: int) -> tuple[int | None, str | None]:
-    """The step count the step/token/FLOP budgets allow (never exceeding any), and which one binds."""
+def planned_steps(hp: Hyperparameters, batch_tokens: int, flops_per_step: int,
+                  train_tokens: int | None = None) -> tuple[int | None, str | None]:
+    """The step count the step/token/FLOP budgets and the passes cap allow (never exceeding any), and which one
+    binds. The cap (max_passes over the train_tokens) is a step budget like the others, so the learning-rate
+    decay completes there and a larger budget of any kind stops at the same step with the same model."""
     limits = []
     if hp.max_steps:
         limits.append((hp.max_steps, "max_steps"))
@@ -622,13 +636,55 @@ def planned_steps(hp: Hyperparameters, batch_tokens: int, flops_per_step: int) -
         limits.append((hp.max_tokens // batch_tokens, "max_tokens"))
     if hp.max_flops:
         limits.append((int(hp.max_flops // flops_per_step), "max_flops"))
-    if not limits:
-        return None, None
-    steps, name = min(limits)
+    steps, name = min(limits) if limits else (None, None)
+    if hp.max_passes and train_tokens:
+        planned = steps * batch_tokens if steps else math.inf
+        tokens, _ = choose_passes(train_tokens, planned, hp.max_passes)
+        if tokens < planned:  # capped; a tie goes to the budget the user gave
+            return max(1, int(tokens // batch_tokens)), "max_passes"
     if steps == 0:
         raise ValueError(f"--{name} allows no step: one step is {batch_tokens} tokens and "
                          f"{flops_per_step:.3e} model FLOPs; raise the budget or shrink the batch")
     return steps, name
+
+
+def choose_passes(train_tokens: int, planned_tokens: float, max_passes: float) -> tuple[float, str]:
+    """(tokens the run will train on, why) for a budget of planned_tokens over train_tokens of data: the budget
+    as given up to max_passes passes, the cap beyond. Muennighoff et al. 2023 ("Scaling Data-Constrained Language
+    Models"): up to about 4 passes are nearly as good as new data, then returns fall and turn negative, so
+    compute past the cap would only memorise the data (measured here: README, "The CPU track")."""
+    planned = planned_tokens / train_tokens
+    if not max_passes or planned <= max_passes:
+        cap = f"within the {max_passes:g}-pass cap" if max_passes else "no pass cap (--max_passes=0)"
+        return planned_tokens, (f"{planned:.2f} passes over {train_tokens:,} training tokens, {cap}: the budget "
+                                f"runs as given")
+    return max_passes * train_tokens, (f"{planned:.2f} passes over {train_tokens:,} training tokens would memorise them (past ~4 "
+                        f"passes repeated data stops helping, Muennighoff et al. 2023): capped at --max_passes="
+                        f"{max_passes:g}, the schedule completes there and a larger budget stops at the same step")
+
+
+def story_context(doc_lengths: np.ndarray, percentile: float = 95, shortest: int = 64, longest: int = 2048) -> int:
+    """The context that holds a whole story with its prompt: the given percentile of the documents' lengths
+    in tokens (delimiter included), rounded up to a power of two, in [shortest, longest]."""
+    if not len(doc_lengths):
+        return shortest
+    need = float(np.percentile(doc_lengths, percentile))
+    return int(min(longest, max(shortest, 2 ** math.ceil(math.log2(max(need, 1))))))
+
+
+def document_lengths(path, delimiter: int) -> np.ndarray:
+    """The token length of every document of a shard that starts at a delimiter, the delimiter included."""
+    tokens = prepare.open_shard(path)
+    starts = np.flatnonzero(tokens == delimiter)
+    return np.diff(np.append(starts, len(tokens)))
+
+
+def settle_data_settings(hp: Hyperparameters, data: "Data", world_size: int) -> Hyperparameters:
+    """The settings that come from the data: seq_len=0 becomes story_context of the first train shard's
+    documents, batch_size=0 the sequences that make batch_tokens on this world size."""
+    seq_len = hp.seq_len or story_context(document_lengths(data.train_files[0], data.delimiter))
+    batch_size = hp.batch_size or max(1, hp.batch_tokens // (world_size * seq_len))
+    return replace(hp, seq_len=seq_len, batch_size=batch_size)
 
 
 def schedule_progress(step: int, total_steps: int | None, train_seconds: float, hp: Hyperparameters) -> float:
@@ -758,6 +814,11 @@ class RunState:
     tokens: int = 0
     train_seconds: float = 0.0
     position: dict | None = None  # the data loader's position of the next step
+    planned_passes: float | None = None  # over the training tokens, as planned at the start (a timed run: at its first log)
+    best_step: int | None = None  # the validation with the lowest BPB so far, kept in ckpt_dir/best.pt
+    best_val_bpb: float | None = None
+    stale_validations: int = 0   # validations since the best one (--patience)
+    last_check: list | None = None  # [val bpb, mean train loss before it] of the last validation: the overfit warning
 
 
 @dataclass
@@ -770,6 +831,7 @@ class Data:
     delimiter: int
     token_bytes: torch.Tensor
     train_files: list
+    train_tokens: int            # in all train shards: the passes are counted against it
     val_tokens: np.ndarray
     val_fingerprint: str
     eval_id: str
@@ -993,7 +1055,9 @@ def build_record(run: Run, state: RunState, final_eval: dict, stopped_by: str, t
         "params": {"counted": run.params["counted"], "unique": run.params["unique"],
                    "embedding": run.params["embedding"], "weight_class": flops.weight_class(run.params["counted"])},
         "training": {"steps": state.step, "tokens": state.tokens, "batch_tokens": state.batch_tokens,
-                     "seq_len": hp.seq_len, "seed": hp.seed, "world_size": run.world_size, "stopped_by": stopped_by},
+                     "seq_len": hp.seq_len, "seed": hp.seed, "world_size": run.world_size, "stopped_by": stopped_by,
+                     "passes": state.tokens / run.data.train_tokens, "planned_passes": state.planned_passes,
+                     "best_step": state.best_step, "best_val_bpb": state.best_val_bpb},
         "compute": compute_block(run, state),
         "eval": {run.data.eval_id: {k: final_eval[k] for k in eval_bpb.RESULT_KEYS}},
         "target": target,
@@ -1251,11 +1315,58 @@ def log_step(run: Run, state: RunState, stats: dict) -> None:
     multiplier = run.optimizers[1].param_groups[0]["lr"] / run.optimizers[1].param_groups[0]["initial_lr"] \
         if run.optimizers[1].param_groups else 1.0
     run.log.line(f"step {state.step}{total} loss {stats['losses'][-1]:.6f} lr {run.hp.matrix_lr * multiplier:.4e} "
-                 f"tokens {state.tokens} ms/step {dt * 1000 / stats['steps']:.1f} "
+                 f"tokens {state.tokens} passes {state.tokens / run.data.train_tokens:.2f} "
+                 f"ms/step {dt * 1000 / stats['steps']:.1f} "
                  f"tok/s {stats['steps'] * state.batch_tokens / dt:.0f} mfu {100 * step_mfu:.2f}%")
     if run.wandb_run is not None:
         run.wandb_run.log({"train/loss": stats["losses"][-1], "lr_multiplier": multiplier, "tokens": state.tokens,
                            "tokens_per_s": stats["steps"] * state.batch_tokens / dt, "mfu": step_mfu}, step=state.step)
+
+
+def planned_tokens(run: Run, state: RunState, stats: dict) -> float:
+    """The tokens a timed run will reach: its other budgets, or its seconds at the speed of the steps just
+    measured (after the warm-up), whichever comes first."""
+    uncapped, _ = planned_steps(replace(run.hp, max_passes=0), state.batch_tokens, run.flops_per_step)
+    tokens_per_second = stats["steps"] * state.batch_tokens / max(stats["interval"], 1e-9)
+    by_time = state.tokens + tokens_per_second * max(0.0, run.hp.max_seconds - state.train_seconds)
+    return min(by_time, uncapped * state.batch_tokens) if uncapped else by_time
+
+
+def log_plan(run: Run, state: RunState, tokens: float) -> None:
+    """The one line that says what the run will do with its data, and why (choose_passes)."""
+    state.planned_passes = tokens / run.data.train_tokens
+    _, why = choose_passes(run.data.train_tokens, tokens, run.hp.max_passes)
+    run.log.line(f"plan: {tokens:,.0f} tokens = {why}")
+
+
+def best_path(run: Run) -> pathlib.Path:
+    return run.ckpt_dir / "best.pt"
+
+
+def check_validation(run: Run, state: RunState, bpb: float, train_losses: list) -> str | None:
+    """After a validation: keep the best one (its weights in best.pt, its step and BPB in the record), warn
+    when validation worsens while the training loss falls (the model memorises its data), and return
+    "patience" when --patience validations in a row brought no new best."""
+    loss = sum(train_losses) / len(train_losses) if train_losses else None
+    before = state.last_check
+    if before and before[1] is not None and loss is not None and bpb > before[0] and loss < before[1]:
+        run.log.line(f"warning: val bpb rose {before[0]:.4f} -> {bpb:.4f} while the training loss fell "
+                     f"{before[1]:.4f} -> {loss:.4f}, at {state.tokens / run.data.train_tokens:.2f} passes over the "
+                     f"data: the model is memorising it; the best validation is step {state.best_step} "
+                     f"({best_path(run)})")
+    state.last_check = [bpb, loss]
+    if state.best_val_bpb is None or bpb < state.best_val_bpb:
+        state.best_step, state.best_val_bpb, state.stale_validations = state.step, bpb, 0
+        if run.master:
+            save_checkpoint(best_path(run), run.raw_model, run.config, run.data.tokenizer, state.step,
+                            hparams=asdict(run.hp), code_sha256=run.digests, progress=asdict(state))
+        return None
+    state.stale_validations += 1
+    if run.hp.patience and state.stale_validations >= run.hp.patience:
+        run.log.line(f"early stop: {state.stale_validations} validations without a new best (--patience="
+                     f"{run.hp.patience}); the best is step {state.best_step}, val bpb {state.best_val_bpb:.4f}")
+        return "patience"
+    return None
 
 
 def due(every: int, step: int) -> bool:
@@ -1267,6 +1378,7 @@ def train_loop(run: Run, state: RunState) -> dict:
     checkpoint, the final validation and the record."""
     hp = run.hp
     losses, validations, last_val, stopped_by, target_seconds = [], [], None, None, None
+    since_val = 0  # losses[since_val:] were trained since the last validation
     with StopRequested() as stop:
         try:
             while True:
@@ -1275,6 +1387,8 @@ def train_loop(run: Run, state: RunState) -> dict:
                     run.clock.pause()
                     last_val = (state.step, validate(run, state))
                     validations.append({"step": state.step, **last_val[1]})
+                    stopped_by = check_validation(run, state, last_val[1]["bpb"], losses[since_val:]) or stopped_by
+                    since_val = len(losses)
                     if hp.target_bpb and last_val[1]["bpb"] <= hp.target_bpb and target_seconds is None:
                         target_seconds = state.train_seconds + run.clock.unreported
                         stopped_by = stopped_by or "target_bpb"
@@ -1285,6 +1399,8 @@ def train_loop(run: Run, state: RunState) -> dict:
                     stats = read_pending(run, state, stop)
                     log_step(run, state, stats)
                     losses += stats["losses"]
+                    if state.planned_passes is None:  # a timed run: planned from its first measured steps
+                        log_plan(run, state, planned_tokens(run, state, stats))
                     if stats["interrupted"]:
                         stopped_by = "interrupt"
                         break
@@ -1311,13 +1427,15 @@ def train_loop(run: Run, state: RunState) -> dict:
     if last_val is None or last_val[0] != state.step:
         last_val = (state.step, validate(run, state))
         validations.append({"step": state.step, **last_val[1]})
+        check_validation(run, state, last_val[1]["bpb"], losses[since_val:])
     record = build_record(run, state, last_val[1], stopped_by, target_seconds)
     if run.master:
         path = leaderboard.write_results(state.out_dir, record)
         run.log.line(f"done: {state.step} steps, {state.tokens:,} tokens in {state.train_seconds:.1f} s of training "
                      f"({state.tokens / max(state.train_seconds, 1e-9):,.0f} tokens/s, MFU "
-                     f"{100 * record['compute']['mfu']:.2f}%), stopped by {stopped_by}, val bpb "
-                     f"{last_val[1]['bpb']:.4f} -> {path}")
+                     f"{100 * record['compute']['mfu']:.2f}%), {record['training']['passes']:.2f} passes over the "
+                     f"data, stopped by {stopped_by}, val bpb {last_val[1]['bpb']:.4f} (best {state.best_val_bpb:.4f} "
+                     f"at step {state.best_step}: {best_path(run)}) -> {path}")
         if run.wandb_run is not None:
             run.wandb_run.finish()
     return {"losses": losses, "validations": validations, "record": record, "out_dir": pathlib.Path(state.out_dir),
@@ -1332,9 +1450,11 @@ def load_data(hp: Hyperparameters) -> Data:
     enc = prepare.encoding_from_spec(tokenizer)
     token_bytes = torch.from_numpy(prepare.token_byte_lengths(enc))
     val_tokens = eval_bpb.load_eval_tokens(data_dir, enc, max_tokens=hp.val_tokens or None)
+    train_files = prepare.list_shards(data_dir, "train")
     return Data(meta=meta, fingerprint=hashlib.sha256((data_dir / "meta.json").read_bytes()).hexdigest(),
                 tokenizer=tokenizer, enc=enc, delimiter=prepare.delimiter_id(enc), token_bytes=token_bytes,
-                train_files=prepare.list_shards(data_dir, "train"), val_tokens=val_tokens,
+                train_files=train_files, train_tokens=sum(prepare.read_shard_header(f)[1] for f in train_files),
+                val_tokens=val_tokens,
                 val_fingerprint=eval_bpb.eval_fingerprint(val_tokens, token_bytes.numpy(), enc),
                 eval_id=eval_bpb.default_eval_id(str(data_dir)))
 
@@ -1451,6 +1571,9 @@ def log_start(run: Run, state: RunState, resumed_from) -> None:
     seconds = f"{hp.max_seconds:g} s" if hp.max_seconds else ""
     target = f" or val bpb <= {hp.target_bpb}" if hp.target_bpb else ""
     log.line(f"budget: {' '.join(x for x in (steps, seconds) if x)}{target}")
+    if state.planned_passes is None and not hp.max_seconds:
+        uncapped, _ = planned_steps(replace(hp, max_passes=0), state.batch_tokens, run.flops_per_step)
+        log_plan(run, state, uncapped * state.batch_tokens)
     if resumed_from is not None:
         log.line(f"resumed from {resumed_from} at step {state.step}")
 
@@ -1467,11 +1590,12 @@ def start_wandb(hp: Hyperparameters, master: bool):
 
 def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device, locks: contextlib.ExitStack):
     """Everything a run is made of, and its state: fresh, or restored from the newest readable checkpoint."""
-    grad_accum, batch_tokens = global_batch(hp, world_size)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     data = load_data(hp)
+    hp = settle_data_settings(hp, data, world_size)
+    grad_accum, batch_tokens = global_batch(hp, world_size)
     ckpt_dir = pathlib.Path(hp.ckpt_dir or ROOT / "checkpoints" / hp.name)
     if rank == 0:
         locks.enter_context(common.folder_lock(ckpt_dir))
@@ -1487,7 +1611,7 @@ def set_up(hp: Hyperparameters, rank: int, world_size: int, device: torch.device
     optimizers = build_optimizers(raw_model, hp, rank, world_size, device)
     model = compile_model(hp, raw_model, optimizers[1])
     flops_per_step = flops.model_flops(config, hp.seq_len, batch_tokens)
-    total_steps, step_budget = planned_steps(hp, batch_tokens, flops_per_step)
+    total_steps, step_budget = planned_steps(hp, batch_tokens, flops_per_step, data.train_tokens)
     device_label = flops.device_name(device)
     amp_dtype = path.amp_dtype
     peak, peak_source = peak_flops_per_device(device, device_label, amp_dtype)

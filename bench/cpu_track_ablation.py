@@ -12,7 +12,7 @@ results.json hold the score). Two studies:
     python bench/cpu_track_ablation.py ... --rows=baseline,doc_mask --seeds=1,2,3 --jobs=2
 
 Every run is `python train.py --data_dir=D BASE ROW --max_steps=0 --max_tokens=TOKENS --seed=S` (or
-`--max_flops=FLOPS`), then `python eval_bpb.py --ckpt LAST --data EVAL_TEXT --seq_len SEQ_LEN --eval_id
+`--max_flops=FLOPS`), then `python eval_bpb.py --ckpt LAST --data EVAL_TEXT --eval_id
 tinystories-valid-head --record OUT`. A token or FLOP budget makes each row's BPB independent of the
 machine's speed and load.
 """
@@ -50,15 +50,15 @@ ROWS = {  # name -> (flags on top of BASE, what it is)
 
 
 # train.py's DEVICE_DEFAULTS["cpu"], written out (what `python train.py --data_dir=D` runs on a CPU)
-BUDGET_BASE = ["--preset=tiny", "--seq_len=128", "--batch_size=32", "--window_warmup=0.3", "--muon_momentum_warmup=100",
-               "--adam_weight_decay=0.1", "--tie_embeddings=0", "--value_embeds=2", "--value_residual=1",
+BUDGET_BASE = ["--preset=tiny", "--seq_len=0", "--batch_size=0", "--batch_tokens=4096", "--window_warmup=0.3", "--muon_momentum_warmup=100",
+               "--weight_decay=0.1", "--adam_weight_decay=0.1", "--tie_embeddings=0", "--value_embeds=2", "--value_residual=1",
                "--x0_mix=1", "--unet=1", "--short_window=64", "--val_every=0", "--log_every=100"]
 BUDGET_ROWS = {
     "defaults": ([], "train.py's CPU defaults (every kept row of the token study, and the three below)"),
-    "batch_16": (["--batch_size=16"], "2,048 tokens per step instead of 4,096 (twice the steps)"),
+    "batch_16": (["--batch_tokens=2048"], "2,048 tokens per step instead of 4,096 (twice the steps)"),
     "no_adam_wd": (["--adam_weight_decay=0"], "no weight decay on the embeddings and lm_head"),
     "no_reshuffle": (["--reshuffle=0"], "every epoch reads the windows in the same order"),
-    "previous": (["--batch_size=16", "--adam_weight_decay=0", "--reshuffle=0"],
+    "previous": (["--batch_tokens=2048", "--adam_weight_decay=0", "--reshuffle=0"],
                  "the CPU defaults before these three (the 2026-11-30 half-compute record's recipe)"),
     "bigram": (["--bigram_vocab=8192"], "a bigram-hash embedding of 8,192 rows (a free lookup)"),
     "dropout": (["--dropout=0.05"], "dropout 0.05 on the embedding and the blocks' outputs"),
@@ -83,8 +83,8 @@ def run_one(name, flags, seed, args) -> dict:
              f"--out_dir={out}", f"--ckpt_dir={ckpt}"]
     subprocess.run(train, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     last = sorted(ckpt.glob("step_*.pt"), key=lambda p: int(p.stem[5:]))[-1]
-    seq_len = [f.split("=")[1] for f in base + flags if f.startswith("--seq_len=")][-1]  # the model's context
-    subprocess.run([sys.executable, "eval_bpb.py", "--ckpt", str(last), "--data", args.eval_text, "--seq_len", seq_len,
+    # eval_bpb.py scores at the checkpoint's own context (seq_len=0 takes it from the data)
+    subprocess.run([sys.executable, "eval_bpb.py", "--ckpt", str(last), "--data", args.eval_text,
                     "--eval_id", "tinystories-valid-head", "--record", str(out)], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)
     return json.loads(results.read_text())

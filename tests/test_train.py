@@ -41,7 +41,8 @@ SCHEMA = {
     "data": {"dataset", "tokenizer", "vocab_size", "fingerprint"},
     "model": None,
     "params": {"counted", "unique", "embedding", "weight_class"},
-    "training": {"steps", "tokens", "batch_tokens", "seq_len", "seed", "world_size", "stopped_by"},
+    "training": {"steps", "tokens", "batch_tokens", "seq_len", "seed", "world_size", "stopped_by", "passes",
+                 "planned_passes", "best_step", "best_val_bpb"},
     "compute": {"flops_convention", "flops_per_token", "model_flops", "hardware_flops", "mfu", "device",
                 "device_count", "peak_flops_per_device", "train_seconds"},
     "eval": None, "target": None, "judge": None,
@@ -478,7 +479,7 @@ def test_train_log_starts_with_train_py_source(straight_run):
     assert rest.startswith(source)
     losses = read_log_losses(tmp / "record" / "train.log")
     assert len(losses) == 40
-    assert re.search(r"^step 40/40 loss \S+ lr \S+ tokens 5120 ms/step \S+ tok/s \d+ mfu \S+%$", log, re.M)
+    assert re.search(r"^step 40/40 loss \S+ lr \S+ tokens 5120 passes \S+ ms/step \S+ tok/s \d+ mfu \S+%$", log, re.M)
 
 
 def test_resume_is_exact(straight_run, data_dir, tmp_path):
@@ -486,7 +487,7 @@ def test_resume_is_exact(straight_run, data_dir, tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "step_000020.pt").write_bytes((tmp / "ckpt" / "step_000020.pt").read_bytes())
-    assert sorted(p.name for p in (tmp / "ckpt").iterdir()) == ["step_000020.pt", "step_000040.pt"]
+    assert sorted(p.name for p in (tmp / "ckpt").iterdir()) == ["best.pt", "step_000020.pt", "step_000040.pt"]
     resumed = train.train(train.parse_args([
         f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'record'}", f"--ckpt_dir={ckpt}", *TINY,
         "--max_steps=40", "--val_every=20", "--checkpoint_every=20", "--resume=1", "--name=straight"]))
@@ -494,6 +495,9 @@ def test_resume_is_exact(straight_run, data_dir, tmp_path):
     np.testing.assert_allclose(resumed["losses"], straight["losses"][20:], rtol=0, atol=1e-6)
     assert resumed["validations"][-1]["bpb"] == pytest.approx(straight["validations"][-1]["bpb"], abs=1e-6)
     assert resumed["record"]["training"]["tokens"] == straight["record"]["training"]["tokens"]
+    best = ("best_step", "best_val_bpb", "planned_passes")  # carried in the checkpoint's progress
+    assert [resumed["record"]["training"][k] for k in best] == pytest.approx(
+        [straight["record"]["training"][k] for k in best], abs=1e-6)
     # resumed into a new record folder: its train.log is complete, sources first, as leaderboard.py needs,
     # and the record is written there, not into the folder the checkpoint's run used
     assert (tmp_path / "record" / "train.log").read_text().startswith("=" * 20 + " train.py sha256=")
@@ -841,7 +845,7 @@ def test_adam_weight_decay_goes_on_the_embeddings_and_head_only():
 def test_cpu_defaults_apply_without_model_flags_and_are_what_the_budget_study_writes_out():
     import cpu_track_ablation
     hp = train.parse_args(["--device=cpu"])
-    assert (hp.preset, hp.seq_len, hp.batch_size, hp.adam_weight_decay) == ("tiny", 128, 32, 0.1)
+    assert (hp.preset, hp.seq_len, hp.batch_size, hp.batch_tokens, hp.adam_weight_decay) == ("tiny", 0, 0, 4096, 0.1)
     assert hp.model["value_embeds"] == 2 and not hp.model["tie_embeddings"]
     assert train.parse_args(["--device=cpu", "--batch_size=8"]).preset == "small"  # a batch flag: the block
     written_out = train.parse_args(["--device=cpu", *cpu_track_ablation.BUDGET_BASE])
@@ -1113,3 +1117,101 @@ def test_bench_step_compiles_newton_schulz_in_every_row(monkeypatch):
                 shapes_seen.add(tuple(stack.shape[1:]))
                 torch.testing.assert_close(muon.orthogonalise(stack, 5, torch.float32), train.newton_schulz(stack, 5))
     assert len(shapes_seen) == 16
+
+
+# Away from the tuning point: the passes cap, the context from the data, validation as a guard
+
+
+@pytest.mark.parametrize("train_tokens, planned, tokens, capped", [
+    (331_939, 1_327_104, 1_327_104, False),           # 4.0 passes: under the cap, as given
+    (331_939, 9_584_640, 4 * 331_939, True),          # the issue's 300 s on the split: 28.9 passes
+    (836_255, 2_084_864, 2_084_864, False),           # the CPU track's point at context 512: 2.49 passes
+    (836_255, 12_800_000, 4 * 836_255, True),
+])
+def test_choose_passes_runs_the_budget_up_to_the_cap(train_tokens, planned, tokens, capped):
+    chosen, why = train.choose_passes(train_tokens, planned, 4.0)
+    assert chosen == tokens and ("capped at --max_passes=4" in why) == capped
+    assert f"{planned / train_tokens:.2f} passes over {train_tokens:,} training tokens" in why
+    assert train.choose_passes(train_tokens, planned, 0.0)[0] == planned  # no cap
+
+
+def test_planned_steps_stop_at_the_passes_cap_for_any_larger_budget():
+    cap = 4 * 10_000 // 256  # 4 passes over 10,000 tokens at 256 tokens a step
+    for budget in (["--max_steps=1000"], ["--max_tokens=1e6"], ["--max_flops=1e12"], ["--max_seconds=300"]):
+        assert train.planned_steps(train.parse_args(budget), 256, 10**6, train_tokens=10_000) == (cap, "max_passes")
+    assert train.planned_steps(train.parse_args(["--max_steps=100"]), 256, 1, train_tokens=10_000) == (100, "max_steps")
+    assert train.planned_steps(train.parse_args([f"--max_steps={cap}"]), 256, 1, 10_000) == (cap, "max_steps")  # a tie
+    # the CPU track's FLOPs at context 512 plan 509 steps, 2.49 passes: the FLOPs bind, not the cap
+    flops_per_step = 3 * 3_563_520 * 4096
+    assert train.planned_steps(train.parse_args(["--max_flops=2.2317e13"]), 4096, flops_per_step, 836_255) == \
+        (int(2.2317e13 // flops_per_step), "max_flops") == (509, "max_flops")
+    uncapped = train.parse_args(["--max_steps=1000", "--max_passes=0"])
+    assert train.planned_steps(uncapped, 256, 1, train_tokens=10_000) == (1000, "max_steps")
+
+
+def test_no_hidden_step_cap_when_another_budget_is_given():
+    assert train.parse_args([]).max_steps == 2000  # no budget at all: the block's step count
+    for budget in ("--max_seconds=300", "--max_tokens=1e6", "--max_flops=2.2e13"):
+        assert train.parse_args([budget]).max_steps == 0
+    assert train.parse_args(["--max_seconds=300", "--max_steps=5"]).max_steps == 5  # given: kept
+
+
+def test_story_context_holds_the_95th_percentile_story():
+    lengths = np.arange(1, 401)  # the 95th percentile is 380.05 (numpy's linear interpolation): up to 512
+    assert np.percentile(lengths, 95) == pytest.approx(380.05) and train.story_context(lengths) == 512
+    assert train.story_context(np.array([300] * 96 + [5000] * 4)) == 512  # the longest 4% do not decide
+    assert train.story_context(np.full(10, 20)) == 64 and train.story_context(np.full(10, 9000)) == 2048
+    assert train.story_context(np.array([128] * 100)) == 128  # a power of two stays
+
+
+def test_cpu_defaults_take_the_context_from_the_data(data_dir, tmp_path):
+    lengths = train.document_lengths(data_dir / "train_000000.bin", DELIM)
+    tokens = prepare.open_shard(data_dir / "train_000000.bin")
+    assert lengths.sum() == len(tokens) - np.flatnonzero(tokens == DELIM)[0] and (lengths > 1).all()
+    hp = train.parse_args(["--device=cpu", f"--data_dir={data_dir}"])
+    settled = train.settle_data_settings(hp, train.load_data(hp), world_size=2)
+    expected = 2 ** math.ceil(math.log2(np.percentile(lengths, 95)))
+    assert (hp.seq_len, settled.seq_len, settled.batch_size) == (0, expected, 4096 // (2 * expected))
+    given = train.settle_data_settings(dataclasses.replace(hp, seq_len=64, batch_size=3), train.load_data(hp), 1)
+    assert (given.seq_len, given.batch_size) == (64, 3)
+
+
+def random_letters(n_docs: int, length: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(length)) for _ in range(n_docs)]
+
+
+def test_validation_guard_keeps_the_best_warns_and_stops_on_patience(tmp_path):
+    """Random letters: the model first learns their distribution (validation improves), then memorises the few
+    training documents (training loss falls, validation worsens): the best step is kept and the run stops."""
+    data = write_dataset(tmp_path / "data", random_letters(4, 200, 0), random_letters(4, 200, 1), shard_tokens=10**6)
+    result = run_train(tmp_path, data, "--max_steps=3000", "--max_passes=0", "--val_every=20", "--patience=3",
+                       "--matrix_lr=0.05", "--embed_lr=0.1", "--head_lr=0.05", "--n_embd=64", "--n_layer=2")
+    record, vals = result["record"], result["validations"]
+    training = record["training"]
+    best = min(vals, key=lambda v: v["bpb"])
+    assert training["stopped_by"] == "patience" and training["steps"] < 3000
+    assert (training["best_step"], training["best_val_bpb"]) == (best["step"], best["bpb"])
+    assert [v["step"] for v in vals][-4] == best["step"] and all(v["bpb"] > best["bpb"] for v in vals[-3:])
+    saved = model.load_checkpoint(tmp_path / "ckpt" / "best.pt")
+    assert saved["step"] == best["step"] and saved["progress"]["best_val_bpb"] == best["bpb"]
+    log = (tmp_path / "record" / "train.log").read_text()
+    assert re.search(r"^warning: val bpb rose [\d.]+ -> [\d.]+ while the training loss fell", log, re.M)
+    assert f"early stop: 3 validations without a new best (--patience=3); the best is step {best['step']}" in log
+    train_tokens = 4 * 201  # each document's letters after its delimiter
+    assert training["passes"] == pytest.approx(training["tokens"] / train_tokens)
+    assert training["planned_passes"] == pytest.approx(3000 * 128 / train_tokens)
+
+
+def test_the_log_and_record_count_passes_and_a_timed_run_plans_at_its_first_log(data_dir, tmp_path):
+    result = run_train(tmp_path, data_dir, "--max_seconds=1", "--val_every=0", "--log_every=2")
+    training, log = result["record"]["training"], (tmp_path / "record" / "train.log").read_text()
+    train_tokens = sum(prepare.read_shard_header(f)[1] for f in prepare.list_shards(data_dir, "train"))
+    assert training["passes"] == pytest.approx(training["tokens"] / train_tokens) and training["passes"] > 0
+    assert training["stopped_by"] == "max_seconds" and training["best_step"] == training["steps"]
+    assert re.search(r"^budget: \d+ steps \(max_passes\) 1 s$", log, re.M)  # no step cap nobody set
+    plan = re.search(r"^plan: ([\d,]+) tokens = ([\d.]+) passes over ([\d,]+) training tokens", log, re.M)
+    assert plan and int(plan[3].replace(",", "")) == train_tokens
+    assert training["planned_passes"] == pytest.approx(int(plan[1].replace(",", "")) / train_tokens, rel=1e-3)
+    step_lines = re.findall(r"^step (\d+)/\d+ loss \S+ lr \S+ tokens (\d+) passes ([\d.]+) ", log, re.M)
+    assert step_lines and all(float(p) == pytest.approx(int(t) / train_tokens, abs=0.006) for _, t, p in step_lines)
