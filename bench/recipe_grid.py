@@ -32,6 +32,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import common  # noqa: E402
 import prepare  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
