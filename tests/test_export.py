@@ -88,7 +88,7 @@ print(json.dumps({
 
 
 def load_outside_repo(folder, tmp_path, request: dict) -> dict:
-    """Run LOAD in a fresh Python whose sys.path has no repository (cwd elsewhere, no PYTHONPATH)."""
+    """Run LOAD in a fresh Python that cannot import the repository (cwd elsewhere, no PYTHONPATH)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
     env["HF_HUB_OFFLINE"] = "1"
