@@ -77,6 +77,11 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
                          shard_tokens=40_000)
 
 
+def checkpoint_files(folder: pathlib.Path) -> list[str]:
+    """What a checkpoint folder holds, without its lock file (common.folder_lock leaves LOCK in place)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != common.LOCK_NAME)
+
+
 def run_train(tmp: pathlib.Path, data_dir: pathlib.Path, *args: str) -> dict:
     argv = [f"--data_dir={data_dir}", f"--out_dir={tmp / 'record'}", f"--ckpt_dir={tmp / 'ckpt'}", *TINY, *args]
     return train.train(train.parse_args(argv))
@@ -487,7 +492,7 @@ def test_resume_is_exact(straight_run, data_dir, tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "step_000020.pt").write_bytes((tmp / "ckpt" / "step_000020.pt").read_bytes())
-    assert sorted(p.name for p in (tmp / "ckpt").iterdir()) == ["best.pt", "step_000020.pt", "step_000040.pt"]
+    assert checkpoint_files(tmp / "ckpt") == ["best.pt", "step_000020.pt", "step_000040.pt"]
     resumed = train.train(train.parse_args([
         f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'record'}", f"--ckpt_dir={ckpt}", *TINY,
         "--max_steps=40", "--val_every=20", "--checkpoint_every=20", "--resume=1", "--name=straight"]))
@@ -693,12 +698,12 @@ def test_a_fresh_run_never_prunes_another_runs_checkpoints(straight_run, data_di
     ckpt.mkdir()
     for f in (tmp / "ckpt").glob("step_*.pt"):
         (ckpt / f.name).write_bytes(f.read_bytes())
-    before = sorted(p.name for p in ckpt.iterdir())
+    before = checkpoint_files(ckpt)
     code = train.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}", f"--ckpt_dir={ckpt}", *TINY,
                        "--max_steps=12", "--val_every=0", "--checkpoint_every=5"])
     err = capsys.readouterr().err
     assert code == 2 and "--resume=1" in err and str(ckpt) in err, err
-    assert sorted(p.name for p in ckpt.iterdir()) == before  # nothing deleted, nothing written
+    assert checkpoint_files(ckpt) == before  # nothing deleted, nothing written
 
 
 def test_resume_prunes_only_its_own_checkpoints(straight_run, data_dir, tmp_path):
@@ -914,7 +919,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_one(data
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and err.startswith("error: train.py: cannot write the checkpoint of step 4"), err
     assert "No space left on device" in err and "step_000002.pt" in err and "--resume=1" in err, err
-    assert sorted(p.name for p in (tmp_path / "c").iterdir() if p.name != "LOCK") == ["step_000002.pt"]
+    assert checkpoint_files(tmp_path / "c") == ["step_000002.pt"]
     assert model.load_checkpoint(tmp_path / "c" / "step_000002.pt")["step"] == 2
     assert not (tmp_path / "r" / "results.json").exists()
 
