@@ -421,10 +421,10 @@ def test_bad_inputs(tmp_path, capsys, byte_tok, monkeypatch):
     out = str(tmp_path / "out")
     write_txt(tmp_path / "ok.txt", make_docs(5))
     assert "unknown dataset" in one_error_line(capsys, ["--dataset", "tinystorys", "--out", out])
-    assert "not found" in one_error_line(capsys, ["--input", tmp_path / "nope.txt", "--out", out])
-    assert "not a file" in one_error_line(capsys, ["--input", tmp_path, "--out", out])
+    assert "not found" in one_error_line(capsys, ["--input", tmp_path / "nope.txt", "--tokenizer", byte_tok, "--out", out])
+    assert "not a file" in one_error_line(capsys, ["--input", tmp_path, "--tokenizer", byte_tok, "--out", out])
     (tmp_path / "x.csv").write_text("a,b\n")
-    assert "unsupported file type" in one_error_line(capsys, ["--input", tmp_path / "x.csv", "--out", out])
+    assert "unsupported file type" in one_error_line(capsys, ["--input", tmp_path / "x.csv", "--tokenizer", byte_tok, "--out", out])
     (tmp_path / "empty.txt").write_text("<|endoftext|>\n  \n<|endoftext|>\n")
     assert "no documents left" in one_error_line(capsys, ["--input", tmp_path / "empty.txt", "--tokenizer",
                                                           byte_tok, "--out", out, "--workers", 0, "--quiet"])
@@ -449,7 +449,7 @@ def test_bad_inputs(tmp_path, capsys, byte_tok, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     for name in ("tinystories", "c4-val"):
-        line = one_error_line(capsys, ["--dataset", name, "--out", out])
+        line = one_error_line(capsys, ["--dataset", name, "--tokenizer", byte_tok, "--out", out])
         assert "Hugging Face Hub" in line and "--input" in line
 
 
@@ -624,7 +624,7 @@ def test_max_docs_stops_local_input_after_n_documents(tmp_path, byte_tok, capsys
     assert prepare.read_meta(out)["max_docs"] == 7
     assert run(["--input", jsonl, "--tokenizer", byte_tok, "--out", out, "--quiet"]) == 0
     assert prepare.read_meta(out)["max_docs"] is None
-    assert run(["--input", jsonl, "--out", out, "--max_docs", 0]) == 2
+    assert run(["--input", jsonl, "--tokenizer", byte_tok, "--out", out, "--max_docs", 0]) == 2
     assert "--max_docs 0" in capsys.readouterr().err
 
 
@@ -703,12 +703,12 @@ def test_paloma_c4_en_is_streamed_from_allenai_paloma(tmp_path, byte_tok, monkey
     assert prepare.read_meta(out)["splits"]["val"]["docs"] == 4
 
 
-def test_gated_dataset_error_says_accept_the_terms_and_log_in(tmp_path, capsys, monkeypatch):
+def test_gated_dataset_error_says_accept_the_terms_and_log_in(tmp_path, capsys, monkeypatch, byte_tok):
     def refused(repo, revision):
         raise RuntimeError("401 Client Error: Unauthorized for url: https://huggingface.co/api/datasets/allenai/paloma")
     monkeypatch.setattr(prepare, "check_hub_reachable", lambda: None)
     monkeypatch.setattr(prepare, "resolve_revision", refused)
-    line = one_error_line(capsys, ["--dataset", "paloma-c4-en", "--out", tmp_path / "out"])
+    line = one_error_line(capsys, ["--dataset", "paloma-c4-en", "--tokenizer", byte_tok, "--out", tmp_path / "out"])
     assert "allenai/paloma" in line and "gated dataset: accept its terms at https://huggingface.co/datasets/allenai/paloma" in line
     assert "log in" in line and "HF_TOKEN" in line
     # another dataset whose error names a gate gets the same advice; a plain failure does not
@@ -718,9 +718,9 @@ def test_gated_dataset_error_says_accept_the_terms_and_log_in(tmp_path, capsys, 
     def gated(repo, revision):
         raise GatedRepoError("Access to dataset x is restricted")
     monkeypatch.setattr(prepare, "resolve_revision", gated)
-    assert "accept its terms" in one_error_line(capsys, ["--dataset", "fineweb-edu", "--out", tmp_path / "out"])
+    assert "accept its terms" in one_error_line(capsys, ["--dataset", "fineweb-edu", "--tokenizer", byte_tok, "--out", tmp_path / "out"])
     monkeypatch.setattr(prepare, "resolve_revision", refused)
-    assert "accept its terms" not in one_error_line(capsys, ["--dataset", "c4-val", "--out", tmp_path / "out"])
+    assert "accept its terms" not in one_error_line(capsys, ["--dataset", "c4-val", "--tokenizer", byte_tok, "--out", tmp_path / "out"])
 
 
 def test_a_bpe_the_text_cannot_fill_is_named_by_its_real_size(tmp_path, capsys):
