@@ -282,13 +282,10 @@ SCORE_TEXT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*")  # a score given
 
 def bounded_number(value, low, high, whole: bool = False):
     """A number a server or a file gave (a JSON int or float, never a bool) when it lies in [low, high]
-    (and is whole, with whole=True); else None. Compared as given, so a 400-digit integer is out of range
-    rather than an OverflowError, and 1e308 or inf is never a count. The one reader of such numbers."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if not low <= value <= high or (whole and value != int(value)):
+    (and is whole, with whole=True); else None. A number is what a record's figures may be (leaderboard.is_number:
+    finite, an integer within int64), so a 400-digit integer is no number rather than an OverflowError, and
+    1e308 or inf is never a count. The one reader of such numbers in judge.py."""
+    if not leaderboard.is_number(value) or not low <= value <= high or (whole and value != int(value)):
         return None
     return value
 
