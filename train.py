@@ -704,6 +704,11 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether this GPU or CPU multiplies bf16 in hardware (MPS: no)."""
+    return cuda_has_native_bf16(device) if device.type == "cuda" else device.type == "cpu" and cpu_has_native_bf16()
+
+
 def autocast_dtype(precision: str, device: torch.device, native_bf16: bool | None = None) -> torch.dtype | None:
     """The dtype the model runs in under autocast (None = fp32, no autocast), for --precision: "auto" is bf16
     on a GPU or CPU with native bf16, fp32 elsewhere (MPS and GPUs before Ampere included: fp16 with a loss
@@ -713,7 +718,7 @@ def autocast_dtype(precision: str, device: torch.device, native_bf16: bool | Non
     if precision == "fp32" or device.type not in ("cuda", "cpu"):
         return None
     if native_bf16 is None:
-        native_bf16 = cuda_has_native_bf16(device) if device.type == "cuda" else cpu_has_native_bf16()
+        native_bf16 = has_native_bf16(device)
     if precision == "bf16" and device.type == "cuda" and not native_bf16:
         raise ValueError("--precision=bf16: this GPU has no native bf16 (compute capability below 8.0), where "
                          "it is emulated, slower than fp32; use --precision=auto (fp32 here) or --precision=fp32")
@@ -769,8 +774,8 @@ def device_path(precision: str, compile: bool, device_type: str, native_bf16: bo
 
 def run_device_path(hp: Hyperparameters, device: torch.device) -> DevicePath:
     """device_path for this run's device, asking it what it can do."""
-    native = cuda_has_native_bf16(device) if device.type == "cuda" else cpu_has_native_bf16()
-    return device_path(hp.precision, hp.compile, device.type, native, model_lib.triton_runs_on(device),
+    return device_path(hp.precision, hp.compile, device.type, has_native_bf16(device),
+                       model_lib.triton_runs_on(device),
                        model_lib.flex_attention is not None)
 
 
